@@ -1,0 +1,136 @@
+"""Couplings between consecutive layers: the bilinear terms of the energy.
+
+A coupling with weight ``W`` contributes ``<r_next, forward(W, r_prev)>`` to the primitive ``Phi``
+(see :mod:`spikeep.energy`), where ``r`` are rates, shapes ``(B, *layer.shape)``. Its three closed
+forms are all the dynamics and the estimators need:
+
+- ``forward(W, r_prev)``: the drive the upper layer receives, ``d<r_next, forward>/d r_next``;
+- ``feedback(W, r_prev, r_next)``: the drive the lower layer receives, ``d<r_next, forward>/d r_prev``;
+- ``weight_grad(W, pairs)``: ``d/dW sum_k <g_k, forward(W, r_k)>`` for a list of ``(r_k, g_k)``
+  (real ``W``; with complex ``g_k`` the real part of the result is the one that counts).
+
+Adding a coupling: subclass :class:`Coupling`, implement these three and ``init_weight``, and map a
+spec ``kind`` to it in :func:`build`. The tests compare every closed form with autograd of
+``<r_next, forward(W, r_prev)>``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import pooling
+from .spec import Coupling as CouplingSpec
+from .spec import Layer
+
+__all__ = ["Coupling", "Dense", "Conv", "build"]
+
+
+class Coupling(ABC):
+    """The coupling that drives ``layer`` from ``prev`` (per-sample shapes)."""
+
+    holomorphic = True
+
+    def __init__(self, prev: Layer, layer: Layer, spec: CouplingSpec):
+        self.prev, self.layer, self.spec = prev, layer, spec
+
+    @property
+    @abstractmethod
+    def weight_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.weight_shape[1:])
+
+    @property
+    def fan_out(self) -> int:
+        return self.weight_shape[0] * math.prod(self.weight_shape[2:])
+
+    @abstractmethod
+    def forward(self, W: Tensor, r_prev: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def feedback(self, W: Tensor, r_prev: Tensor, r_next: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def weight_grad(self, W: Tensor, pairs: list[tuple[Tensor, Tensor]]) -> Tensor: ...
+
+
+class Dense(Coupling):
+    """``forward = W flatten(r_prev)``, ``W`` of shape ``(n_next, n_prev)``."""
+
+    @property
+    def weight_shape(self):
+        return (self.layer.size, self.prev.size)
+
+    def forward(self, W, r_prev):
+        return r_prev.flatten(1) @ W.T
+
+    def feedback(self, W, r_prev, r_next):
+        return (r_next @ W).view(r_next.shape[0], *self.prev.shape)
+
+    def weight_grad(self, W, pairs):
+        # Pairs that share the same r_prev (the clamped input) are summed before the product.
+        dtype = pairs[0][1].dtype
+        if all(r is pairs[0][0] for r, _ in pairs):
+            return sum(g for _, g in pairs).T @ pairs[0][0].flatten(1).to(dtype)
+        g = torch.cat([g for _, g in pairs])
+        r = torch.cat([r.flatten(1).to(dtype) for r, _ in pairs])
+        return g.T @ r
+
+
+class Conv(Coupling):
+    """``forward = pool(conv2d(r_prev, W))``, ``W`` of shape ``(C_next, C_prev, k, k)``."""
+
+    def __init__(self, prev, layer, spec):
+        super().__init__(prev, layer, spec)
+        self.holomorphic = pooling.HOLOMORPHIC[spec.pool]
+
+    @property
+    def weight_shape(self):
+        k = self.spec.kernel
+        return (self.layer.shape[0], self.prev.shape[0], k, k)
+
+    def _conv(self, W, r_prev):
+        return F.conv2d(r_prev, W, stride=self.spec.stride, padding=self.spec.padding)
+
+    def forward(self, W, r_prev):
+        return pooling.pool(self._conv(W, r_prev), self.spec.pool, self.spec.pool_size)
+
+    def feedback(self, W, r_prev, r_next):
+        sp = self.spec
+        if sp.pool in ("max", "softmax"):  # nonlinear pools need the pre-pool values
+            z = self._conv(W, r_prev)
+            shape = z.shape
+        else:
+            z, shape = None, (*r_next.shape[:2], *self._conv_hw())
+        g = pooling.adjoint(r_next, sp.pool, sp.pool_size, z=z, shape=shape)
+        # The transposed conv; output_padding restores rows a strided conv never reached.
+        pad = tuple(
+            n - ((m - 1) * sp.stride - 2 * sp.padding + sp.kernel)
+            for n, m in zip(self.prev.shape[1:], g.shape[-2:], strict=True)
+        )
+        return F.conv_transpose2d(g, W, stride=sp.stride, padding=sp.padding, output_padding=pad)
+
+    def _conv_hw(self):
+        sp = self.spec
+        return tuple((n + 2 * sp.padding - sp.kernel) // sp.stride + 1 for n in self.prev.shape[1:])
+
+    def weight_grad(self, W, pairs):
+        dtype = pairs[0][1].dtype
+        with torch.enable_grad():
+            Wr = W.detach().requires_grad_(True)  # real leaf: d Re(total)/dW is what we need
+            Wc = Wr.to(dtype)
+            total = sum((g * self.forward(Wc, r.to(dtype))).sum() for r, g in pairs)
+            (grad,) = torch.autograd.grad(total.real if total.is_complex() else total, Wr)
+        return grad
+
+
+def build(prev: Layer, layer: Layer) -> Coupling:
+    """The coupling object for ``layer`` as its spec describes."""
+    kinds = {"dense": Dense, "conv": Conv}
+    return kinds[layer.coupling.kind](prev, layer, layer.coupling)

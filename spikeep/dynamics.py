@@ -1,0 +1,193 @@
+r"""Relaxation dynamics: how states settle to a fixed point of the energy.
+
+Two dynamics, chosen by the spec's ``dynamics`` key; both are pure step functions
+``s_next = step(net, params, s, static, y, beta)`` on an explicit tuple of layer states.
+
+``prototypical`` (discrete time, Ernoult et al. 2019). The states *are* rates::
+
+    s_{t+1} = rho(dPhi_beta/dr (s_t))
+
+Its fixed points ``s = rho(dPhi_beta/dr(s))`` are stationary points of an energy whose
+parameter derivative is ``-dPhi_beta/dtheta`` at rates ``r = s``.
+
+``energy`` (continuous time, Scellier & Bengio 2017): Euler steps of the gradient flow
+``ds/dt = -dF/ds`` with step ``dt``, projected onto the activation's box when it has one::
+
+    s_{t+1} = P_box(s_t + dt (-s_t + rho'(s_t) * dPhi_beta/dr (rho(s_t))))
+
+For ``hard_sigmoid`` (``rho' = 1`` on the box [0, 1]) both dynamics have the same fixed points,
+``s = clip(dPhi/dr(s), 0, 1)``; for other activations each has its own, and each gets its own exact
+reference (:mod:`spikeep.reference` differentiates through whichever map is in use).
+
+:func:`relax` runs a phase: the static input drive is computed once, a state (the free fixed point,
+or one kept from the previous batch) can seed it, it returns the state with its convergence
+residual ``max |s_K - s_{K-1}| / dt``, and it raises :class:`DivergenceError` naming the layer and
+step when a state turns non-finite or exceeds ``max_abs``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ._dtypes import COMPLEX_OF
+
+__all__ = [
+    "DivergenceError",
+    "Relaxed",
+    "Dynamics",
+    "Prototypical",
+    "GradientFlow",
+    "for_spec",
+    "relax",
+    "cast_params",
+]
+
+
+class DivergenceError(RuntimeError):
+    """A relaxation whose state became non-finite or unbounded."""
+
+
+class Relaxed(NamedTuple):
+    """A relaxed phase: the layer states and the last step's residual (a 0-d real tensor)."""
+
+    s: tuple[Tensor, ...]
+    residual: Tensor
+
+
+class Dynamics:
+    """A fixed-point map ``s -> step(s)`` with step size ``dt`` and a state-to-rate map."""
+
+    name = ""
+    dt = 1.0
+
+    def rates(self, net, s: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def step(self, net, params, s, static, y=None, beta=0.0) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+
+class Prototypical(Dynamics):
+    """``s_{t+1} = rho(dPhi_beta/dr(s_t))``; states are rates."""
+
+    name = "prototypical"
+
+    def rates(self, net, s):
+        return s
+
+    def step(self, net, params, s, static, y=None, beta=0.0):
+        return tuple(net.act.rho(h) for h in net.dphi(params, s, static, y, beta))
+
+
+class GradientFlow(Dynamics):
+    """Euler steps of ``ds/dt = -dF/ds``, projected onto the activation's box."""
+
+    name = "energy"
+
+    def __init__(self, dt: float):
+        self.dt = dt
+
+    def rates(self, net, s):
+        return tuple(net.act.rho(si) for si in s)
+
+    def step(self, net, params, s, static, y=None, beta=0.0):
+        act, dt = net.act, self.dt
+        h = net.dphi(params, self.rates(net, s), static, y, beta)
+        out = tuple(si + dt * (act.drho(si) * hi - si) for si, hi in zip(s, h, strict=True))
+        if act.box is not None:
+            out = tuple(si.clamp(*act.box) for si in out)
+        return out
+
+
+def for_spec(spec) -> Dynamics:
+    """The dynamics a spec names."""
+    return GradientFlow(spec.dt) if spec.dynamics == "energy" else Prototypical()
+
+
+def cast_params(params: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """Parameters in ``dtype`` (complex states need complex-cast weights)."""
+    return {k: v.to(dtype) for k, v in params.items()}
+
+
+def _state_dtype(net, params, x, beta, s) -> torch.dtype:
+    real = next(iter(params.values())).dtype
+    complex_run = isinstance(beta, complex) or (s is not None and s[0].is_complex())
+    if not complex_run:
+        return real
+    if not net.holomorphic:
+        bad = net.spec.activation if not net.act.holomorphic else "max pooling"
+        raise ValueError(
+            f"complex beta={beta} needs a holomorphic network, but {net.spec.source} uses {bad}; "
+            f"use sigmoid4, holotanh or tanh, and softmax or avg pooling"
+        )
+    return COMPLEX_OF.get(real, real)
+
+
+def relax(
+    net,
+    params: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor | None = None,
+    beta: float | complex = 0.0,
+    s: tuple[Tensor, ...] | None = None,
+    steps: int = 20,
+    static: list[Tensor] | None = None,
+    max_abs: float = 1e6,
+) -> Relaxed:
+    """Run ``steps`` steps of the network's dynamics with nudging ``beta``.
+
+    Args:
+        net: the :class:`~spikeep.energy.Network`.
+        params: parameters (real); cast to complex here when ``beta`` or ``s`` is complex.
+        x: input batch, shape ``(B, *input_shape)``.
+        y: targets (one-hot), shape ``(B, n_out)``; needed when ``beta != 0``.
+        beta: nudging strength (real or complex).
+        s: initial states (default: zeros), e.g. the free fixed point or a persistent particle.
+        steps: number of steps.
+        static: precomputed :meth:`~spikeep.energy.Network.static_drive` (in the state dtype).
+        max_abs: a state larger than this in magnitude counts as diverged.
+
+    Returns:
+        :class:`Relaxed` ``(s, residual)``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if beta != 0 and y is None:
+        raise ValueError(f"a nudged phase (beta={beta}) needs targets y")
+    dtype = _state_dtype(net, params, x, beta, s)
+    if dtype.is_complex:
+        params, x = cast_params(params, dtype), x.to(dtype)
+        y = None if y is None else y.to(dtype)
+    if static is None:
+        static = net.static_drive(params, x)
+    s0 = net.zeros(x) if s is None else tuple(si.to(dtype) for si in s)
+    dyn = net.dynamics
+    state, prev = s0, s0
+    for _ in range(steps):
+        prev, state = state, dyn.step(net, params, state, static, y, beta)
+    _check(net, params, s0, static, y, beta, state, steps, max_abs)
+    residual = max((a - b).abs().max() for a, b in zip(state, prev, strict=True)) / dyn.dt
+    return Relaxed(state, residual)
+
+
+def _check(net, params, s0, static, y, beta, state, steps, max_abs):
+    """One cheap test at the end; on failure, replay the phase to name the layer and step."""
+    ok = torch.stack([(torch.isfinite(si) & (si.abs() <= max_abs)).all() for si in state]).all()
+    if bool(ok):
+        return
+    s = s0
+    for t in range(1, steps + 1):
+        s = net.dynamics.step(net, params, s, static, y, beta)
+        for layer, si in zip(net.spec.dynamic_layers, s, strict=True):
+            finite = bool(torch.isfinite(si).all())
+            if not finite or bool(si.abs().max() > max_abs):
+                what = "non-finite" if not finite else f"larger than {max_abs:g} in magnitude"
+                raise DivergenceError(
+                    f"relaxation diverged: layer {layer.name!r} became {what} at step {t} of "
+                    f"{steps} (beta={beta}, model {net.spec.source}); lower the learning rate or "
+                    f"beta, or rescale the initial weights"
+                )
+    raise DivergenceError(f"relaxation diverged within {steps} steps (beta={beta})")

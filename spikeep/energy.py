@@ -1,0 +1,222 @@
+r"""The energy of a layered network, written once; every engine and estimator derives from it.
+
+Conventions (``docs/conventions.md`` explains them at length). Layer 0 is the clamped input ``x``;
+``s = (s_1 .. s_L)`` are the states of the dynamic layers and ``r_l = rho(s_l)`` their rates
+(``r_0 = x``). Per sample,
+
+    Phi(r)   = sum_l <r_l, c_l(W_l, r_{l-1})> + <b_l, r_l>                       (primitive)
+    E(s)     = sum_l 1/2 |s_l|^2 - Phi(rho(s))                                   (Hopfield energy)
+    C(r)     = 1/2 |r_L - y|^2                                                   (mse), or
+    C(r)     = CE(softmax(W_out r_{L-1} + b_out), y)                             (cross_entropy)
+    F        = E + beta C,        Phi_beta = Phi - beta C,       L(theta) = mean_batch C(r^0)
+
+where ``c_l`` is the coupling of layer ``l`` (dense ``W r`` or ``pool(conv(r))``, see
+:mod:`spikeep.couplings`). With the cross-entropy readout the last spec layer is not a state: its
+weights appear in ``C`` only. ``F`` and ``Phi_beta`` have opposite signs: gradient estimators
+return ``+dF/dtheta``-based estimates of ``+dL/dtheta`` (descend them); ``Phi`` is what the dynamics
+climb. Complex ``beta`` and complex rates are allowed wherever everything is holomorphic.
+
+Everything here is a pure function of explicit ``params`` (a dict name -> tensor: ``W1, b1, ...``
+for the coupling and bias of layer 1, ...), so the same network can be evaluated at perturbed,
+complex-cast or per-step-updated parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import activations, couplings, dynamics
+from ._dtypes import DTYPES
+from .spec import ModelSpec
+
+__all__ = ["Network"]
+
+
+class Network:
+    """The energy of one :class:`~spikeep.spec.ModelSpec`; holds structure, never parameters."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.act = activations.get(spec.activation)
+        self.layers = spec.layers
+        self.couplings = [couplings.build(a, b) for a, b in zip(spec.layers, spec.layers[1:])]
+        self.n_dynamic = len(spec.dynamic_layers)
+        self.readout = spec.readout
+        self.holomorphic = self.act.holomorphic and all(c.holomorphic for c in self.couplings)
+        self.dynamics = dynamics.for_spec(spec)
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def param_names(self) -> list[str]:
+        return [f"{p}{i}" for i in range(1, len(self.layers)) for p in ("W", "b")]
+
+    def init_params(self, seed: int = 0, dtype=None, device=None) -> dict[str, Tensor]:
+        """Fresh parameters drawn from the spec's ``init`` with a seeded generator."""
+        dtype = dtype or DTYPES[self.spec.dtype]
+        g = torch.Generator().manual_seed(seed)
+        init = self.spec.init
+        params = {}
+        for i, c in enumerate(self.couplings, start=1):
+            shape = c.weight_shape
+            if init.scheme == "glorot_uniform":
+                a = math.sqrt(6.0 / (c.fan_in + c.fan_out))
+                W = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * a
+            elif init.scheme == "uniform_fan_in":
+                a = 1.0 / math.sqrt(c.fan_in)
+                W = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * a
+            else:
+                W = torch.randn(shape, generator=g, dtype=torch.float64) / math.sqrt(c.fan_in)
+            if init.bias == "zeros":
+                b = torch.zeros(c.layer.shape[0], dtype=torch.float64)
+            else:
+                a = 1.0 / math.sqrt(c.fan_in)
+                b = (torch.rand(c.layer.shape[0], generator=g, dtype=torch.float64) * 2 - 1) * a
+            params[f"W{i}"] = (W * init.scale).to(dtype=dtype, device=device)
+            params[f"b{i}"] = b.to(dtype=dtype, device=device)
+        return params
+
+    # -- shapes -------------------------------------------------------------------------------
+
+    def zeros(self, x: Tensor) -> tuple[Tensor, ...]:
+        """All-zero states for a batch ``x`` (shape ``(B, *input_shape)``), in ``x``'s dtype."""
+        B = x.shape[0]
+        return tuple(x.new_zeros((B, *layer.shape)) for layer in self.spec.dynamic_layers)
+
+    def _bias(self, b: Tensor, layer_shape) -> Tensor:
+        return b.view(-1, *([1] * (len(layer_shape) - 1)))
+
+    # -- the primitive and its closed-form derivatives ---------------------------------------
+
+    def static_drive(self, params, x: Tensor) -> list[Tensor]:
+        """The part of ``dPhi/dr_l`` that does not depend on the states: ``b_l``, plus
+        ``c_1(W_1, x)`` for layer 1. Computed once per input, shared by every phase."""
+        drive = []
+        for i, layer in enumerate(self.spec.dynamic_layers, start=1):
+            b = self._bias(params[f"b{i}"], layer.shape)
+            drive.append(self.couplings[0].forward(params["W1"], x) + b if i == 1 else b)
+        return drive
+
+    def dphi(self, params, r: tuple[Tensor, ...], static: list[Tensor], y=None, beta=0.0):
+        """Closed-form ``dPhi_beta/dr_l`` for every dynamic layer (tuple, shapes of ``r``)."""
+        L = self.n_dynamic
+        h = list(static)
+        for i in range(1, L):  # coupling i+1 links r[i-1] (below) and r[i] (above)
+            c, W = self.couplings[i], params[f"W{i + 1}"]
+            h[i] = h[i] + c.forward(W, r[i - 1])
+            h[i - 1] = h[i - 1] + c.feedback(W, r[i - 1], r[i])
+        if beta != 0:
+            h[-1] = h[-1] - beta * self.dcost_dr(params, r[-1], y)
+        return tuple(h)
+
+    def phi(self, params, r: tuple[Tensor, ...], x: Tensor, y=None, beta=0.0) -> Tensor:
+        """``Phi_beta`` per sample, shape ``(B,)``: the autograd oracle for :meth:`dphi`."""
+        below = (x, *r)
+        total = 0
+        for i, layer in enumerate(self.spec.dynamic_layers, start=1):
+            drive = self.couplings[i - 1].forward(params[f"W{i}"], below[i - 1])
+            drive = drive + self._bias(params[f"b{i}"], layer.shape)
+            total = total + (r[i - 1] * drive).flatten(1).sum(1)
+        if beta != 0:
+            total = total - beta * self.cost(params, r, y)
+        return total
+
+    def energy(self, params, s: tuple[Tensor, ...], x: Tensor, y=None, beta=0.0) -> Tensor:
+        """``F = E + beta C`` per sample, shape ``(B,)``, at states ``s`` (not rates)."""
+        r = tuple(self.act.rho(si) for si in s)
+        half = sum(0.5 * (si * si).flatten(1).sum(1) for si in s)
+        return half - self.phi(params, r, x, y, beta)
+
+    # -- cost ------------------------------------------------------------------------------
+
+    def logits(self, params, r_last: Tensor) -> Tensor:
+        """Cross-entropy readout ``W_out r_{L-1} + b_out``, shape ``(B, classes)``."""
+        n = len(self.layers) - 1
+        return r_last.flatten(1) @ params[f"W{n}"].T + params[f"b{n}"]
+
+    def output(self, params, r: tuple[Tensor, ...]) -> Tensor:
+        """The network's prediction: output rates (mse) or logits (cross-entropy)."""
+        return self.logits(params, r[-1]) if self.readout else r[-1]
+
+    def cost(self, params, r: tuple[Tensor, ...], y: Tensor) -> Tensor:
+        """``C`` per sample, shape ``(B,)``; ``y`` one-hot (or real targets for mse)."""
+        if self.readout:
+            z = self.logits(params, r[-1])
+            shift = z.real.amax(dim=1, keepdim=True).detach()
+            lse = shift.squeeze(1) + torch.log(torch.exp(z - shift).sum(1))
+            return lse - (y * z).sum(1)
+        d = r[-1] - y
+        return 0.5 * (d * d).flatten(1).sum(1)
+
+    def dcost_dr(self, params, r_last: Tensor, y: Tensor) -> Tensor:
+        """Closed-form ``dC/dr_L`` (mse) or ``dC/dr_{L-1}`` through the readout."""
+        if self.readout:
+            n = len(self.layers) - 1
+            err = self._softmax(self.logits(params, r_last)) - y
+            return (err @ params[f"W{n}"]).view_as(r_last)
+        return r_last - y
+
+    @staticmethod
+    def _softmax(z: Tensor) -> Tensor:
+        e = torch.exp(z - z.real.amax(dim=1, keepdim=True).detach())
+        return e / e.sum(dim=1, keepdim=True)
+
+    def loss(self, params, r: tuple[Tensor, ...], y: Tensor) -> Tensor:
+        """``L = mean_batch C``, a scalar."""
+        return self.cost(params, r, y).mean()
+
+    # -- parameter derivatives -----------------------------------------------------------------
+
+    def dF_dtheta(self, params, x: Tensor, y, points) -> dict[str, Tensor]:
+        """``Re sum_k c_k mean_batch dF/dtheta(r^(k), beta_k)`` in closed form.
+
+        ``points`` is a list of ``(r, beta, c)``: rates of all dynamic layers, the nudging strength
+        they were relaxed with, and a (possibly complex) coefficient. Every estimator is such a
+        weighted sum, e.g. one-sided EP is ``[(r_beta, beta, 1/beta), (r_0, 0, -1/beta)]``.
+        With ``F = E + beta C``: ``dF/dW_l = -d<r_l, c_l(W_l, r_{l-1})>/dW_l``, ``dF/db_l = -r_l``
+        and, for the readout, ``beta dC/dtheta``.
+        """
+        B = x.shape[0]
+        grads = {}
+        for i, layer in enumerate(self.spec.dynamic_layers, start=1):
+            c = self.couplings[i - 1]
+            W = params[f"W{i}"]
+            pairs = [(x if i == 1 else r[i - 2], -ck * r[i - 1]) for r, _, ck in points]
+            grads[f"W{i}"] = c.weight_grad(W, pairs)
+            g = sum(g for _, g in pairs)
+            grads[f"b{i}"] = g.sum(0).flatten(1).sum(1) if len(layer.shape) == 3 else g.sum(0)
+        if self.readout:
+            n = len(self.layers) - 1
+            W = params[f"W{n}"]
+            pairs = []
+            for r, beta, ck in points:
+                if beta != 0:
+                    z = self.logits({**params, f"W{n}": W.to(r[-1].dtype)}, r[-1])
+                    pairs.append((r[-1].flatten(1), ck * beta * (self._softmax(z) - y)))
+            if pairs:
+                grads[f"W{n}"] = torch.cat([g for _, g in pairs]).T @ torch.cat([a for a, _ in pairs])
+                grads[f"b{n}"] = sum(g.sum(0) for _, g in pairs)
+            else:
+                grads[f"W{n}"] = torch.zeros_like(W)
+                grads[f"b{n}"] = torch.zeros_like(params[f"b{n}"])
+        return {k: (v.real if v.is_complex() else v) / B for k, v in grads.items()}
+
+    def dF_dtheta_autograd(self, params, x: Tensor, y, points) -> dict[str, Tensor]:
+        """Autograd twin of :meth:`dF_dtheta` (the test oracle): one backward pass of
+        ``Re sum_k c_k mean_batch F(r^(k), beta_k)`` with the rates held fixed."""
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            total = 0
+            for r, beta, ck in points:
+                dtype = r[0].dtype
+                p = {k: v.to(dtype) for k, v in leaves.items()}
+                F_k = -self.phi(p, tuple(ri.detach() for ri in r), x.to(dtype), y, beta)
+                total = total + ck * F_k.mean()
+            total = total.real if torch.is_tensor(total) and total.is_complex() else total
+            grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+        return {
+            k: (g if g is not None else torch.zeros_like(params[k]))
+            for k, g in zip(leaves, grads, strict=True)
+        }
