@@ -179,6 +179,11 @@ class Network:
         and, for the readout, ``beta dC/dtheta``.
         """
         B = x.shape[0]
+        if any(r[0].is_complex() for r, _, _ in points) or any(
+            isinstance(v, complex) for _, v, c in points
+        ):  # one dtype for every point: real nudges are promoted next to complex ones
+            dtype = next(r[0].dtype for r, _, _ in points if r[0].is_complex())
+            points = [(tuple(ri.to(dtype) for ri in r), b, c) for r, b, c in points]
         grads = {}
         for i, layer in enumerate(self.spec.dynamic_layers, start=1):
             c = self.couplings[i - 1]

@@ -1,0 +1,232 @@
+r"""EP gradient estimators behind one interface.
+
+Each estimator turns a relaxed free phase into an estimate of ``+dL/dtheta`` (descend it), as a
+weighted sum of ``dF/dtheta`` at nudged fixed points (``F = E + beta C``, :mod:`spikeep.energy`),
+and declares the order of its bias in ``beta``:
+
+| name          | estimate                                                              | bias          |
+|---------------|-----------------------------------------------------------------------|---------------|
+| `one-sided`   | ``(dF/dtheta(s^beta) - dF/dtheta(s^0)) / beta``                       | O(beta)       |
+| `random-sign` | one-sided with the sign of ``beta`` drawn per batch                   | O(beta)       |
+| `symmetric`   | ``(dF/dtheta(s^beta) - dF/dtheta(s^-beta)) / (2 beta)``               | O(beta^2)     |
+| `holomorphic` | ``Re (1/N) sum_k dF/dtheta(s^beta_k) / beta_k``, ``beta_k = abs(beta) e^{2 pi i k/N}`` | O(abs(beta)^N) |
+| `continual`   | C-EP: the weights move at every nudged step; returns ``(theta_0 - theta_K) / lr`` | O(beta) + O(lr) |
+
+``holomorphic`` relaxes only ``k = 0 .. N/2``: for real parameters and data ``s^conj(beta)`` is
+``conj(s^beta)``, so the other half of the circle repeats their real parts (weight 2). ``k = 0``
+and ``k = N/2`` are real nudges, so ``N = 2`` performs exactly the symmetric estimator's arithmetic.
+
+Adding an estimator: subclass :class:`Estimator`, implement :meth:`~Estimator.estimate` and
+``bias_order``, and add it to :data:`ESTIMATORS`; the parametrised tests then check it against the
+implicit reference and fit its bias order.
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .dynamics import Relaxed, relax
+
+__all__ = [
+    "Estimate",
+    "Estimator",
+    "OneSided",
+    "RandomSign",
+    "Symmetric",
+    "Holomorphic",
+    "Continual",
+    "ESTIMATORS",
+    "make",
+]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An estimate of ``dL/dtheta`` and the nudged phases behind it.
+
+    Attributes:
+        grads: name -> estimated gradient (shapes of the parameters).
+        betas: the nudging strength of each simulated nudged phase.
+        residuals: each nudged phase's final residual (floats), aligned with ``betas``.
+        nudged: the nudged states (last phase), e.g. to seed the next one.
+    """
+
+    grads: dict[str, Tensor]
+    betas: list[complex | float] = field(default_factory=list)
+    residuals: list[float] = field(default_factory=list)
+    nudged: tuple[Tensor, ...] | None = None
+
+
+class Estimator(ABC):
+    """A gradient estimator with nudging strength ``beta`` and ``steps`` nudged steps."""
+
+    name: ClassVar[str]
+
+    def __init__(self, beta: float, steps: int = 20):
+        if not (isinstance(beta, int | float) and math.isfinite(beta) and beta != 0):
+            raise ValueError(f"beta must be a finite non-zero real number, got {beta!r}")
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"nudged steps must be a positive integer, got {steps!r}")
+        self.beta, self.steps = float(beta), steps
+
+    @property
+    @abstractmethod
+    def bias_order(self) -> int:
+        """``p`` such that the estimate's error is ``O(beta^p)``."""
+
+    @abstractmethod
+    def estimate(
+        self, net, params, x: Tensor, y: Tensor, free: Relaxed, generator=None
+    ) -> Estimate:
+        """Estimate ``dL/dtheta`` from the free phase ``free`` on batch ``(x, y)``."""
+
+    def __repr__(self):
+        return f"{type(self).__name__}(beta={self.beta}, steps={self.steps})"
+
+    def _nudge(self, net, params, x, y, free: Relaxed, beta, static=None):
+        out = relax(net, params, x, y, beta, s=free.s, steps=self.steps, static=static)
+        return out, net.dynamics.rates(net, out.s)
+
+
+class OneSided(Estimator):
+    """Scellier & Bengio 2017: one nudged phase at ``+beta``."""
+
+    name = "one-sided"
+    bias_order = 1
+
+    def estimate(self, net, params, x, y, free, generator=None):
+        return _one_sided(self, net, params, x, y, free, self.beta)
+
+
+def _one_sided(est, net, params, x, y, free, beta):
+    nudged, r_b = est._nudge(net, params, x, y, free, beta)
+    r_0 = net.dynamics.rates(net, free.s)
+    grads = net.dF_dtheta(params, x, y, [(r_b, beta, 1 / beta), (r_0, 0.0, -1 / beta)])
+    return Estimate(grads, [beta], [float(nudged.residual)], nudged.s)
+
+
+class RandomSign(Estimator):
+    """One-sided EP with the sign of ``beta`` drawn per call (per batch) from ``generator``."""
+
+    name = "random-sign"
+    bias_order = 1
+
+    def estimate(self, net, params, x, y, free, generator=None):
+        sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
+        return _one_sided(self, net, params, x, y, free, sign * self.beta)
+
+
+class Symmetric(Estimator):
+    """Laborieux et al. 2021: nudged phases at ``+beta`` and ``-beta``, both from the free state."""
+
+    name = "symmetric"
+    bias_order = 2
+
+    def estimate(self, net, params, x, y, free, generator=None):
+        b = self.beta
+        static = net.static_drive(params, x)
+        plus, r_p = self._nudge(net, params, x, y, free, b, static)
+        minus, r_m = self._nudge(net, params, x, y, free, -b, static)
+        grads = net.dF_dtheta(params, x, y, [(r_p, b, 1 / (2 * b)), (r_m, -b, -1 / (2 * b))])
+        return Estimate(grads, [b, -b], [float(plus.residual), float(minus.residual)], plus.s)
+
+
+class Holomorphic(Estimator):
+    """Laborieux & Zenke 2022: ``N`` nudges on the circle of radius ``abs(beta)``."""
+
+    name = "holomorphic"
+
+    def __init__(self, beta: float, steps: int = 20, points: int = 4):
+        super().__init__(beta, steps)
+        if not (isinstance(points, int) and points >= 2):
+            raise ValueError(f"points must be an integer >= 2, got {points!r}")
+        self.points = points
+
+    @property
+    def bias_order(self):
+        return self.points
+
+    def __repr__(self):
+        return f"Holomorphic(beta={self.beta}, steps={self.steps}, points={self.points})"
+
+    def betas(self) -> list[tuple[complex | float, float]]:
+        """``(beta_k, weight_k)`` for the simulated half circle ``k = 0 .. N // 2``."""
+        N, a = self.points, abs(self.beta)
+        out = []
+        for k in range(N // 2 + 1):
+            if k == 0:
+                out.append((a, 1.0))
+            elif 2 * k == N:
+                out.append((-a, 1.0))
+            else:
+                out.append((a * cmath.exp(2j * math.pi * k / N), 2.0))
+        return out
+
+    def estimate(self, net, params, x, y, free, generator=None):
+        N = self.points
+        static = net.static_drive(params, x)
+        points, betas, residuals, last = [], [], [], None
+        for beta_k, w in self.betas():
+            out, r_k = self._nudge(net, params, x, y, free, beta_k, static if w == 1 else None)
+            points.append((r_k, beta_k, w / (N * beta_k)))
+            betas.append(beta_k)
+            residuals.append(float(out.residual))
+            last = out.s if last is None else last
+        return Estimate(net.dF_dtheta(params, x, y, points), betas, residuals, last)
+
+
+class Continual(Estimator):
+    """C-EP (Ernoult et al. 2020): during the nudged phase, after every step ``t``,
+    ``theta <- theta - lr (dF/dtheta(s_{t+1}) - dF/dtheta(s_t)) / beta`` (``s_0`` taken at
+    ``beta = 0``, so the steps telescope to one-sided EP as ``lr -> 0``). Returns
+    ``(theta_0 - theta_K) / lr``: one SGD step of size ``lr`` with it lands on ``theta_K``.
+    ``lr`` is a float or a dict name -> float (per-parameter learning rates)."""
+
+    name = "continual"
+    bias_order = 1
+
+    def __init__(self, beta: float, steps: int = 20, lr: float | dict[str, float] = 1e-3):
+        super().__init__(beta, steps)
+        self.lr = lr
+
+    def _lr(self, name):
+        return self.lr[name] if isinstance(self.lr, dict) else self.lr
+
+    def estimate(self, net, params, x, y, free, generator=None):
+        b = self.beta
+        theta = dict(params)
+        s = free.s
+        r_prev, beta_prev = net.dynamics.rates(net, s), 0.0
+        prev = s
+        for _ in range(self.steps):
+            static = net.static_drive(theta, x)
+            prev, s = s, net.dynamics.step(net, theta, s, static, y, b)
+            r = net.dynamics.rates(net, s)
+            g = net.dF_dtheta(theta, x, y, [(r, b, 1 / b), (r_prev, beta_prev, -1 / b)])
+            theta = {k: v - self._lr(k) * g[k] for k, v in theta.items()}
+            r_prev, beta_prev = r, b
+        grads = {k: (params[k] - theta[k]) / self._lr(k) for k in params}
+        residual = max(float((a - c).abs().max()) for a, c in zip(s, prev, strict=True))
+        return Estimate(grads, [b], [residual / net.dynamics.dt], s)
+
+
+ESTIMATORS: dict[str, type[Estimator]] = {
+    cls.name: cls for cls in (OneSided, RandomSign, Symmetric, Holomorphic, Continual)
+}
+
+
+def make(name: str, beta: float, steps: int = 20, **options) -> Estimator:
+    """Build the estimator called ``name``; options: ``points`` (holomorphic), ``lr`` (continual)."""
+    try:
+        cls = ESTIMATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)}") from None
+    allowed = {"holomorphic": {"points"}, "continual": {"lr"}}.get(name, set())
+    return cls(beta, steps, **{k: v for k, v in options.items() if k in allowed and v is not None})
