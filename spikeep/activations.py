@@ -41,6 +41,7 @@ class Activation:
         drho: elementwise ``rho'(s)``, closed form.
         holomorphic: ``rho`` is complex-analytic near the real axis (complex states allowed).
         box: interval that the continuous-time dynamics project states onto, or ``None``.
+        slope: ``rho'`` on the box when ``rho`` is linear there (lets the dynamics skip ``drho``).
     """
 
     name: str
@@ -48,6 +49,7 @@ class Activation:
     drho: Callable[[Tensor], Tensor]
     holomorphic: bool
     box: tuple[float, float] | None = None
+    slope: float | None = None
 
 
 _REGISTRY: dict[str, Activation] = {}
@@ -96,6 +98,7 @@ register(
         drho=lambda s: ((s >= 0) & (s <= 1)).to(s.dtype),  # inclusive: no unit sticks at 0
         holomorphic=False,
         box=(0.0, 1.0),
+        slope=1.0,
     )
 )
 register(
@@ -129,5 +132,6 @@ register(
         drho=lambda s: ((s >= 0) & (s <= 2)).to(s.dtype) / 2,
         holomorphic=False,
         box=(0.0, 2.0),
+        slope=0.5,
     )
 )

@@ -59,6 +59,14 @@ class Coupling(ABC):
     @abstractmethod
     def weight_grad(self, W: Tensor, pairs: list[tuple[Tensor, Tensor]]) -> Tensor: ...
 
+    def drives(self, W, r_prev, r_next, h_prev, h_next) -> tuple[Tensor, Tensor]:
+        """``(h_prev + feedback, h_next + forward)``: the coupling's share of both layers' drive
+        in one dynamics step (subclasses fuse and share work here). With ``r_next=None`` only
+        the forward drive is formed (``h_prev`` is returned as given)."""
+        if r_next is None:
+            return h_prev, h_next + self.forward(W, r_prev)
+        return h_prev + self.feedback(W, r_prev, r_next), h_next + self.forward(W, r_prev)
+
 
 class Dense(Coupling):
     """``forward = W flatten(r_prev)``, ``W`` of shape ``(n_next, n_prev)``."""
@@ -72,6 +80,14 @@ class Dense(Coupling):
 
     def feedback(self, W, r_prev, r_next):
         return (r_next @ W).view(r_next.shape[0], *self.prev.shape)
+
+    def drives(self, W, r_prev, r_next, h_prev, h_next):
+        h_next = torch.addmm(h_next, r_prev.flatten(1), W.T)
+        if r_next is None:
+            return h_prev, h_next
+        if h_prev.dim() == 2:
+            return torch.addmm(h_prev, r_next, W), h_next
+        return h_prev + self.feedback(W, r_prev, r_next), h_next
 
     def weight_grad(self, W, pairs):
         # Pairs that share the same r_prev (the clamped input) are summed before the product.
@@ -96,6 +112,7 @@ class Conv(Coupling):
         return (self.layer.shape[0], self.prev.shape[0], k, k)
 
     def _conv(self, W, r_prev):
+        r_prev = r_prev.contiguous(memory_format=torch.channels_last)  # faster CPU kernels
         return F.conv2d(r_prev, W, stride=self.spec.stride, padding=self.spec.padding)
 
     def forward(self, W, r_prev):
@@ -104,17 +121,29 @@ class Conv(Coupling):
     def feedback(self, W, r_prev, r_next):
         sp = self.spec
         if sp.pool in ("max", "softmax"):  # nonlinear pools need the pre-pool values
-            z = self._conv(W, r_prev)
-            shape = z.shape
+            _, g = pooling.pool_and_adjoint(self._conv(W, r_prev), r_next, sp.pool, sp.pool_size)
         else:
-            z, shape = None, (*r_next.shape[:2], *self._conv_hw())
-        g = pooling.adjoint(r_next, sp.pool, sp.pool_size, z=z, shape=shape)
-        # The transposed conv; output_padding restores rows a strided conv never reached.
+            shape = (*r_next.shape[:2], *self._conv_hw())
+            g = pooling.adjoint(r_next, sp.pool, sp.pool_size, shape=shape)
+        return self._transpose(W, g)
+
+    def _transpose(self, W, g):
+        """The transposed conv; output_padding restores rows a strided conv never reached."""
+        sp = self.spec
         pad = tuple(
             n - ((m - 1) * sp.stride - 2 * sp.padding + sp.kernel)
             for n, m in zip(self.prev.shape[1:], g.shape[-2:], strict=True)
         )
+        g = g.contiguous(memory_format=torch.channels_last)
         return F.conv_transpose2d(g, W, stride=sp.stride, padding=sp.padding, output_padding=pad)
+
+    def drives(self, W, r_prev, r_next, h_prev, h_next):
+        sp = self.spec
+        if r_next is None:
+            return h_prev, h_next + self.forward(W, r_prev)
+        z = self._conv(W, r_prev)  # shared by the forward drive and the pooled feedback
+        forward, g = pooling.pool_and_adjoint(z, r_next, sp.pool, sp.pool_size)
+        return h_prev + self._transpose(W, g), h_next + forward
 
     def _conv_hw(self):
         sp = self.spec

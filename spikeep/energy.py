@@ -35,6 +35,12 @@ from .spec import ModelSpec
 __all__ = ["Network"]
 
 
+def _layout(s: Tensor) -> Tensor:
+    """Feature maps live channels-last: the CPU conv kernels are faster and mixed layouts slow
+    every elementwise op."""
+    return s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s
+
+
 class Network:
     """The energy of one :class:`~spikeep.spec.ModelSpec`; holds structure, never parameters."""
 
@@ -83,7 +89,7 @@ class Network:
     def zeros(self, x: Tensor) -> tuple[Tensor, ...]:
         """All-zero states for a batch ``x`` (shape ``(B, *input_shape)``), in ``x``'s dtype."""
         B = x.shape[0]
-        return tuple(x.new_zeros((B, *layer.shape)) for layer in self.spec.dynamic_layers)
+        return tuple(_layout(x.new_zeros((B, *layer.shape))) for layer in self.spec.dynamic_layers)
 
     def _bias(self, b: Tensor, layer_shape) -> Tensor:
         return b.view(-1, *([1] * (len(layer_shape) - 1)))
@@ -96,7 +102,7 @@ class Network:
         drive = []
         for i, layer in enumerate(self.spec.dynamic_layers, start=1):
             b = self._bias(params[f"b{i}"], layer.shape)
-            drive.append(self.couplings[0].forward(params["W1"], x) + b if i == 1 else b)
+            drive.append(self.couplings[0].drives(params["W1"], x, None, None, b)[1] if i == 1 else b)
         return drive
 
     def dphi(self, params, r: tuple[Tensor, ...], static: list[Tensor], y=None, beta=0.0):
@@ -105,8 +111,7 @@ class Network:
         h = list(static)
         for i in range(1, L):  # coupling i+1 links r[i-1] (below) and r[i] (above)
             c, W = self.couplings[i], params[f"W{i + 1}"]
-            h[i] = h[i] + c.forward(W, r[i - 1])
-            h[i - 1] = h[i - 1] + c.feedback(W, r[i - 1], r[i])
+            h[i - 1], h[i] = c.drives(W, r[i - 1], r[i], h[i - 1], h[i])
         if beta != 0:
             h[-1] = h[-1] - beta * self.dcost_dr(params, r[-1], y)
         return tuple(h)
@@ -179,6 +184,7 @@ class Network:
         and, for the readout, ``beta dC/dtheta``.
         """
         B = x.shape[0]
+        points = [(r, beta, c / B) for r, beta, c in points]  # mean over the batch, folded in
         if any(r[0].is_complex() for r, _, _ in points) or any(
             isinstance(v, complex) for _, v, c in points
         ):  # one dtype for every point: real nudges are promoted next to complex ones
@@ -206,7 +212,7 @@ class Network:
             else:
                 grads[f"W{n}"] = torch.zeros_like(W)
                 grads[f"b{n}"] = torch.zeros_like(params[f"b{n}"])
-        return {k: (v.real if v.is_complex() else v) / B for k, v in grads.items()}
+        return {k: (v.real if v.is_complex() else v) for k, v in grads.items()}
 
     def dF_dtheta_autograd(self, params, x: Tensor, y, points) -> dict[str, Tensor]:
         """Autograd twin of :meth:`dF_dtheta` (the test oracle): one backward pass of

@@ -90,8 +90,8 @@ class Estimator(ABC):
     def __repr__(self):
         return f"{type(self).__name__}(beta={self.beta}, steps={self.steps})"
 
-    def _nudge(self, net, params, x, y, free: Relaxed, beta, static=None):
-        out = relax(net, params, x, y, beta, s=free.s, steps=self.steps, static=static)
+    def _nudge(self, net, params, x, y, free: Relaxed, beta):
+        out = relax(net, params, x, y, beta, s=free.s, steps=self.steps, static=free.static)
         return out, net.dynamics.rates(net, out.s)
 
 
@@ -131,9 +131,8 @@ class Symmetric(Estimator):
 
     def estimate(self, net, params, x, y, free, generator=None):
         b = self.beta
-        static = net.static_drive(params, x)
-        plus, r_p = self._nudge(net, params, x, y, free, b, static)
-        minus, r_m = self._nudge(net, params, x, y, free, -b, static)
+        plus, r_p = self._nudge(net, params, x, y, free, b)
+        minus, r_m = self._nudge(net, params, x, y, free, -b)
         grads = net.dF_dtheta(params, x, y, [(r_p, b, 1 / (2 * b)), (r_m, -b, -1 / (2 * b))])
         return Estimate(grads, [b, -b], [float(plus.residual), float(minus.residual)], plus.s)
 
@@ -171,10 +170,9 @@ class Holomorphic(Estimator):
 
     def estimate(self, net, params, x, y, free, generator=None):
         N = self.points
-        static = net.static_drive(params, x)
         points, betas, residuals, last = [], [], [], None
         for beta_k, w in self.betas():
-            out, r_k = self._nudge(net, params, x, y, free, beta_k, static if w == 1 else None)
+            out, r_k = self._nudge(net, params, x, y, free, beta_k)
             points.append((r_k, beta_k, w / (N * beta_k)))
             betas.append(beta_k)
             residuals.append(float(out.residual))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pool", "adjoint", "HOLOMORPHIC"]
+__all__ = ["pool", "adjoint", "pool_and_adjoint", "HOLOMORPHIC"]
 
 HOLOMORPHIC = {"none": True, "avg": True, "softmax": True, "max": False}
 
@@ -77,3 +77,16 @@ def adjoint(g: Tensor, kind: str, k: int, z: Tensor | None = None, shape=None) -
         y = (p * win).sum(dim=-1, keepdim=True)
         return _unwindows(g.unsqueeze(-1) * p * (1 + win - y), k, z.shape)
     raise ValueError(f"unknown pooling {kind!r}; expected one of {sorted(HOLOMORPHIC)}")
+
+
+def pool_and_adjoint(z: Tensor, g: Tensor, kind: str, k: int) -> tuple[Tensor, Tensor]:
+    """``(pool(z), adjoint(g, z))`` sharing the work both need (arg-max, softmax weights)."""
+    if kind == "max":
+        out, idx = F.max_pool2d(z, k, return_indices=True)
+        return out, F.max_unpool2d(g, idx, k, output_size=z.shape[-2:])
+    if kind == "softmax":
+        win = _windows(z, k)
+        p = _softmax_weights(win)
+        y = (p * win).sum(dim=-1, keepdim=True)
+        return y.squeeze(-1), _unwindows(g.unsqueeze(-1) * p * (1 + win - y), k, z.shape)
+    return pool(z, kind, k), adjoint(g, kind, k, z=z, shape=z.shape)

@@ -1,0 +1,210 @@
+"""The ``spikeep`` command line.
+
+    spikeep gradcheck --model PATH --estimator NAME|all --beta B [--points N] [--batch 16]
+                      [--seed 0] [--dtype float64] [--free-steps 300] [--nudged-steps 300] [--json]
+    spikeep gdu --model PATH [--beta 1e-4] [--steps 10] [--free-steps 300] [--json]
+    spikeep bench ep-step --model PATH [--batch 100] [--free-steps 20] [--nudged-steps 4] [--json]
+
+A bad argument prints one line and exits with status 2; a relaxation that diverges exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from . import estimators, spec
+from .dynamics import DivergenceError
+
+__all__ = ["main"]
+
+DTYPE_CHOICES = ("float32", "float64")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit status 2 (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class UsageError(Exception):
+    """A bad value found after parsing (e.g. an invalid model file): exit status 2."""
+
+
+def _number(kind, check, what):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_beta = _number(float, lambda v: math.isfinite(v) and v != 0, "a finite non-zero number")
+_positive_beta = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_points = _number(int, lambda v: v >= 2, "an integer >= 2")
+_seed = _number(int, lambda v: v >= 0, "a non-negative integer")
+_lr = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive learning rate")
+
+
+def _load(path: str) -> spec.ModelSpec:
+    try:
+        return spec.load(path)
+    except spec.SpecError as err:
+        raise UsageError(str(err)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="spikeep", description="Equilibrium Propagation: gradient checks and benchmarks.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("gradcheck", help="compare an EP estimator with the implicit gradient")
+    g.add_argument("--model", required=True, help="model spec (TOML)")
+    g.add_argument("--estimator", required=True, choices=[*estimators.ESTIMATORS, "all"])
+    g.add_argument("--beta", required=True, type=_beta, help="nudging strength")
+    g.add_argument("--points", type=_points, default=4, help="holomorphic: points N (default 4)")
+    g.add_argument("--batch", type=_positive_int, default=16)
+    g.add_argument("--seed", type=_seed, default=0)
+    g.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                   help="estimator dtype (default: the model's); the reference is float64")
+    g.add_argument("--free-steps", type=_positive_int, default=300)
+    g.add_argument("--nudged-steps", type=_positive_int, default=300)
+    g.add_argument("--lr", type=_lr, default=1e-6, help="continual EP learning rate (default 1e-6)")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+
+    d = sub.add_parser("gdu", help="per-step EP updates versus BPTT gradients (Ernoult et al. 2019)")
+    d.add_argument("--model", required=True)
+    d.add_argument("--beta", type=_beta, default=1e-4)
+    d.add_argument("--steps", type=_positive_int, default=10, help="nudged steps K compared")
+    d.add_argument("--free-steps", type=_positive_int, default=300)
+    d.add_argument("--batch", type=_positive_int, default=8)
+    d.add_argument("--seed", type=_seed, default=0)
+    d.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    e = bsub.add_parser("ep-step", help="time the whole EP step (free, nudged, update)")
+    e.add_argument("--model", required=True)
+    e.add_argument("--batch", type=_positive_int, default=100)
+    e.add_argument("--free-steps", type=_positive_int, default=20)
+    e.add_argument("--nudged-steps", type=_positive_int, default=4)
+    e.add_argument("--estimator", choices=list(estimators.ESTIMATORS), default="one-sided")
+    e.add_argument("--beta", type=_positive_beta, default=0.5)
+    e.add_argument("--repeats", type=_positive_int, default=20)
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    e.add_argument("--json", action="store_true")
+    return p
+
+
+def _gradcheck(args) -> int:
+    from .gradcheck import gradcheck
+
+    model = _load(args.model)
+    names = list(estimators.ESTIMATORS) if args.estimator == "all" else [args.estimator]
+    rows = []
+    for name in names:
+        try:
+            rows.append(gradcheck(model, name, args.beta, args.points, args.batch, args.seed,
+                                  args.dtype, args.free_steps, args.nudged_steps, args.lr))
+        except ValueError as err:  # e.g. a complex nudge on a non-holomorphic model
+            if args.estimator != "all":
+                raise UsageError(str(err)) from None
+            rows.append({"estimator": name, "error": str(err)})
+    if args.json:
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+        return 0
+    first = next((r for r in rows if "error" not in r), None)
+    if first:
+        print(f"model {first['model']}  beta {args.beta}  batch {first['batch']}  "
+              f"dtype {first['dtype']}  reference implicit  free residual "
+              f"{first['free_residual']:.2e}")
+    print(f"{'estimator':<13}{'bias':>6}{'cosine':>14}{'rel_error':>12}  nudged residual")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['estimator']:<13}  skipped: {r['error']}")
+            continue
+        name = r["estimator"] + (f" N={r['points']}" if r["points"] else "")
+        print(f"{name:<13}{'O(b^' + str(r['bias_order']) + ')':>6}{r['cosine']:>14.10f}"
+              f"{r['rel_error']:>12.3e}  {max(r['nudged_residuals']):.1e}")
+    if len(rows) == 1:
+        print("per parameter:")
+        for k, v in rows[0]["per_param"].items():
+            print(f"  {k:<8} cosine {v['cosine']:.10f}  rel_error {v['rel_error']:.3e}")
+    return 0
+
+
+def _gdu(args) -> int:
+    from .energy import Network
+    from .gdu import gdu
+    from .gradcheck import random_batch
+
+    model = _load(args.model)
+    net = Network(model)
+    import torch
+
+    params = net.init_params(args.seed, dtype=torch.float64)
+    x, y = random_batch(net, args.batch, args.seed)
+    if args.steps >= args.free_steps:
+        raise UsageError(f"--steps {args.steps} must be fewer than --free-steps {args.free_steps}")
+    out = {"model": model.source, **gdu(net, params, x, y, args.beta, args.free_steps, args.steps)}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"model {model.source}  beta {args.beta}  free residual {out['free_residual']:.2e}")
+    print(f"{'step':>4}  {'states cos':>12}{'rel_err':>11}  {'params cos':>12}{'rel_err':>11}")
+    for r in out["per_step"]:
+        s, p = r["states"], r["params"]
+        print(f"{r['step']:>4}  {s['cosine']:>12.8f}{s['rel_error']:>11.2e}  "
+              f"{p['cosine']:>12.8f}{p['rel_error']:>11.2e}")
+    return 0
+
+
+def _bench(args) -> int:
+    import torch
+
+    from .bench import bench_ep_step
+
+    model = _load(args.model)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available")
+    elif device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device: expected cpu, cuda, cuda:N or auto, got {device!r}")
+    out = bench_ep_step(model, args.batch, args.free_steps, args.nudged_steps, args.estimator,
+                        args.beta, repeats=args.repeats, device=device)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{out['model']}  batch {out['batch']}  {out['free_steps']} free + "
+              f"{out['nudged_steps']} nudged steps  {out['estimator']}  {out['device']} "
+              f"({out['threads']} threads)")
+        print(f"ms_per_batch {out['ms_per_batch']:.3f}  samples_per_s {out['samples_per_s']:.0f}  "
+              f"ms_per_free_step {out['ms_per_free_step']:.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"gradcheck": _gradcheck, "gdu": _gdu, "bench": _bench}
+    try:
+        return commands[args.command](args)
+    except UsageError as err:
+        print(f"spikeep {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except DivergenceError as err:
+        print(f"spikeep {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
