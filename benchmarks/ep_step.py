@@ -103,23 +103,29 @@ def bench_mlp(repeats: int, warmup: int = 3) -> dict:
     for dynamics in ("energy", "prototypical"):
         net = Network(spec.from_dict({**_raw(model), "dynamics": dynamics}, model.source))
         params = net.init_params(0, dtype=torch.float32)
-        ref = AutogradMLP(params, 2)
         x, y = random_batch(net, 100, 0, torch.float32)
-        est = estimators.make("one-sided", 0.5, 4)
-
-        def ours():
-            with torch.no_grad():
-                free = relax(net, params, x, steps=20)
-                g = est.estimate(net, params, x, y, free).grads
-                for k, v in params.items():
-                    v.add_(g[k], alpha=-0.01)
-
-        def theirs():
-            ref.ep_step(x, y, 20, 4, 0.5, 0.01)
-
+        ours = _ours_mlp(net, params, x, y)
+        theirs = _theirs_mlp(AutogradMLP(params, 2), x, y)
         t_ours, t_ref = _interleave(ours, theirs, repeats, warmup)
         results[dynamics] = {"ours_ms": t_ours, "reference_ms": t_ref, "speedup": t_ref / t_ours}
     return results
+
+
+def _ours_mlp(net, params, x, y):
+    est = estimators.make("one-sided", 0.5, 4)
+
+    def run():
+        with torch.no_grad():
+            free = relax(net, params, x, steps=20)
+            g = est.estimate(net, params, x, y, free).grads
+            for k, v in params.items():
+                v.add_(g[k], alpha=-0.01)
+
+    return run
+
+
+def _theirs_mlp(ref, x, y):
+    return lambda: ref.ep_step(x, y, 20, 4, 0.5, 0.01)
 
 
 def bench_cnn(repeats: int, warmup: int = 2, steps: int = 5) -> dict:
@@ -169,19 +175,26 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    out = {"threads": torch.get_num_threads(), "mlp_784_500_10": bench_mlp(args.repeats),
-           "conv_mnist_step": bench_cnn(max(3, args.repeats // 3))}
+    out = {
+        "threads": torch.get_num_threads(),
+        "mlp_784_500_10": bench_mlp(args.repeats),
+        "conv_mnist_step": bench_cnn(max(3, args.repeats // 3)),
+    }
     if args.json:
         print(json.dumps(out))
         return 0
     print(f"EP step timings, {out['threads']} threads, median of interleaved repeats")
     for dyn, r in out["mlp_784_500_10"].items():
-        print(f"mlp_784_500_10 ({dyn} dynamics), batch 100, 20+4 steps, whole EP step: "
-              f"spikeep {r['ours_ms']:.2f} ms, autograd-per-step {r['reference_ms']:.2f} ms, "
-              f"speed-up {r['speedup']:.1f}x")
+        print(
+            f"mlp_784_500_10 ({dyn} dynamics), batch 100, 20+4 steps, whole EP step: "
+            f"spikeep {r['ours_ms']:.2f} ms, autograd-per-step {r['reference_ms']:.2f} ms, "
+            f"speed-up {r['speedup']:.1f}x"
+        )
     r = out["conv_mnist_step"]
-    print(f"conv_mnist, batch 100, one dynamics step: spikeep {r['ours_ms']:.2f} ms, "
-          f"autograd-per-step {r['reference_ms']:.2f} ms, speed-up {r['speedup']:.1f}x")
+    print(
+        f"conv_mnist, batch 100, one dynamics step: spikeep {r['ours_ms']:.2f} ms, "
+        f"autograd-per-step {r['reference_ms']:.2f} ms, speed-up {r['speedup']:.1f}x"
+    )
     return 0
 
 

@@ -4,13 +4,13 @@ Every activation is registered once, with its closed-form derivative ``drho``, w
 holomorphic (so it may be evaluated on complex states, as holomorphic EP needs), and the box its
 states are projected onto by the continuous-time dynamics (``None`` when unbounded).
 
-| name           | rho(s)                                                    | holomorphic | box    |
-|----------------|-----------------------------------------------------------|-------------|--------|
-| `hard_sigmoid` | clip(s, 0, 1)                                             | no          | [0, 1] |
-| `sigmoid4`     | sigmoid(4 s - 2)                                          | yes         | none   |
-| `holotanh`     | (softplus(k s/2) - softplus(k (s/2 - 1))) / k, k = 4      | yes         | none   |
-| `tanh`         | tanh(s)                                                   | yes         | none   |
-| `hard_sigmoid_half` | clip(s/2, 0, 1) (Laborieux et al. 2021's convnets)   | no          | [0, 2] |
+| name                | rho(s)                                              | holomorphic | box    |
+|---------------------|-----------------------------------------------------|-------------|--------|
+| `hard_sigmoid`      | clip(s, 0, 1)                                       | no          | [0, 1] |
+| `sigmoid4`          | sigmoid(4 s - 2)                                    | yes         | none   |
+| `holotanh`          | (softplus(k s/2) - softplus(k (s/2 - 1))) / k, k=4  | yes         | none   |
+| `tanh`              | tanh(s)                                             | yes         | none   |
+| `hard_sigmoid_half` | clip(s/2, 0, 1) (Laborieux et al. 2021's convnets)  | no          | [0, 2] |
 
 ``holotanh`` is spikeep's smooth holomorphic clip of ``s/2`` to [0, 1] (Laborieux & Zenke 2022 use a
 clip of that kind for convnets): its derivative ``(sigmoid(k s/2) - sigmoid(k (s/2 - 1))) / 2`` is a

@@ -63,7 +63,9 @@ def _load(path: str) -> spec.ModelSpec:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="spikeep", description="Equilibrium Propagation: gradient checks and benchmarks.")
+    p = _Parser(
+        prog="spikeep", description="Equilibrium Propagation: gradient checks and benchmarks."
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("gradcheck", help="compare an EP estimator with the implicit gradient")
@@ -73,14 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--points", type=_points, default=4, help="holomorphic: points N (default 4)")
     g.add_argument("--batch", type=_positive_int, default=16)
     g.add_argument("--seed", type=_seed, default=0)
-    g.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
-                   help="estimator dtype (default: the model's); the reference is float64")
+    g.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=None,
+        help="estimator dtype (default: the model's); the reference is float64",
+    )
     g.add_argument("--free-steps", type=_positive_int, default=300)
     g.add_argument("--nudged-steps", type=_positive_int, default=300)
     g.add_argument("--lr", type=_lr, default=1e-6, help="continual EP learning rate (default 1e-6)")
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
-    d = sub.add_parser("gdu", help="per-step EP updates versus BPTT gradients (Ernoult et al. 2019)")
+    d = sub.add_parser(
+        "gdu", help="per-step EP updates versus BPTT gradients (Ernoult et al. 2019)"
+    )
     d.add_argument("--model", required=True)
     d.add_argument("--beta", type=_beta, default=1e-4)
     d.add_argument("--steps", type=_positive_int, default=10, help="nudged steps K compared")
@@ -104,6 +112,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _json(obj) -> str:
+    """Strict JSON: a non-finite float (e.g. a relative error against a zero reference) is null."""
+
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(obj), allow_nan=False)
+
+
 def _gradcheck(args) -> int:
     from .gradcheck import gradcheck
 
@@ -112,28 +135,44 @@ def _gradcheck(args) -> int:
     rows = []
     for name in names:
         try:
-            rows.append(gradcheck(model, name, args.beta, args.points, args.batch, args.seed,
-                                  args.dtype, args.free_steps, args.nudged_steps, args.lr))
+            rows.append(
+                gradcheck(
+                    model,
+                    name,
+                    args.beta,
+                    args.points,
+                    args.batch,
+                    args.seed,
+                    args.dtype,
+                    args.free_steps,
+                    args.nudged_steps,
+                    args.lr,
+                )
+            )
         except ValueError as err:  # e.g. a complex nudge on a non-holomorphic model
             if args.estimator != "all":
                 raise UsageError(str(err)) from None
             rows.append({"estimator": name, "error": str(err)})
     if args.json:
-        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+        print(_json(rows[0] if len(rows) == 1 else rows))
         return 0
     first = next((r for r in rows if "error" not in r), None)
     if first:
-        print(f"model {first['model']}  beta {args.beta}  batch {first['batch']}  "
-              f"dtype {first['dtype']}  reference implicit  free residual "
-              f"{first['free_residual']:.2e}")
-    print(f"{'estimator':<13}{'bias':>6}{'cosine':>14}{'rel_error':>12}  nudged residual")
+        print(
+            f"model {first['model']}  beta {args.beta}  batch {first['batch']}  "
+            f"dtype {first['dtype']}  reference implicit  free residual "
+            f"{first['free_residual']:.2e}"
+        )
+    print(f"{'estimator':<17}{'bias':>7}{'cosine':>14}{'rel_error':>12}  nudged residual")
     for r in rows:
         if "error" in r:
-            print(f"{r['estimator']:<13}  skipped: {r['error']}")
+            print(f"{r['estimator']:<17}  skipped: {r['error']}")
             continue
         name = r["estimator"] + (f" N={r['points']}" if r["points"] else "")
-        print(f"{name:<13}{'O(b^' + str(r['bias_order']) + ')':>6}{r['cosine']:>14.10f}"
-              f"{r['rel_error']:>12.3e}  {max(r['nudged_residuals']):.1e}")
+        print(
+            f"{name:<17}{'O(b^' + str(r['bias_order']) + ')':>7}{r['cosine']:>14.10f}"
+            f"{r['rel_error']:>12.3e}  {max(r['nudged_residuals']):.1e}"
+        )
     if len(rows) == 1:
         print("per parameter:")
         for k, v in rows[0]["per_param"].items():
@@ -156,14 +195,16 @@ def _gdu(args) -> int:
         raise UsageError(f"--steps {args.steps} must be fewer than --free-steps {args.free_steps}")
     out = {"model": model.source, **gdu(net, params, x, y, args.beta, args.free_steps, args.steps)}
     if args.json:
-        print(json.dumps(out))
+        print(_json(out))
         return 0
     print(f"model {model.source}  beta {args.beta}  free residual {out['free_residual']:.2e}")
     print(f"{'step':>4}  {'states cos':>12}{'rel_err':>11}  {'params cos':>12}{'rel_err':>11}")
     for r in out["per_step"]:
         s, p = r["states"], r["params"]
-        print(f"{r['step']:>4}  {s['cosine']:>12.8f}{s['rel_error']:>11.2e}  "
-              f"{p['cosine']:>12.8f}{p['rel_error']:>11.2e}")
+        print(
+            f"{r['step']:>4}  {s['cosine']:>12.8f}{s['rel_error']:>11.2e}  "
+            f"{p['cosine']:>12.8f}{p['rel_error']:>11.2e}"
+        )
     return 0
 
 
@@ -180,16 +221,28 @@ def _bench(args) -> int:
         raise UsageError(f"--device {device}: no CUDA device is available")
     elif device != "cpu" and not device.startswith("cuda"):
         raise UsageError(f"--device: expected cpu, cuda, cuda:N or auto, got {device!r}")
-    out = bench_ep_step(model, args.batch, args.free_steps, args.nudged_steps, args.estimator,
-                        args.beta, repeats=args.repeats, device=device)
+    out = bench_ep_step(
+        model,
+        args.batch,
+        args.free_steps,
+        args.nudged_steps,
+        args.estimator,
+        args.beta,
+        repeats=args.repeats,
+        device=device,
+    )
     if args.json:
-        print(json.dumps(out))
+        print(_json(out))
     else:
-        print(f"{out['model']}  batch {out['batch']}  {out['free_steps']} free + "
-              f"{out['nudged_steps']} nudged steps  {out['estimator']}  {out['device']} "
-              f"({out['threads']} threads)")
-        print(f"ms_per_batch {out['ms_per_batch']:.3f}  samples_per_s {out['samples_per_s']:.0f}  "
-              f"ms_per_free_step {out['ms_per_free_step']:.3f}")
+        print(
+            f"{out['model']}  batch {out['batch']}  {out['free_steps']} free + "
+            f"{out['nudged_steps']} nudged steps  {out['estimator']}  {out['device']} "
+            f"({out['threads']} threads)"
+        )
+        print(
+            f"ms_per_batch {out['ms_per_batch']:.3f}  samples_per_s {out['samples_per_s']:.0f}  "
+            f"ms_per_free_step {out['ms_per_free_step']:.3f}"
+        )
     return 0
 
 

@@ -4,8 +4,8 @@ A coupling with weight ``W`` contributes ``<r_next, forward(W, r_prev)>`` to the
 (see :mod:`spikeep.energy`), where ``r`` are rates, shapes ``(B, *layer.shape)``. Its three closed
 forms are all the dynamics and the estimators need:
 
-- ``forward(W, r_prev)``: the drive the upper layer receives, ``d<r_next, forward>/d r_next``;
-- ``feedback(W, r_prev, r_next)``: the drive the lower layer receives, ``d<r_next, forward>/d r_prev``;
+- ``forward(W, r_prev)``: the drive of the upper layer, ``d<r_next, forward>/d r_next``;
+- ``feedback(W, r_prev, r_next)``: the drive of the lower layer, ``d<r_next, forward>/d r_prev``;
 - ``weight_grad(W, pairs)``: ``d/dW sum_k <g_k, forward(W, r_k)>`` for a list of ``(r_k, g_k)``
   (real ``W``; with complex ``g_k`` the real part of the result is the one that counts).
 

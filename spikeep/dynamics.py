@@ -100,7 +100,9 @@ class GradientFlow(Dynamics):
         h = net.dphi(params, self.rates(net, s), static, y, beta)
         if act.slope is not None:  # rho' is constant on the box: s + dt (slope h - s), clipped
             h = h if act.slope == 1 else tuple(act.slope * hi for hi in h)
-            return tuple(torch.lerp(si, hi, dt).clamp_(*act.box) for si, hi in zip(s, h, strict=True))
+            return tuple(
+                torch.lerp(si, hi, dt).clamp_(*act.box) for si, hi in zip(s, h, strict=True)
+            )
         out = tuple(si + dt * (act.drho(si) * hi - si) for si, hi in zip(s, h, strict=True))
         if act.box is not None:
             out = tuple(si.clamp(*act.box) for si in out)
@@ -180,7 +182,7 @@ def relax(
     # and the last step's change. On failure, replay the phase to name the layer and step.
     stats = torch.stack(
         [si.abs().amax() for si in state] + [(a - b).abs().amax() for a, b in zip(state, prev)]
-    )
+    ).detach()
     peak = float(stats[: len(state)].amax())
     if not peak <= max_abs:  # also true for NaN
         _locate(net, params, s0, static, y, beta, steps, max_abs)

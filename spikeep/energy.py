@@ -102,7 +102,9 @@ class Network:
         drive = []
         for i, layer in enumerate(self.spec.dynamic_layers, start=1):
             b = self._bias(params[f"b{i}"], layer.shape)
-            drive.append(self.couplings[0].drives(params["W1"], x, None, None, b)[1] if i == 1 else b)
+            drive.append(
+                self.couplings[0].drives(params["W1"], x, None, None, b)[1] if i == 1 else b
+            )
         return drive
 
     def dphi(self, params, r: tuple[Tensor, ...], static: list[Tensor], y=None, beta=0.0):
@@ -207,7 +209,9 @@ class Network:
                     z = self.logits({**params, f"W{n}": W.to(r[-1].dtype)}, r[-1])
                     pairs.append((r[-1].flatten(1), ck * beta * (self._softmax(z) - y)))
             if pairs:
-                grads[f"W{n}"] = torch.cat([g for _, g in pairs]).T @ torch.cat([a for a, _ in pairs])
+                grads[f"W{n}"] = torch.cat([g for _, g in pairs]).T @ torch.cat(
+                    [a for a, _ in pairs]
+                )
                 grads[f"b{n}"] = sum(g.sum(0) for _, g in pairs)
             else:
                 grads[f"W{n}"] = torch.zeros_like(W)

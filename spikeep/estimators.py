@@ -4,13 +4,14 @@ Each estimator turns a relaxed free phase into an estimate of ``+dL/dtheta`` (de
 weighted sum of ``dF/dtheta`` at nudged fixed points (``F = E + beta C``, :mod:`spikeep.energy`),
 and declares the order of its bias in ``beta``:
 
-| name          | estimate                                                              | bias          |
-|---------------|-----------------------------------------------------------------------|---------------|
-| `one-sided`   | ``(dF/dtheta(s^beta) - dF/dtheta(s^0)) / beta``                       | O(beta)       |
-| `random-sign` | one-sided with the sign of ``beta`` drawn per batch                   | O(beta)       |
-| `symmetric`   | ``(dF/dtheta(s^beta) - dF/dtheta(s^-beta)) / (2 beta)``               | O(beta^2)     |
-| `holomorphic` | ``Re (1/N) sum_k dF/dtheta(s^beta_k) / beta_k``, ``beta_k = abs(beta) e^{2 pi i k/N}`` | O(abs(beta)^N) |
-| `continual`   | C-EP: the weights move at every nudged step; returns ``(theta_0 - theta_K) / lr`` | O(beta) + O(lr) |
+- ``one-sided`` (bias O(beta)): ``(dF/dtheta(s^beta) - dF/dtheta(s^0)) / beta``;
+- ``random-sign`` (O(beta)): one-sided with the sign of ``beta`` drawn per batch;
+- ``symmetric`` (O(beta^2)): ``(dF/dtheta(s^beta) - dF/dtheta(s^-beta)) / (2 beta)``;
+- ``holomorphic`` (O(abs(beta)^N)): ``Re (1/N) sum_k dF/dtheta(s^beta_k) / beta_k`` with
+  ``beta_k = abs(beta) e^{2 pi i k / N}``;
+- ``continual`` (C-EP, O(beta) + O(lr/beta)): the weights move at every nudged step; returns
+  ``(theta_0 - theta_K) / lr``. The weights' drift moves the fixed point by O(lr), which the
+  ``1/beta`` of the update amplifies: keep ``lr`` well below ``beta``.
 
 ``holomorphic`` relaxes only ``k = 0 .. N/2``: for real parameters and data ``s^conj(beta)`` is
 ``conj(s^beta)``, so the other half of the circle repeats their real parts (weight 2). ``k = 0``
@@ -188,7 +189,7 @@ class Continual(Estimator):
     ``lr`` is a float or a dict name -> float (per-parameter learning rates)."""
 
     name = "continual"
-    bias_order = 1
+    bias_order = 1  # in beta, at fixed lr/beta -> 0
 
     def __init__(self, beta: float, steps: int = 20, lr: float | dict[str, float] = 1e-3):
         super().__init__(beta, steps)
@@ -221,10 +222,12 @@ ESTIMATORS: dict[str, type[Estimator]] = {
 
 
 def make(name: str, beta: float, steps: int = 20, **options) -> Estimator:
-    """Build the estimator called ``name``; options: ``points`` (holomorphic), ``lr`` (continual)."""
+    """Build the estimator ``name``; options: ``points`` (holomorphic), ``lr`` (continual)."""
     try:
         cls = ESTIMATORS[name]
     except KeyError:
-        raise ValueError(f"unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)}") from None
+        raise ValueError(
+            f"unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)}"
+        ) from None
     allowed = {"holomorphic": {"points"}, "continual": {"lr"}}.get(name, set())
     return cls(beta, steps, **{k: v for k, v in options.items() if k in allowed and v is not None})

@@ -3,7 +3,7 @@ r"""Step-by-step comparison of EP updates with BPTT gradients (Ernoult et al. 20
 Run the free phase for ``T`` steps to ``s_T ~ s*`` and backpropagate ``L = C(rates(s_T))``
 through its last ``K`` steps, each step with its own copy ``theta_t`` of the parameters:
 
-    grad_s(k)     = dL/ds_{T-k}                       k = 0 .. K - 1
+    grad_s(k)     = B dL/ds_{T-k}  (per sample)        k = 0 .. K - 1
     grad_theta(k) = dL/dtheta_{T-k}  (+ the direct dL/dtheta of a readout, at k = 0)
 
 Then run the nudged phase from ``s^beta_0 = s_T`` and form the per-step EP updates
@@ -13,10 +13,12 @@ Then run the nudged phase from ``s^beta_0 = s_T`` and form the per-step EP updat
                    beta_0 = 0, beta_t = beta for t > 0
 
 (``dt`` is the step of the ``energy`` dynamics, 1 for ``prototypical``). The GDU property: when the
-free phase has converged, ``dEP(t) -> -grad(t)`` for every ``t`` as ``beta -> 0``. It holds exactly
-when the step map is the gradient of a primitive: always for the ``energy`` dynamics, and for the
-``prototypical`` dynamics with ``hard_sigmoid``; with other activations the prototypical step's
-Jacobian ``rho'(h) W`` is not symmetric and the two sequences agree only approximately.
+free phase has converged, ``dEP(t) -> -grad(t)`` for every ``t`` as ``beta -> 0``, with an error
+O(beta). For the ``energy`` dynamics the step is the gradient of the primitive
+``1/2 |s|^2 - dt F`` and this holds as written. For the ``prototypical`` dynamics
+``s = rho(h)`` the step's Jacobian is ``D W`` with ``D = rho'(h*)``, so nudges propagate as
+``(D W)^t D`` and adjoints as ``(W D)^t``: the states agree with the gradient with respect to the
+pre-activation, ``grad_s(k) = B rho'(h*) dL/ds_{T-k} = B dL/dh_{T-k}``, which is what is reported.
 Summed over ``t``, ``dEP_theta`` telescopes to minus the one-sided EP estimate.
 """
 
@@ -51,14 +53,18 @@ def gdu_sequences(net, params, x, y, beta: float = 1e-4, free_steps: int = 300, 
         L = net.loss(direct, dyn.rates(net, states[-1]), y)
         L.backward()
     flat = _flat
-    bptt_s = [flat(tuple(_grad(si) for si in states[K - k])) for k in range(K)]
+    scale = x.shape[0]  # L is a batch mean; per-sample state gradients are B dL/ds
+    s_T = tuple(si.detach() for si in states[-1])
+    if dyn.name == "prototypical":  # compare with dL/dh = rho'(h*) dL/ds, h the pre-activation
+        h = net.dphi(params, s_T, net.static_drive(params, x))
+        scale = scale * flat(tuple(net.act.drho(hi) for hi in h))
+    bptt_s = [scale * flat(tuple(_grad(si) for si in states[K - k])) for k in range(K)]
     bptt_theta = []
     for k in range(K):
         g = {n: _grad(v) for n, v in thetas[K - 1 - k].items()}
         if k == 0:
             g = {n: g[n] + _grad(direct[n]) for n in g}
         bptt_theta.append(g)
-    s_T = tuple(si.detach() for si in states[-1])
     free_residual = max(float((a - b.detach()).abs().max()) for a, b in zip(s_T, states[-2]))
     free_residual /= dyn.dt
 
@@ -94,16 +100,27 @@ def gdu(net, params, x, y, beta: float = 1e-4, free_steps: int = 300, K: int = 1
         cat = lambda g: torch.cat([v.flatten() for v in g.values()])  # noqa: E731
         row = {
             "step": k,
-            "states": {"cosine": cosine(ep_s[k], -bptt_s[k]),
-                       "rel_error": rel_error(ep_s[k], -bptt_s[k])},
-            "params": {"cosine": cosine(cat(ep_theta[k]), -cat(bptt_theta[k])),
-                       "rel_error": rel_error(cat(ep_theta[k]), -cat(bptt_theta[k]))},
+            "states": {
+                "cosine": cosine(ep_s[k], -bptt_s[k]),
+                "rel_error": rel_error(ep_s[k], -bptt_s[k]),
+            },
+            "params": {
+                "cosine": cosine(cat(ep_theta[k]), -cat(bptt_theta[k])),
+                "rel_error": rel_error(cat(ep_theta[k]), -cat(bptt_theta[k])),
+            },
             "per_param": {
-                n: {"cosine": cosine(ep_theta[k][n], -bptt_theta[k][n]),
-                    "rel_error": rel_error(ep_theta[k][n], -bptt_theta[k][n])}
+                n: {
+                    "cosine": cosine(ep_theta[k][n], -bptt_theta[k][n]),
+                    "rel_error": rel_error(ep_theta[k][n], -bptt_theta[k][n]),
+                }
                 for n in params
             },
         }
         rows.append(row)
-    return {"beta": beta, "free_steps": free_steps, "steps": K, "free_residual": residual,
-            "per_step": rows}
+    return {
+        "beta": beta,
+        "free_steps": free_steps,
+        "steps": K,
+        "free_residual": residual,
+        "per_step": rows,
+    }

@@ -45,8 +45,9 @@ def compare(g: dict[str, Tensor], ref: dict[str, Tensor]) -> dict:
     return {
         "cosine": cosine(flat(g), flat(ref)),
         "rel_error": rel_error(flat(g), flat(ref)),
-        "per_param": {k: {"cosine": cosine(g[k], ref[k]), "rel_error": rel_error(g[k], ref[k])}
-                      for k in ref},
+        "per_param": {
+            k: {"cosine": cosine(g[k], ref[k]), "rel_error": rel_error(g[k], ref[k])} for k in ref
+        },
     }
 
 

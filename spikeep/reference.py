@@ -4,7 +4,8 @@ Both differentiate the fixed-point map ``T`` of the network's own dynamics
 (:mod:`spikeep.dynamics`), ``s* = T(s*, theta)``:
 
 - :func:`implicit_gradient` (recurrent backprop): solve the adjoint system
-  ``(I - dT/ds)^T lambda = dL/ds`` at ``s*``, then ``dL/dtheta = lambda^T dT/dtheta + dL/dtheta|_s``.
+  ``(I - dT/ds)^T lambda = dL/ds`` at ``s*``, then
+  ``dL/dtheta = lambda^T dT/dtheta + dL/dtheta|_s``.
   ``solver="dense"`` builds each sample's Jacobian and solves exactly (small networks);
   ``"iterative"`` iterates ``lambda <- dL/ds + (dT/ds)^T lambda`` to a tolerance.
 - :func:`bptt_gradient`: autograd through ``steps`` unrolled steps from the initial state;
@@ -45,7 +46,7 @@ def _unflat(v: Tensor, like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
 
 
 def loss(net, params, x, y, steps: int = 500, s=None) -> Tensor:
-    """``L = mean_batch C`` at the free state reached after ``steps`` steps (for finite differences)."""
+    """``L = mean_batch C`` at the free state after ``steps`` steps (for finite differences)."""
     free = relax(net, params, x, s=s, steps=steps)
     return net.loss(params, net.dynamics.rates(net, free.s), y)
 
@@ -84,7 +85,9 @@ def implicit_gradient(
         s = tuple(si.clone().requires_grad_(True) for si in s_star)
         L = net.loss(leaves, net.dynamics.rates(net, s), y)
         dL_ds = torch.autograd.grad(L, s, retain_graph=True, allow_unused=True)
-        dL_ds = tuple(d if d is not None else torch.zeros_like(si) for d, si in zip(dL_ds, s, strict=True))
+        dL_ds = tuple(
+            d if d is not None else torch.zeros_like(si) for d, si in zip(dL_ds, s, strict=True)
+        )
         direct = torch.autograd.grad(L, list(leaves.values()), allow_unused=True)
         T = _step(net, leaves, x, s)
         c = _flat(dL_ds)
@@ -110,8 +113,11 @@ def _dense_adjoint(T, s, c: Tensor, n: int) -> Tensor:
         e = torch.zeros_like(Tf)
         e[:, i] = 1
         rows = torch.autograd.grad(Tf, s, grad_outputs=e, retain_graph=True, allow_unused=True)
-        J[:, i, :] = _flat(tuple(r if r is not None else torch.zeros_like(si)
-                                 for r, si in zip(rows, s, strict=True)))
+        J[:, i, :] = _flat(
+            tuple(
+                r if r is not None else torch.zeros_like(si) for r, si in zip(rows, s, strict=True)
+            )
+        )
     eye = torch.eye(n, dtype=c.dtype, device=c.device)
     return torch.linalg.solve((eye - J).transpose(1, 2), c.unsqueeze(-1)).squeeze(-1)
 
@@ -119,10 +125,14 @@ def _dense_adjoint(T, s, c: Tensor, n: int) -> Tensor:
 def _iterative_adjoint(T, s, c: Tensor, tol: float, max_iter: int) -> Tensor:
     lam = c.clone()
     for _ in range(max_iter):
-        vjp = torch.autograd.grad(T, s, grad_outputs=_unflat(lam, s), retain_graph=True,
-                                  allow_unused=True)
-        new = c + _flat(tuple(v if v is not None else torch.zeros_like(si)
-                              for v, si in zip(vjp, s, strict=True)))
+        vjp = torch.autograd.grad(
+            T, s, grad_outputs=_unflat(lam, s), retain_graph=True, allow_unused=True
+        )
+        new = c + _flat(
+            tuple(
+                v if v is not None else torch.zeros_like(si) for v, si in zip(vjp, s, strict=True)
+            )
+        )
         done = (new - lam).abs().max() <= tol * max(1.0, float(new.abs().max()))
         lam = new
         if done:

@@ -50,9 +50,10 @@ class SpecError(ValueError):
 class Coupling:
     """How a layer is driven by the layer before it.
 
-    ``dense``: ``W rho(s_prev)`` (the previous layer flattened). ``conv``: ``pool(conv(rho(s_prev)))``
-    with a square ``kernel``, ``stride`` and zero ``padding``; ``pool`` is applied over
-    non-overlapping ``pool_size`` windows (``softmax``: the softmax-weighted mean, temperature 1).
+    ``dense``: ``W rho(s_prev)`` (the previous layer flattened). ``conv``:
+    ``pool(conv(rho(s_prev)))`` with a square ``kernel``, ``stride`` and zero ``padding``;
+    ``pool`` acts on non-overlapping ``pool_size`` windows (``softmax``: the softmax-weighted
+    mean, temperature 1).
     """
 
     kind: str = "dense"
@@ -117,13 +118,23 @@ def load(path: str | Path) -> ModelSpec:
     if not path.is_file():
         raise SpecError(f"{path}: no such model spec file")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise SpecError(f"{path}: not valid TOML ({err})") from None
     return from_dict(data, source=str(path))
 
 
-_TOP_KEYS = {"name", "layers", "activation", "cost", "dynamics", "dt", "dtype", "init", "description"}
+_TOP_KEYS = {
+    "name",
+    "layers",
+    "activation",
+    "cost",
+    "dynamics",
+    "dt",
+    "dtype",
+    "init",
+    "description",
+}
 _LAYER_KEYS = {"name", "size", "shape", "channels", "coupling"}
 _COUPLING_KEYS = {"kind", "kernel", "stride", "padding", "pool", "pool_size"}
 _INIT_KEYS = {"scheme", "scale", "bias"}
@@ -177,7 +188,9 @@ class _Ctx:
             return default
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, types):
-            names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+            names = (
+                types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+            )
             self.fail(where, f"expected {names}, got {value!r}")
         return value
 
@@ -198,7 +211,7 @@ def _init(ctx: _Ctx, raw: Any) -> Init:
     ctx.keys(raw, _INIT_KEYS, "init")
     scheme = ctx.choice(raw, "scheme", INIT_SCHEMES, "init.scheme", "glorot_uniform")
     scale = float(ctx.typed(raw, "scale", (int, float), "init.scale", 1.0))
-    if not scale > 0:
+    if not (math.isfinite(scale) and scale > 0):
         ctx.fail("init.scale", f"expected a positive number, got {scale}")
     bias = ctx.choice(raw, "bias", BIAS_INITS, "init.bias", "zeros")
     return Init(scheme, scale, bias)
@@ -227,9 +240,13 @@ def _declared_shape(ctx: _Ctx, raw: dict, where: str) -> tuple[int, ...]:
     if "shape" in raw:
         shape = raw["shape"]
         ok = isinstance(shape, list) and len(shape) in (1, 3)
-        if not ok or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
-            ctx.fail(f"{where}.shape", f"expected [size] or [channels, height, width] of positive "
-                     f"integers, got {shape!r}")
+        if not ok or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape
+        ):
+            ctx.fail(
+                f"{where}.shape",
+                f"expected [size] or [channels, height, width] of positive integers, got {shape!r}",
+            )
         return tuple(shape)
     if "size" in raw:
         return (ctx.positive(raw, "size", f"{where}.size"),)
@@ -265,8 +282,10 @@ def _infer_shape(ctx, prev: tuple[int, ...], c: Coupling, raw: dict, where: str)
             ctx.fail(f"{where}.shape", f"a dense layer is flat, got shape {list(shape)}")
         return shape
     if len(prev) != 3:
-        ctx.fail(f"{where}.coupling", f"a conv coupling needs a [C, H, W] layer before it, "
-                 f"got shape {list(prev)}")
+        ctx.fail(
+            f"{where}.coupling",
+            f"a conv coupling needs a [C, H, W] layer before it, got shape {list(prev)}",
+        )
     channels = ctx.positive(raw, "channels", f"{where}.channels")
     hw = []
     for n in prev[1:]:
@@ -274,11 +293,14 @@ def _infer_shape(ctx, prev: tuple[int, ...], c: Coupling, raw: dict, where: str)
         if c.pool != "none":
             m //= c.pool_size
         if m < 1:
-            ctx.fail(f"{where}.coupling", f"kernel {c.kernel}, stride {c.stride}, padding "
-                     f"{c.padding}, pool {c.pool}/{c.pool_size} leave no output from a {prev} input")
+            ctx.fail(
+                f"{where}.coupling",
+                f"kernel {c.kernel}, stride {c.stride}, padding "
+                f"{c.padding}, pool {c.pool}/{c.pool_size} leave no output from a {prev} input",
+            )
         hw.append(m)
     shape = (channels, *hw)
-    if "shape" in raw and tuple(raw["shape"]) != shape:
+    if "shape" in raw and _declared_shape(ctx, raw, where) != shape:
         ctx.fail(f"{where}.shape", f"declared {raw['shape']} but the coupling gives {list(shape)}")
     if "size" in raw:
         ctx.fail(f"{where}.size", "a conv layer has 'channels' (its shape is inferred)")

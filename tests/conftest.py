@@ -1,0 +1,65 @@
+"""Shared helpers: model loading, spec variants, seeded batches, dtype-scaled tolerances."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikeep import spec
+from spikeep.energy import Network
+from spikeep.gradcheck import random_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+
+
+def raw(name: str) -> dict:
+    """The parsed TOML of ``models/<name>.toml``."""
+    return tomllib.loads((MODELS / f"{name}.toml").read_text())
+
+
+def variant(name: str, layers: dict | None = None, **top) -> Network:
+    """A network from ``models/<name>.toml`` with top-level keys replaced, and optionally the
+    coupling of some layers (index -> dict of coupling keys) changed."""
+    data = raw(name)
+    data.update(top)
+    for i, changes in (layers or {}).items():
+        coupling = data["layers"][i]["coupling"]
+        coupling = {"kind": coupling} if isinstance(coupling, str) else dict(coupling)
+        data["layers"][i] = {**data["layers"][i], "coupling": {**coupling, **changes}}
+    return Network(spec.from_dict(data, source=f"{name}-variant"))
+
+
+def load(name: str) -> Network:
+    return Network(spec.load(MODELS / f"{name}.toml"))
+
+
+def setup(net: Network, batch: int = 4, seed: int = 0, dtype=torch.float64):
+    """Parameters and a batch (x, y), seeded."""
+    params = net.init_params(seed, dtype=dtype)
+    x, y = random_batch(net, batch, seed + 1, dtype)
+    return params, x, y
+
+
+def tol(dtype: torch.dtype, factor: float) -> float:
+    """A tolerance of ``factor`` machine epsilons of ``dtype``."""
+    return factor * torch.finfo(dtype).eps
+
+
+def flat(g: dict) -> torch.Tensor:
+    return torch.cat([v.flatten() for v in g.values()])
+
+
+def rel(a: dict | torch.Tensor, b: dict | torch.Tensor) -> float:
+    a = flat(a) if isinstance(a, dict) else a.flatten()
+    b = flat(b) if isinstance(b, dict) else b.flatten()
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(params=["tiny", "tiny_conv"])
+def exact_model(request) -> Network:
+    """The two float64 exactness models of the core issue."""
+    return load(request.param)
