@@ -41,7 +41,9 @@ class Activation:
         drho: elementwise ``rho'(s)``, closed form.
         holomorphic: ``rho`` is complex-analytic near the real axis (complex states allowed).
         box: interval that the continuous-time dynamics project states onto, or ``None``.
-        slope: ``rho'`` on the box when ``rho`` is linear there (lets the dynamics skip ``drho``).
+        slope: ``rho'`` on the box when ``rho(s) = slope * s`` there (lets the dynamics skip
+            ``drho``).
+        rho_: in-place ``rho`` (overwrites its argument), for the hot loop; defaults to ``rho``.
     """
 
     name: str
@@ -50,6 +52,11 @@ class Activation:
     holomorphic: bool
     box: tuple[float, float] | None = None
     slope: float | None = None
+    rho_: Callable[[Tensor], Tensor] | None = None
+
+    def __post_init__(self):
+        if self.rho_ is None:
+            object.__setattr__(self, "rho_", self.rho)
 
 
 _REGISTRY: dict[str, Activation] = {}
@@ -96,6 +103,7 @@ register(
         "hard_sigmoid",
         rho=lambda s: s.clamp(0.0, 1.0),
         drho=lambda s: ((s >= 0) & (s <= 1)).to(s.dtype),  # inclusive: no unit sticks at 0
+        rho_=lambda s: s.clamp_(0.0, 1.0),
         holomorphic=False,
         box=(0.0, 1.0),
         slope=1.0,
@@ -129,6 +137,7 @@ register(
     Activation(
         "hard_sigmoid_half",
         rho=lambda s: (s / 2).clamp(0.0, 1.0),
+        rho_=lambda s: s.mul_(0.5).clamp_(0.0, 1.0),
         drho=lambda s: ((s >= 0) & (s <= 2)).to(s.dtype) / 2,
         holomorphic=False,
         box=(0.0, 2.0),

@@ -87,7 +87,7 @@ class Dense(Coupling):
             return h_prev, h_next
         if h_prev.dim() == 2:
             return torch.addmm(h_prev, r_next, W), h_next
-        return h_prev + self.feedback(W, r_prev, r_next), h_next
+        return self.feedback(W, r_prev, r_next).add_(h_prev), h_next
 
     def weight_grad(self, W, pairs):
         # Pairs that share the same r_prev (the clamped input) are summed before the product.
@@ -128,13 +128,20 @@ class Conv(Coupling):
         return self._transpose(W, g)
 
     def _transpose(self, W, g):
-        """The transposed conv; output_padding restores rows a strided conv never reached."""
+        """The transposed conv (the adjoint of ``_conv``), channels-last."""
         sp = self.spec
+        g = g.contiguous(memory_format=torch.channels_last)
+        full = sp.kernel - 1 - sp.padding
+        if sp.stride == 1 and full >= 0:
+            # A stride-1 transposed conv is a plain conv with the flipped kernel; this form takes
+            # the fast CPU kernels (oneDNN) where conv_transpose2d falls back to a slow path.
+            W_t = W.flip(2, 3).transpose(0, 1).contiguous(memory_format=torch.channels_last)
+            return F.conv2d(g, W_t, padding=full)
+        # output_padding restores rows and columns a strided conv never reached
         pad = tuple(
             n - ((m - 1) * sp.stride - 2 * sp.padding + sp.kernel)
             for n, m in zip(self.prev.shape[1:], g.shape[-2:], strict=True)
         )
-        g = g.contiguous(memory_format=torch.channels_last)
         return F.conv_transpose2d(g, W, stride=sp.stride, padding=sp.padding, output_padding=pad)
 
     def drives(self, W, r_prev, r_next, h_prev, h_next):
@@ -143,7 +150,8 @@ class Conv(Coupling):
             return h_prev, h_next + self.forward(W, r_prev)
         z = self._conv(W, r_prev)  # shared by the forward drive and the pooled feedback
         forward, g = pooling.pool_and_adjoint(z, r_next, sp.pool, sp.pool_size)
-        return h_prev + self._transpose(W, g), h_next + forward
+        # both results are fresh tensors: add the other drives in place, no new allocation
+        return self._transpose(W, g).add_(h_prev), forward.add_(h_next)
 
     def _conv_hw(self):
         sp = self.spec

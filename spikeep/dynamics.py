@@ -81,7 +81,7 @@ class Prototypical(Dynamics):
         return s
 
     def step(self, net, params, s, static, y=None, beta=0.0):
-        return tuple(net.act.rho(h) for h in net.dphi(params, s, static, y, beta))
+        return tuple(net.act.rho_(h) for h in net.dphi(params, s, static, y, beta))
 
 
 class GradientFlow(Dynamics):
@@ -93,6 +93,9 @@ class GradientFlow(Dynamics):
         self.dt = dt
 
     def rates(self, net, s):
+        slope = net.act.slope  # states stay on the box, where rho(s) = slope * s
+        if slope is not None:
+            return s if slope == 1 else tuple(slope * si for si in s)
         return tuple(net.act.rho(si) for si in s)
 
     def step(self, net, params, s, static, y=None, beta=0.0):

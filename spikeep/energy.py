@@ -53,6 +53,7 @@ class Network:
         self.readout = spec.readout
         self.holomorphic = self.act.holomorphic and all(c.holomorphic for c in self.couplings)
         self.dynamics = dynamics.for_spec(spec)
+        self._weights = [f"W{i}" for i in range(1, len(spec.layers))]
 
     # -- parameters -------------------------------------------------------------------------
 
@@ -108,14 +109,18 @@ class Network:
         return drive
 
     def dphi(self, params, r: tuple[Tensor, ...], static: list[Tensor], y=None, beta=0.0):
-        """Closed-form ``dPhi_beta/dr_l`` for every dynamic layer (tuple, shapes of ``r``)."""
-        L = self.n_dynamic
+        """Closed-form ``dPhi_beta/dr_l`` for every dynamic layer (tuple, shapes of ``r``).
+
+        The tensors returned are new (never ``static`` itself): callers may overwrite them.
+        """
         h = list(static)
-        for i in range(1, L):  # coupling i+1 links r[i-1] (below) and r[i] (above)
-            c, W = self.couplings[i], params[f"W{i + 1}"]
-            h[i - 1], h[i] = c.drives(W, r[i - 1], r[i], h[i - 1], h[i])
+        for i, c in enumerate(self.couplings[1 : self.n_dynamic], start=1):
+            # coupling i+1 links r[i-1] (below) and r[i] (above)
+            h[i - 1], h[i] = c.drives(params[self._weights[i]], r[i - 1], r[i], h[i - 1], h[i])
         if beta != 0:
-            h[-1] = h[-1] - beta * self.dcost_dr(params, r[-1], y)
+            h[-1] = torch.sub(h[-1], self.dcost_dr(params, r[-1], y), alpha=beta)
+        elif self.n_dynamic == 1:
+            h[0] = h[0].clone()
         return tuple(h)
 
     def phi(self, params, r: tuple[Tensor, ...], x: Tensor, y=None, beta=0.0) -> Tensor:

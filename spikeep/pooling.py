@@ -83,10 +83,22 @@ def pool_and_adjoint(z: Tensor, g: Tensor, kind: str, k: int) -> tuple[Tensor, T
     """``(pool(z), adjoint(g, z))`` sharing the work both need (arg-max, softmax weights)."""
     if kind == "max":
         out, idx = F.max_pool2d(z, k, return_indices=True)
-        return out, F.max_unpool2d(g, idx, k, output_size=z.shape[-2:])
+        return out, _unpool(g, idx, z, k)
     if kind == "softmax":
         win = _windows(z, k)
         p = _softmax_weights(win)
         y = (p * win).sum(dim=-1, keepdim=True)
         return y.squeeze(-1), _unwindows(g.unsqueeze(-1) * p * (1 + win - y), k, z.shape)
     return pool(z, kind, k), adjoint(g, kind, k, z=z, shape=z.shape)
+
+
+def _unpool(g: Tensor, idx: Tensor, z: Tensor, k: int) -> Tensor:
+    """``g`` routed to the arg-max positions ``idx`` (flat per plane) of ``z``, in ``z``'s memory
+    layout (a channels-last ``z`` gives a channels-last result with no extra copy)."""
+    if z.is_contiguous() or not z.is_contiguous(memory_format=torch.channels_last):
+        return F.max_unpool2d(g, idx, k, output_size=z.shape[-2:])
+    b, c, h, w = z.shape
+    out = z.new_zeros(b, h * w, c)  # the channels-last storage of the result
+    index = idx.permute(0, 2, 3, 1).reshape(b, -1, c)
+    out.scatter_(1, index, g.permute(0, 2, 3, 1).reshape(b, -1, c))
+    return out.view(b, h, w, c).permute(0, 3, 1, 2)
