@@ -1,5 +1,5 @@
 # Every target creates .venv itself; a fresh machine needs nothing but python3.11.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
