@@ -4,8 +4,13 @@
                       [--seed 0] [--dtype float64] [--free-steps 300] [--nudged-steps 300] [--json]
     spikeep gdu --model PATH [--beta 1e-4] [--steps 10] [--free-steps 300] [--json]
     spikeep bench ep-step --model PATH [--batch 100] [--free-steps 20] [--nudged-steps 4] [--json]
+    spikeep train PROTOCOL [--set section.key=value ...] [--out DIR] [--resume] [--json]
+    spikeep eval CHECKPOINT [--data NAME] [--data-dir DIR] [--json]
+    spikeep plot OUT
+    spikeep data fetch NAME --to DIR
 
-A bad argument prints one line and exits with status 2; a relaxation that diverges exits with 1.
+A bad argument prints one line and exits with status 2; a relaxation or a training run that
+diverges exits with 1.
 """
 
 from __future__ import annotations
@@ -109,7 +114,126 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--repeats", type=_positive_int, default=20)
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     e.add_argument("--json", action="store_true")
+    tr = sub.add_parser("train", help="train with EP as a protocol describes")
+    tr.add_argument("protocol", help="protocol file (TOML)")
+    tr.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a protocol value (TOML syntax), e.g. train.epochs=2",
+    )
+    tr.add_argument("--out", default=None, help="output folder (default out/<protocol name>)")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tr.add_argument("--data-dir", default=None, help="where the datasets are")
+    tr.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    tr.add_argument("--json", action="store_true", help="end with one JSON line of results")
+
+    ev = sub.add_parser("eval", help="test error of a checkpoint")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--data", default=None, help="dataset (default: the protocol's)")
+    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--split", choices=["train", "test"], default="test")
+    ev.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("plot", help="training curves of an output folder (PNG)")
+    pl.add_argument("out")
+
+    da = sub.add_parser("data", help="datasets")
+    dsub = da.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    fe = dsub.add_parser("fetch", help="download a dataset and verify its SHA-256")
+    fe.add_argument("name", choices=["mnist", "fashion-mnist"])
+    fe.add_argument("--to", required=True, help="folder to write NAME/ into")
     return p
+
+
+def _train(args) -> int:
+    from . import protocol as proto
+    from .train import TrainingError, train
+
+    try:
+        p = proto.load(args.protocol, proto.parse_overrides(args.set))
+    except (proto.ProtocolError, spec.SpecError) as err:
+        raise UsageError(str(err)) from None
+    out = args.out or f"out/{p.name}"
+    try:
+        summary = train(p, out, resume=args.resume, data_dir=args.data_dir, device=args.device)
+    except TrainingError as err:
+        print(f"spikeep train: {err}", file=sys.stderr)
+        return 1
+    except (proto.ProtocolError, ValueError) as err:  # bad data folder, device, ...
+        raise UsageError(str(err)) from None
+    if args.json:
+        print(_json(summary))
+    else:
+        print(
+            f"{p.name}: test error {summary['test_error']:.2f}%  train error "
+            f"{summary['train_error']:.2f}%  {summary['epochs']} epochs  "
+            f"{summary['wall_s']:.1f} s  -> {summary['out']}"
+        )
+    return 0
+
+
+def _eval(args) -> int:
+    from . import checkpoint, data
+    from .energy import Network
+    from .train import evaluate, normalization
+
+    try:
+        ckpt = checkpoint.load(args.checkpoint)
+        net = Network(spec.load(ckpt["model_source"]))
+    except (checkpoint.CheckpointError, spec.SpecError) as err:
+        raise UsageError(str(err)) from None
+    raw = ckpt["protocol"]
+    name = args.data or raw.get("data", {}).get("name", "mnist-embedded")
+    try:
+        ds = data.load(name, args.split, args.data_dir or raw.get("data", {}).get("dir"))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    est = raw.get("estimator", {})
+    steps = est.get("eval_free_steps") or est.get("free_steps", 20)
+    raw_data = raw.get("data", {})
+    normalize = normalization(
+        name, raw_data.get("normalize", False), raw_data.get("std_scale", 1.0)
+    )
+    result = evaluate(net, ckpt["params"], ds, steps, normalize)
+    out = {
+        "checkpoint": args.checkpoint,
+        "data": name,
+        "split": args.split,
+        "epoch": ckpt["epoch"],
+        "error": result["error"],
+        "loss": result["loss"],
+    }
+    print(
+        _json(out)
+        if args.json
+        else f"{args.checkpoint}: {name} {args.split} error {out['error']:.2f}%  "
+        f"loss {out['loss']:.4f}"
+    )
+    return 0
+
+
+def _plot(args) -> int:
+    from .plots import PlotError, plot_run
+
+    try:
+        print(plot_run(args.out))
+    except PlotError as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def _data(args) -> int:
+    from . import data
+
+    try:
+        path = data.fetch(args.name, args.to)
+    except data.DataError as err:
+        print(f"spikeep data: {err}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
 
 
 def _json(obj) -> str:
@@ -248,7 +372,15 @@ def _bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"gradcheck": _gradcheck, "gdu": _gdu, "bench": _bench}
+    commands = {
+        "gradcheck": _gradcheck,
+        "gdu": _gdu,
+        "bench": _bench,
+        "train": _train,
+        "eval": _eval,
+        "plot": _plot,
+        "data": _data,
+    }
     try:
         return commands[args.command](args)
     except UsageError as err:

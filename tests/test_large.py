@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import load, rel, setup
+
 from spikeep import estimators, reference
 from spikeep.dynamics import relax
 

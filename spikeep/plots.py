@@ -1,0 +1,56 @@
+"""Figures: training curves from a run's ``metrics.jsonl``.
+
+``plot_run(out)`` writes ``out/curves.png``: the training loss, and the train and test error (%)
+per epoch; matplotlib with the Agg backend, so it works with no display.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["PlotError", "read_metrics", "plot_run"]
+
+
+class PlotError(ValueError):
+    """Nothing to plot."""
+
+
+def read_metrics(out: str | Path) -> list[dict]:
+    """The metric lines of a run folder, one dict per epoch."""
+    path = Path(out) / "metrics.jsonl"
+    if not path.is_file():
+        raise PlotError(f"{out}: no metrics.jsonl (is this a `spikeep train` output folder?)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise PlotError(f"{path}: no epochs recorded yet")
+    return rows
+
+
+def plot_run(out: str | Path, title: str | None = None) -> Path:
+    """Write ``out/curves.png`` and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(out)
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    ax_loss.plot(epochs, [r["loss"] for r in rows], marker="o", label="train (free phase)")
+    if "test_loss" in rows[0]:
+        ax_loss.plot(epochs, [r["test_loss"] for r in rows], marker="s", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cost C", title="loss")
+    ax_loss.legend()
+    ax_err.plot(epochs, [r["train_error"] for r in rows], marker="o", label="train")
+    ax_err.plot(epochs, [r["test_error"] for r in rows], marker="s", label="test")
+    ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
+    ax_err.set_yscale("log")
+    ax_err.legend()
+    for ax in (ax_loss, ax_err):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or Path(out).name)
+    path = Path(out) / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

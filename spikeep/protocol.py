@@ -1,0 +1,278 @@
+"""Protocols: declarative training experiments read from TOML into frozen dataclasses.
+
+A protocol names a model spec, the data, the gradient estimator and every hyperparameter, and
+carries the number the paper reports. ``protocols/quickstart.toml`` shows every key::
+
+    name = "quickstart"
+    model = "../models/mlp_784_500_10.toml"     # relative to this file
+
+    [data]        name, dir, train_subset, test_subset, normalize, std_scale, augment,
+                  crop_padding, flip
+    [estimator]   name, beta, points, free_steps, nudged_steps, eval_free_steps
+    [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
+                  cosine, t_max, eta_min
+    [train]       epochs, batch_size, seed, persistent, checkpoint_every, device
+    [paper]       source, test_error, note          (reported numbers, for the record)
+
+``with_overrides`` applies ``--set section.key=value`` pairs (values in TOML syntax) before
+validation, so an override is checked like the file itself.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import estimators
+
+__all__ = [
+    "ProtocolError",
+    "Protocol",
+    "load",
+    "from_dict",
+    "parse_overrides",
+    "check_against_model",
+]
+
+DATASETS = ("mnist", "fashion-mnist", "mnist-embedded", "cifar10")
+
+
+class ProtocolError(ValueError):
+    """A protocol that cannot run; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str = "mnist-embedded"
+    dir: str | None = None
+    train_subset: int = 0  # 0: all
+    test_subset: int = 0
+    normalize: bool = False
+    std_scale: float = 1.0  # normalise by std_scale * std (Laborieux et al. 2021 use 3)
+    augment: bool = False
+    crop_padding: int = 4
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class Estimator:
+    name: str = "symmetric"
+    beta: float = 0.5
+    points: int = 4
+    free_steps: int = 20
+    nudged_steps: int = 4
+    eval_free_steps: int = 0  # 0: free_steps
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    lr: tuple[float, ...] = (0.05,)
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    cosine: bool = False
+    t_max: int = 0  # 0: epochs
+    eta_min: float = 0.0
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = 1
+    batch_size: int = 20
+    seed: int = 0
+    persistent: bool = False
+    checkpoint_every: int = 0  # batches; 0: once per epoch
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    model: Path
+    data: Data = field(default_factory=Data)
+    estimator: Estimator = field(default_factory=Estimator)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    train: Train = field(default_factory=Train)
+    paper: dict[str, Any] = field(default_factory=dict)
+    source: str = "<dict>"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+_SECTIONS = {"data": Data, "estimator": Estimator, "optimizer": Optimizer, "train": Train}
+_TOP = {"name", "description", "model", "paper", *_SECTIONS}
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Protocol:
+    """Read a protocol file, apply ``overrides`` (dotted keys), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProtocolError(f"{path}: no such protocol file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"{path}: not valid TOML ({err})") from None
+    return from_dict(data, source=str(path), base=path.parent, overrides=overrides)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "optimizer.lr=[0.1, 0.05]"]`` -> ``{"train.epochs": 2, ...}``.
+
+    Values are TOML; a bare word that is not valid TOML is taken as a string.
+    """
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ProtocolError(f"--set {pair!r}: expected section.key=value")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out[key] = value
+    return out
+
+
+def from_dict(
+    data: dict[str, Any],
+    source: str = "<dict>",
+    base: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Protocol:
+    """Validate a parsed protocol, with dotted-key ``overrides`` applied, into a Protocol."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, value in (overrides or {}).items():
+        section, _, leaf = key.rpartition(".")
+        if section:
+            if section not in _SECTIONS and section != "paper":
+                raise ProtocolError(
+                    f"--set {key}: unknown section {section!r}; expected one of "
+                    f"{sorted([*_SECTIONS, 'paper'])}"
+                )
+            data.setdefault(section, {})[leaf] = value
+        else:
+            data[leaf] = value
+    fail = _failer(source)
+    for key in data:
+        if key not in _TOP:
+            fail(key, f"unknown key; expected one of {sorted(_TOP)}")
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str):
+        fail("name", f"expected a string, got {name!r}")
+    model = data.get("model")
+    if not isinstance(model, str):
+        fail("model", f"expected the path of a model spec, got {model!r}")
+    model_path = _resolve(model, base)
+    if not model_path.is_file():
+        fail("model", f"no model spec at {model!r} (looked for {model_path})")
+    sections = {}
+    for section, cls in _SECTIONS.items():
+        sections[section] = _section(fail, section, cls, data.get(section, {}))
+    paper = data.get("paper", {})
+    if not isinstance(paper, dict):
+        fail("paper", f"expected a table, got {paper!r}")
+    protocol = Protocol(name, model_path, paper=paper, source=source, raw=data, **sections)
+    _check(fail, protocol)
+    return protocol
+
+
+def _resolve(model: str, base: Path | None) -> Path:
+    path = Path(model)
+    if path.is_absolute():
+        return path
+    candidates = [(base / path) if base else None, Path.cwd() / path]
+    for c in candidates:
+        if c is not None and c.is_file():
+            return c.resolve()
+    return (base / path) if base else path
+
+
+def _failer(source):
+    def fail(key, msg):
+        raise ProtocolError(f"{source}: {key}: {msg}")
+
+    return fail
+
+
+def _section(fail, section: str, cls, raw: Any):
+    if not isinstance(raw, dict):
+        fail(section, f"expected a table, got {raw!r}")
+    defaults = cls()
+    allowed = set(cls.__dataclass_fields__)
+    values = {}
+    for key, value in raw.items():
+        where = f"{section}.{key}"
+        if key not in allowed:
+            fail(where, f"unknown key; expected one of {sorted(allowed)}")
+        default = getattr(defaults, key)
+        values[key] = _coerce(fail, where, value, default)
+    return cls(**values)
+
+
+def _coerce(fail, where, value, default):
+    if isinstance(default, tuple):  # learning rates: a number or a list of numbers
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(_is_number(v) for v in items):
+            fail(where, f"expected a number or a list of numbers, got {value!r}")
+        return tuple(float(v) for v in items)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            fail(where, f"expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail(where, f"expected a non-negative integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if not _is_number(value):
+            fail(where, f"expected a number, got {value!r}")
+        return float(value)
+    if default is None or isinstance(default, str):
+        if not isinstance(value, str):
+            fail(where, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check(fail, p: Protocol):
+    if p.data.name not in DATASETS:
+        fail("data.name", f"expected one of {list(DATASETS)}, got {p.data.name!r}")
+    if p.estimator.name not in estimators.ESTIMATORS:
+        fail(
+            "estimator.name",
+            f"expected one of {sorted(estimators.ESTIMATORS)}, got {p.estimator.name!r}",
+        )
+    if p.estimator.beta == 0:
+        fail("estimator.beta", "expected a non-zero nudging strength")
+    if p.estimator.points < 2:
+        fail("estimator.points", f"expected an integer >= 2, got {p.estimator.points}")
+    for key in ("free_steps", "nudged_steps"):
+        if getattr(p.estimator, key) < 1:
+            fail(
+                f"estimator.{key}", f"expected a positive integer, got {getattr(p.estimator, key)}"
+            )
+    if any(lr <= 0 for lr in p.optimizer.lr):
+        fail("optimizer.lr", f"expected positive learning rates, got {list(p.optimizer.lr)}")
+    if not 0 <= p.optimizer.momentum < 1:
+        fail("optimizer.momentum", f"expected a number in [0, 1), got {p.optimizer.momentum}")
+    if p.optimizer.weight_decay < 0:
+        fail("optimizer.weight_decay", f"expected >= 0, got {p.optimizer.weight_decay}")
+    if p.train.epochs < 1 or p.train.batch_size < 1:
+        fail("train", "epochs and batch_size must be positive integers")
+    if p.train.device not in ("auto", "cpu") and not p.train.device.startswith("cuda"):
+        fail("train.device", f"expected auto, cpu, cuda or cuda:N, got {p.train.device!r}")
+
+
+def check_against_model(p: Protocol, n_couplings: int):
+    """The per-coupling learning rates must match the model (one, or one per coupling)."""
+    if len(p.optimizer.lr) not in (1, n_couplings):
+        raise ProtocolError(
+            f"{p.source}: optimizer.lr: the model has {n_couplings} couplings; give one learning "
+            f"rate or {n_couplings}, got {len(p.optimizer.lr)}"
+        )

@@ -1,0 +1,463 @@
+r"""Training with EP: the loop that turns a protocol into trained weights and metrics.
+
+One training step on a batch ``(x, y)``::
+
+    free  = relax(net, theta, x, steps=T_free, s=persistent states or zeros)
+    g     = estimator.estimate(net, theta, x, y, free)          (estimates +dL/dtheta)
+    v     = momentum v + g + weight_decay theta                 (per parameter)
+    theta = theta - lr_l v                                      (lr per coupling l, cosine-annealed)
+
+Everything the loop carries is in :class:`TrainState` (parameters, momentum buffers, the epoch and
+batch reached, the random generator's state, persistent free states, running sums), and a
+checkpoint is exactly that state: a run resumed from a checkpoint reaches the same weights as one
+that never stopped (same seed, CPU). Checkpoints are written atomically at the end of every epoch
+(and every ``checkpoint_every`` batches); a non-finite loss or state stops the run with
+:class:`TrainingError` and leaves the last good checkpoint in place.
+
+Under ``torchrun --nproc_per_node=N`` every process takes its share of each batch
+(``batch[rank::N]``) and the estimates are all-reduced (weighted by shard size), so N processes
+reach the weights of one process with the same global batch, up to summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, data, estimators, spec
+from ._dtypes import DTYPES
+from .dynamics import DivergenceError, relax
+from .energy import Network
+from .protocol import Protocol, check_against_model
+
+__all__ = [
+    "TrainingError",
+    "TrainState",
+    "train",
+    "evaluate",
+    "prepare_batch",
+    "normalization",
+]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (non-finite loss or state)."""
+
+
+@dataclass
+class TrainState:
+    """All that a run carries from one batch to the next."""
+
+    params: dict[str, torch.Tensor]
+    momentum: dict[str, torch.Tensor]
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches completed in the current epoch
+    generator: torch.Tensor | None = None  # state of the epoch's generator, mid-epoch
+    persistent: list[torch.Tensor] | None = None  # free states per training example
+    sums: dict[str, float] | None = None  # running sums of the current epoch
+    wall_s: float = 0.0  # wall time of the run so far
+
+    def to_checkpoint(self, protocol: Protocol) -> dict:
+        return {
+            "format": "spikeep-checkpoint",
+            "version": 1,
+            "protocol": protocol.raw,
+            "protocol_source": protocol.source,
+            "model_source": str(protocol.model),
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "momentum": {k: v.detach().cpu() for k, v in self.momentum.items()},
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "generator": self.generator,
+            "persistent": None if self.persistent is None else [p.cpu() for p in self.persistent],
+            "sums": self.sums,
+            "wall_s": self.wall_s,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, device) -> TrainState:
+        return cls(
+            params={k: v.to(device) for k, v in ckpt["params"].items()},
+            momentum={k: v.to(device) for k, v in ckpt["momentum"].items()},
+            epoch=ckpt["epoch"],
+            batch=ckpt["batch"],
+            generator=ckpt["generator"],
+            persistent=ckpt["persistent"],
+            sums=ckpt["sums"],
+            wall_s=ckpt["wall_s"],
+        )
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def prepare_batch(
+    net: Network,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: int,
+    normalize=None,
+    dtype=torch.float32,
+    device="cpu",
+):
+    """uint8 images ``(B, C, H, W)`` and labels -> model inputs and one-hot targets."""
+    x = data.to_float(images.to(device), normalize).to(dtype)
+    shape = net.layers[0].shape
+    x = x.reshape(x.shape[0], *shape)
+    y = data.one_hot(labels.to(device), classes).to(dtype)
+    return x, y
+
+
+def _check_data(net: Network, ds: data.Dataset, protocol: Protocol):
+    n_in, n_out = net.layers[0].size, net.layers[-1].size
+    sample = ds.images[0].numel()
+    if sample != n_in:
+        raise TrainingError(
+            f"{protocol.source}: data {ds.name!r} has {tuple(ds.images.shape[1:])} images "
+            f"({sample} values) but model {protocol.model.name} expects {n_in} inputs"
+        )
+    if ds.classes != n_out:
+        raise TrainingError(
+            f"{protocol.source}: data {ds.name!r} has {ds.classes} classes but model "
+            f"{protocol.model.name} has {n_out} outputs"
+        )
+
+
+def _subset(ds: data.Dataset, n: int) -> data.Dataset:
+    if n == 0 or n >= len(ds.labels):
+        return ds
+    return data.Dataset(ds.images[:n], ds.labels[:n], ds.name, ds.split, ds.classes)
+
+
+def normalization(name: str, normalize: bool, std_scale: float = 1.0):
+    """``(mean, std)`` per channel for dataset ``name``, or None when not normalising."""
+    if not normalize:
+        return None
+    mean, std = data.STATS[name]
+    return mean, tuple(std_scale * s for s in std)
+
+
+# -- evaluation --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    net: Network,
+    params,
+    ds: data.Dataset,
+    free_steps: int,
+    normalize=None,
+    batch_size: int = 1000,
+    shard: tuple[int, int] = (0, 1),
+) -> dict:
+    """Error (%) and mean cost of the free phase's predictions on ``ds`` (or a shard of it)."""
+    dtype = next(iter(params.values())).dtype
+    device = next(iter(params.values())).device
+    rank, world = shard
+    idx = torch.arange(rank, len(ds.labels), world)
+    wrong, cost, count = 0.0, 0.0, 0
+    for start in range(0, len(idx), batch_size):
+        i = idx[start : start + batch_size]
+        x, y = prepare_batch(net, ds.images[i], ds.labels[i], ds.classes, normalize, dtype, device)
+        free = relax(net, params, x, steps=free_steps)
+        rates = net.dynamics.rates(net, free.s)
+        wrong += float((net.output(params, rates).argmax(1) != ds.labels[i].to(device)).sum())
+        cost += float(net.cost(params, rates, y).sum())
+        count += len(i)
+    totals = _all_reduce([wrong, cost, float(count)], world)
+    return {"error": 100.0 * totals[0] / totals[2], "loss": totals[1] / totals[2]}
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+
+def _device(protocol: Protocol, override: str | None) -> torch.device:
+    name = override or protocol.train.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} requested but no CUDA device is available")
+    if name.startswith("cuda") and _world() > 1:
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return torch.device(name)
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _all_reduce(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _lr(protocol: Protocol, epoch: int) -> tuple[float, ...]:
+    opt = protocol.optimizer
+    if not opt.cosine:
+        return opt.lr
+    t_max = opt.t_max or protocol.train.epochs
+    f = 0.5 * (1 + math.cos(math.pi * min(epoch, t_max) / t_max))
+    return tuple(opt.eta_min + (lr - opt.eta_min) * f for lr in opt.lr)
+
+
+def _layer_lr(lrs: tuple[float, ...], name: str) -> float:
+    i = int(name[1:]) - 1  # W3 and b3 belong to coupling 3
+    return lrs[0] if len(lrs) == 1 else lrs[i]
+
+
+def train(
+    protocol: Protocol,
+    out: str | Path,
+    resume: bool = False,
+    data_dir: str | None = None,
+    device: str | None = None,
+    progress: bool | None = None,
+    log=None,
+) -> dict:
+    """Run ``protocol``, writing ``out/metrics.jsonl`` and ``out/checkpoint.pt``.
+
+    Returns the summary dict (``test_error``, ``train_error``, ``epochs``, ``wall_s``, ``out``).
+    """
+    out = Path(out)
+    world, rank = _world(), _rank()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if (device or protocol.train.device).startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+    main_process = rank == 0
+    log = log or (lambda msg: print(msg, file=sys.stderr) if main_process else None)
+    net = Network(spec.load(protocol.model))
+    check_against_model(protocol, len(net.couplings))
+    dev = _device(protocol, device)
+    dtype = DTYPES[net.spec.dtype]
+    est_cfg = protocol.estimator
+    est = estimators.make(
+        est_cfg.name,
+        est_cfg.beta,
+        est_cfg.nudged_steps,
+        points=est_cfg.points,
+        lr=protocol.optimizer.lr[0],
+    )
+    eval_steps = est_cfg.eval_free_steps or est_cfg.free_steps
+    data_dir = data_dir or protocol.data.dir
+    train_set = _subset(
+        data.load(protocol.data.name, "train", data_dir), protocol.data.train_subset
+    )
+    test_set = _subset(data.load(protocol.data.name, "test", data_dir), protocol.data.test_subset)
+    _check_data(net, train_set, protocol)
+    normalize = normalization(protocol.data.name, protocol.data.normalize, protocol.data.std_scale)
+    if protocol.train.persistent and world > 1:
+        raise TrainingError("persistent free states are not supported with more than one process")
+
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        state = TrainState.from_checkpoint(checkpoint.load(ckpt_path), dev)
+        log(f"resuming {ckpt_path} at epoch {state.epoch + 1}, batch {state.batch}")
+    else:
+        if resume:
+            log(f"no checkpoint in {out}: starting afresh")
+        params = net.init_params(protocol.train.seed, dtype=dtype, device=dev)
+        state = TrainState(params, {k: torch.zeros_like(v) for k, v in params.items()})
+        if protocol.train.persistent:
+            n = len(train_set.labels)
+            state.persistent = [
+                torch.zeros(n, *layer.shape, dtype=dtype) for layer in net.spec.dynamic_layers
+            ]
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(out / METRICS, state.epoch)
+
+    B = protocol.train.batch_size
+    n_batches = len(train_set.labels) // B
+    if n_batches == 0:
+        raise TrainingError(
+            f"batch_size {B} is larger than the {len(train_set.labels)} training examples"
+        )
+    show = _progress_bar(progress, main_process)
+    last = None
+    for epoch in range(state.epoch, protocol.train.epochs):
+        t_epoch = time.perf_counter()
+        lrs = _lr(protocol, epoch)
+        g = _epoch_generator(protocol.train.seed, epoch)
+        perm = torch.randperm(len(train_set.labels), generator=g)
+        if state.batch > 0 and state.generator is not None:
+            g.set_state(state.generator)
+        sums = state.sums or {"loss": 0.0, "wrong": 0.0, "count": 0.0, "residual": 0.0}
+        bar = show(range(state.batch, n_batches), epoch, protocol.train.epochs, n_batches)
+        for b in bar:
+            batch_idx = perm[b * B : (b + 1) * B]
+            _train_step(
+                net,
+                state,
+                est,
+                protocol,
+                train_set,
+                batch_idx,
+                g,
+                lrs,
+                normalize,
+                dtype,
+                dev,
+                sums,
+                rank,
+                world,
+            )
+            state.batch = b + 1
+            every = protocol.train.checkpoint_every
+            if every and state.batch % every == 0 and state.batch < n_batches:
+                state.generator, state.sums = g.get_state(), dict(sums)
+                state.wall_s += time.perf_counter() - t_epoch
+                t_epoch = time.perf_counter()
+                if main_process:
+                    checkpoint.save(state.to_checkpoint(protocol), ckpt_path)
+        evaluation = evaluate(
+            net, state.params, test_set, eval_steps, normalize, shard=(rank, world)
+        )
+        totals = _all_reduce([sums["loss"], sums["wrong"], sums["count"], sums["residual"]], world)
+        state.wall_s += time.perf_counter() - t_epoch
+        last = {
+            "epoch": epoch + 1,
+            "loss": totals[0] / totals[2],
+            "train_error": 100.0 * totals[1] / totals[2],
+            "test_error": evaluation["error"],
+            "test_loss": evaluation["loss"],
+            "free_residual": totals[3] / max(1.0, totals[2] / B),
+            "lr": list(lrs),
+            "wall_s": state.wall_s,
+        }
+        state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
+        if main_process:
+            checkpoint.save(state.to_checkpoint(protocol), ckpt_path)
+            with open(out / METRICS, "a") as f:
+                f.write(json.dumps(last) + "\n")
+            log(
+                f"epoch {epoch + 1}/{protocol.train.epochs}  loss {last['loss']:.4f}  "
+                f"train error {last['train_error']:.2f}%  test error {last['test_error']:.2f}%  "
+                f"residual {last['free_residual']:.1e}  {state.wall_s:.1f} s"
+            )
+    if last is None:  # resumed a finished run: report its last metrics
+        last = _last_metrics(out / METRICS) or {}
+    return {
+        "protocol": protocol.name,
+        "test_error": last.get("test_error"),
+        "train_error": last.get("train_error"),
+        "epochs": state.epoch,
+        "wall_s": state.wall_s,
+        "out": str(out),
+        "paper": protocol.paper,
+    }
+
+
+def _train_step(
+    net, state, est, protocol, train_set, idx, g, lrs, normalize, dtype, dev, sums, rank, world
+):
+    p = state.params
+    B = len(idx)
+    shard = idx[rank::world]
+    images = train_set.images[shard]
+    if protocol.data.augment:  # on the raw images: the padding is black, before normalisation
+        images = data.augment(images, g, protocol.data.crop_padding, protocol.data.flip)
+    x, y = prepare_batch(
+        net, images, train_set.labels[shard], train_set.classes, normalize, dtype, dev
+    )
+    s0 = None
+    if state.persistent is not None:
+        s0 = tuple(t[shard].to(dev) for t in state.persistent)
+    with torch.no_grad():
+        try:
+            free = relax(net, p, x, steps=protocol.estimator.free_steps, s=s0)
+            rates = net.dynamics.rates(net, free.s)
+            cost = net.cost(p, rates, y)
+            wrong = (net.output(p, rates).argmax(1) != train_set.labels[shard].to(dev)).sum()
+            grads = est.estimate(net, p, x, y, free, generator=g).grads
+        except DivergenceError as err:
+            raise TrainingError(
+                f"epoch {state.epoch + 1}, batch {state.batch + 1}: {err}"
+            ) from None
+        if world > 1:  # mean over the global batch: weight each shard's mean by its size
+            for v in grads.values():
+                v.mul_(len(shard) / B)
+                torch.distributed.all_reduce(v)
+        loss = float(cost.sum())
+        if not math.isfinite(loss) or not all(
+            bool(torch.isfinite(v).all()) for v in grads.values()
+        ):
+            raise TrainingError(
+                f"epoch {state.epoch + 1}, batch {state.batch + 1}: non-finite loss or gradient "
+                f"(loss {loss}); lower the learning rates or beta. The last good checkpoint is "
+                f"kept."
+            )
+        mu, wd = protocol.optimizer.momentum, protocol.optimizer.weight_decay
+        for k, v in p.items():
+            d = grads[k] if wd == 0 else grads[k].add(v, alpha=wd)
+            buf = state.momentum[k]
+            buf.mul_(mu).add_(d) if mu else buf.copy_(d)
+            v.add_(buf, alpha=-_layer_lr(lrs, k))
+    if state.persistent is not None:
+        for table, si in zip(state.persistent, free.s):
+            table[shard] = si.to(table.device, table.dtype)
+    sums["loss"] += loss
+    sums["wrong"] += float(wrong)
+    sums["count"] += len(shard)
+    sums["residual"] += float(free.residual) * len(shard) / B
+
+
+def _progress_bar(progress: bool | None, main_process: bool):
+    """tqdm on a terminal; plain per-epoch lines otherwise (the loop logs those)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not (progress and main_process):
+        return lambda it, *a: it
+    from tqdm import tqdm
+
+    def bar(it, epoch, epochs, n):
+        return tqdm(
+            it,
+            total=n,
+            initial=it.start,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    return bar
+
+
+def _truncate_metrics(path: Path, epochs_done: int):
+    """Keep the metric lines of the epochs the checkpoint covers (a resumed run redoes the rest)."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epochs_done]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        os.replace(tmp, path)
+
+
+def _last_metrics(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else None

@@ -1,0 +1,206 @@
+"""Training: metrics, exact resume, atomic checkpoints, clear stops, CLI, plots, distributed."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikeep import checkpoint
+from spikeep import protocol as proto
+from spikeep import train as train_mod
+from spikeep.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ROOT / "protocols" / "quickstart.toml"
+SMALL = {
+    "data.train_subset": 200,
+    "data.test_subset": 100,
+    "train.epochs": 2,
+    "train.batch_size": 20,
+    "estimator.free_steps": 10,
+    "estimator.nudged_steps": 3,
+}
+
+
+def _protocol(**over):
+    return proto.load(QUICK, {**SMALL, **over})
+
+
+def _params(out):
+    return checkpoint.load(Path(out) / "checkpoint.pt")["params"]
+
+
+def test_training_writes_metrics_and_checkpoint(tmp_path):
+    summary = train_mod.train(_protocol(), tmp_path, progress=False, log=lambda m: None)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert {"loss", "train_error", "test_error", "wall_s", "free_residual", "lr"} <= r.keys()
+        assert 0 <= r["test_error"] <= 100 and r["loss"] > 0
+    assert summary["epochs"] == 2 and summary["test_error"] == rows[-1]["test_error"]
+    assert rows[-1]["wall_s"] > rows[0]["wall_s"]
+    ckpt = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and set(ckpt["params"]) == {"W1", "b1", "W2", "b2"}
+
+
+def test_training_learns(tmp_path):
+    p = _protocol(**{"data.train_subset": 1000, "train.epochs": 3})
+    train_mod.train(p, tmp_path, progress=False, log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["test_error"] < 40  # chance is 90%
+
+
+@pytest.mark.parametrize("estimator,persistent", [("random-sign", True), ("symmetric", False)])
+def test_resume_reaches_the_weights_of_an_uninterrupted_run(
+    tmp_path, monkeypatch, estimator, persistent
+):
+    over = {
+        "estimator.name": estimator,
+        "train.persistent": persistent,
+        "train.checkpoint_every": 3,
+        "optimizer.momentum": 0.5,
+    }
+    whole = tmp_path / "whole"
+    train_mod.train(_protocol(**over), whole, progress=False, log=lambda m: None)
+
+    cut = tmp_path / "cut"
+    real_step, calls = train_mod._train_step, {"n": 0}
+
+    def interrupted(*args, **kwargs):  # stop in the middle of epoch 2
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(_protocol(**over), cut, progress=False, log=lambda m: None)
+    assert checkpoint.load(cut / "checkpoint.pt")["batch"] == 3  # the mid-epoch checkpoint
+    monkeypatch.setattr(train_mod, "_train_step", real_step)
+    train_mod.train(_protocol(**over), cut, resume=True, progress=False, log=lambda m: None)
+    a, b = _params(whole), _params(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma = (whole / "metrics.jsonl").read_text().splitlines()
+    mb = (cut / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(ma) == strip(mb)
+
+
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train_mod.train(_protocol(**{"train.epochs": 1}), tmp_path, progress=False, log=lambda m: None)
+    good = _params(tmp_path)
+    bad = _protocol(**{"train.epochs": 2, "optimizer.lr": 1e38})
+    with pytest.raises(train_mod.TrainingError, match="epoch 2, batch"):
+        train_mod.train(bad, tmp_path, resume=True, progress=False, log=lambda m: None)
+    kept = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert kept["epoch"] == 1 and all(torch.equal(good[k], kept["params"][k]) for k in good)
+
+
+class Payload:
+    """An arbitrary class: a checkpoint holding one must not be unpickled."""
+
+
+def test_checkpoint_is_refused_when_not_plain_data(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "spikeep-checkpoint", "obj": Payload()}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable"):
+        checkpoint.load(path)
+    torch.save({"hello": 1}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not a spikeep checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+
+
+def test_cli_train_eval_plot(tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = [f"--set={k}={v}" for k, v in {**SMALL, "train.epochs": 1}.items()]
+    assert main(["train", str(QUICK), "--out", str(out), "--json", *sets]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    assert {"test_error", "train_error", "epochs", "wall_s", "out"} <= summary.keys()
+    assert summary["epochs"] == 1
+    assert main(["eval", str(out / "checkpoint.pt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= result["error"] <= 100 and result["split"] == "test"
+    assert main(["plot", str(out)]) == 0
+    png = out / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["train", "nowhere.toml"], "no such protocol file"),
+        (["train", str(QUICK), "--set", "train.epochs=0"], "train"),
+        (["train", str(QUICK), "--set", "bogus"], "section.key=value"),
+        (["eval", "nowhere.pt"], "no such checkpoint"),
+        (["plot", "nowhere"], "no metrics.jsonl"),
+    ],
+)
+def test_cli_bad_input_is_one_line_with_status_2(argv, match, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
+    sets = [
+        f"--set={k}={v}" for k, v in {**SMALL, "train.epochs": 1, "data.train_subset": 120}.items()
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spikeep.cli",
+            "train",
+            str(QUICK),
+            "--out",
+            str(one),
+            "--device",
+            "cpu",
+            *sets,
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    two = tmp_path / "two"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "spikeep.cli",
+        "train",
+        str(QUICK),
+        "--out",
+        str(two),
+        "--device",
+        "cpu",
+        *sets,
+    ]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    a, b = _params(one), _params(two)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    ma = json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])
+    mb = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])
+    assert ma["test_error"] == pytest.approx(mb["test_error"], abs=2.0)
