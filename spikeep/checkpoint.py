@@ -46,7 +46,8 @@ def load(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a readable spikeep checkpoint ({err})") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable spikeep checkpoint ({reason})") from None
     if not isinstance(obj, dict) or obj.get("format") != "spikeep-checkpoint":
         raise CheckpointError(f"{path}: not a spikeep checkpoint")
     return obj

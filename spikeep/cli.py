@@ -148,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
+    from . import checkpoint, data
     from . import protocol as proto
     from .train import TrainingError, train
 
@@ -161,8 +162,8 @@ def _train(args) -> int:
     except TrainingError as err:
         print(f"spikeep train: {err}", file=sys.stderr)
         return 1
-    except (proto.ProtocolError, ValueError) as err:  # bad data folder, device, ...
-        raise UsageError(str(err)) from None
+    except (proto.ProtocolError, checkpoint.CheckpointError, data.DataError) as err:
+        raise UsageError(str(err)) from None  # bad data folder, shapes, checkpoint, ...
     if args.json:
         print(_json(summary))
     else:

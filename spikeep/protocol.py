@@ -20,6 +20,7 @@ validation, so an override is checked like the file itself.
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -147,9 +148,11 @@ def from_dict(
         section, _, leaf = key.rpartition(".")
         if section:
             if section not in _SECTIONS and section != "paper":
+                known = sorted([*_SECTIONS, "paper"])
+                close = difflib.get_close_matches(section, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
                 raise ProtocolError(
-                    f"--set {key}: unknown section {section!r}; expected one of "
-                    f"{sorted([*_SECTIONS, 'paper'])}"
+                    f"--set {key}: unknown section {section!r}; {hint}expected one of {known}"
                 )
             data.setdefault(section, {})[leaf] = value
         else:
@@ -157,7 +160,7 @@ def from_dict(
     fail = _failer(source)
     for key in data:
         if key not in _TOP:
-            fail(key, f"unknown key; expected one of {sorted(_TOP)}")
+            fail(key, _unknown(key, _TOP))
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str):
         fail("name", f"expected a string, got {name!r}")
@@ -196,6 +199,12 @@ def _failer(source):
     return fail
 
 
+def _unknown(key: str, allowed) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}expected one of {sorted(allowed)}"
+
+
 def _section(fail, section: str, cls, raw: Any):
     if not isinstance(raw, dict):
         fail(section, f"expected a table, got {raw!r}")
@@ -205,7 +214,7 @@ def _section(fail, section: str, cls, raw: Any):
     for key, value in raw.items():
         where = f"{section}.{key}"
         if key not in allowed:
-            fail(where, f"unknown key; expected one of {sorted(allowed)}")
+            fail(where, _unknown(key, allowed))
         default = getattr(defaults, key)
         values[key] = _coerce(fail, where, value, default)
     return cls(**values)

@@ -35,7 +35,7 @@ from . import checkpoint, data, estimators, spec
 from ._dtypes import DTYPES
 from .dynamics import DivergenceError, relax
 from .energy import Network
-from .protocol import Protocol, check_against_model
+from .protocol import Protocol, ProtocolError, check_against_model
 
 __all__ = [
     "TrainingError",
@@ -122,12 +122,12 @@ def _check_data(net: Network, ds: data.Dataset, protocol: Protocol):
     n_in, n_out = net.layers[0].size, net.layers[-1].size
     sample = ds.images[0].numel()
     if sample != n_in:
-        raise TrainingError(
+        raise ProtocolError(
             f"{protocol.source}: data {ds.name!r} has {tuple(ds.images.shape[1:])} images "
             f"({sample} values) but model {protocol.model.name} expects {n_in} inputs"
         )
     if ds.classes != n_out:
-        raise TrainingError(
+        raise ProtocolError(
             f"{protocol.source}: data {ds.name!r} has {ds.classes} classes but model "
             f"{protocol.model.name} has {n_out} outputs"
         )
@@ -186,7 +186,7 @@ def _device(protocol: Protocol, override: str | None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device {name!r} requested but no CUDA device is available")
+        raise ProtocolError(f"device {name!r} requested but no CUDA device is available")
     if name.startswith("cuda") and _world() > 1:
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return torch.device(name)
@@ -267,7 +267,7 @@ def train(
     _check_data(net, train_set, protocol)
     normalize = normalization(protocol.data.name, protocol.data.normalize, protocol.data.std_scale)
     if protocol.train.persistent and world > 1:
-        raise TrainingError("persistent free states are not supported with more than one process")
+        raise ProtocolError("persistent free states are not supported with more than one process")
 
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
@@ -290,7 +290,7 @@ def train(
     B = protocol.train.batch_size
     n_batches = len(train_set.labels) // B
     if n_batches == 0:
-        raise TrainingError(
+        raise ProtocolError(
             f"batch_size {B} is larger than the {len(train_set.labels)} training examples"
         )
     show = _progress_bar(progress, main_process)

@@ -204,3 +204,41 @@ def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
     ma = json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])
     mb = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])
     assert ma["test_error"] == pytest.approx(mb["test_error"], abs=2.0)
+
+
+@pytest.mark.parametrize("sets,match", [
+    (["train.epocs=2"], "did you mean 'epochs'"),
+    (["trian.epochs=2"], "did you mean 'train'"),
+    (["train.epochs=two"], "train.epochs"),
+    (["data.name=cifar10", "data.dir=/nonexistent"], "cifar"),
+    (["train.batch_size=100000"], "batch_size"),
+])
+def test_cli_train_bad_settings(sets, match, capsys):
+    code = main(["train", str(QUICK), *[f"--set={s}" for s in sets], "--out", "/tmp/unused"])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_model_that_does_not_fit_the_data(tmp_path, capsys):
+    proto_text = QUICK.read_text().replace("../models/mlp_784_500_10.toml",
+                                           str(ROOT / "models" / "tiny.toml"))
+    proto_text = proto_text.replace("lr = [0.1, 0.05]", "lr = 0.1")
+    path = tmp_path / "p.toml"
+    path.write_text(proto_text)
+    assert main(["train", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "expects 5 inputs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_resume_from_a_corrupt_checkpoint_is_refused(tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    sets = [f"--set={k}={v}" for k, v in {**SMALL, "train.epochs": 1}.items()]
+    assert main(["train", str(QUICK), "--out", str(out), *sets]) == 0
+    path = out / "checkpoint.pt"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2] if damage == "truncate" else b"not a checkpoint")
+    capsys.readouterr()
+    assert main(["train", str(QUICK), "--out", str(out), "--resume", *sets]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable spikeep checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert main(["eval", str(path)]) == 2
