@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/spikeep train protocols/quickstart.toml --out out/quickstart
+	$(BIN)/spikeep plot out/quickstart
+	@echo "results: out/quickstart/metrics.jsonl, checkpoint out/quickstart/checkpoint.pt, plot out/quickstart/curves.png"
 	$(BIN)/spikeep gradcheck --model models/tiny.toml --estimator all --beta 0.01 --dtype float64
 
 test: $(STAMP)
@@ -27,10 +30,11 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ep_step.py
+	$(BIN)/spikeep bench ep-step --model models/mlp_784_500_10.toml --batch 100 --free-steps 20 --nudged-steps 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check spikeep tests benchmarks
+	$(BIN)/ruff format --check spikeep tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -374,9 +374,11 @@ def _train_step(
     p = state.params
     B = len(idx)
     shard = idx[rank::world]
-    images = train_set.images[shard]
+    images = train_set.images[idx]
     if protocol.data.augment:  # on the raw images: the padding is black, before normalisation
+        # every process draws for the whole batch, so the generator stays in step across them
         images = data.augment(images, g, protocol.data.crop_padding, protocol.data.flip)
+    images = images[rank::world]
     x, y = prepare_batch(
         net, images, train_set.labels[shard], train_set.classes, normalize, dtype, dev
     )

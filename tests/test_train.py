@@ -206,13 +206,16 @@ def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
     assert ma["test_error"] == pytest.approx(mb["test_error"], abs=2.0)
 
 
-@pytest.mark.parametrize("sets,match", [
-    (["train.epocs=2"], "did you mean 'epochs'"),
-    (["trian.epochs=2"], "did you mean 'train'"),
-    (["train.epochs=two"], "train.epochs"),
-    (["data.name=cifar10", "data.dir=/nonexistent"], "cifar"),
-    (["train.batch_size=100000"], "batch_size"),
-])
+@pytest.mark.parametrize(
+    "sets,match",
+    [
+        (["train.epocs=2"], "did you mean 'epochs'"),
+        (["trian.epochs=2"], "did you mean 'train'"),
+        (["train.epochs=two"], "train.epochs"),
+        (["data.name=cifar10", "data.dir=/nonexistent"], "cifar"),
+        (["train.batch_size=100000"], "batch_size"),
+    ],
+)
 def test_cli_train_bad_settings(sets, match, capsys):
     code = main(["train", str(QUICK), *[f"--set={s}" for s in sets], "--out", "/tmp/unused"])
     err = capsys.readouterr().err
@@ -220,8 +223,9 @@ def test_cli_train_bad_settings(sets, match, capsys):
 
 
 def test_cli_model_that_does_not_fit_the_data(tmp_path, capsys):
-    proto_text = QUICK.read_text().replace("../models/mlp_784_500_10.toml",
-                                           str(ROOT / "models" / "tiny.toml"))
+    proto_text = QUICK.read_text().replace(
+        "../models/mlp_784_500_10.toml", str(ROOT / "models" / "tiny.toml")
+    )
     proto_text = proto_text.replace("lr = [0.1, 0.05]", "lr = 0.1")
     path = tmp_path / "p.toml"
     path.write_text(proto_text)
