@@ -256,7 +256,8 @@ def train(
         est_cfg.beta,
         est_cfg.nudged_steps,
         points=est_cfg.points,
-        lr=protocol.optimizer.lr[0],
+        # C-EP moves the weights inside the estimator, at the protocol's initial learning rates
+        lr={k: _layer_lr(protocol.optimizer.lr, k) for k in net.param_names()},
     )
     eval_steps = est_cfg.eval_free_steps or est_cfg.free_steps
     data_dir = data_dir or protocol.data.dir

@@ -246,3 +246,21 @@ def test_resume_from_a_corrupt_checkpoint_is_refused(tmp_path, capsys, damage):
     err = capsys.readouterr().err
     assert "not a readable spikeep checkpoint" in err and len(err.strip().splitlines()) == 1
     assert main(["eval", str(path)]) == 2
+
+
+@pytest.mark.parametrize(
+    "name", ["one-sided", "random-sign", "symmetric", "holomorphic", "continual"]
+)
+def test_every_estimator_trains(tmp_path, name):
+    p = _protocol(
+        **{
+            "estimator.name": name,
+            "estimator.points": 2,
+            "train.epochs": 1,
+            "data.train_subset": 100,
+            "data.test_subset": 50,
+        }
+    )
+    summary = train_mod.train(p, tmp_path, progress=False, log=lambda m: None)
+    assert summary["epochs"] == 1 and 0 <= summary["test_error"] <= 100
+    assert summary["train_error"] < 100
