@@ -192,11 +192,9 @@ class Network:
         """
         B = x.shape[0]
         points = [(r, beta, c / B) for r, beta, c in points]  # mean over the batch, folded in
-        if any(r[0].is_complex() for r, _, _ in points) or any(
-            isinstance(v, complex) for _, v, c in points
-        ):  # one dtype for every point: real nudges are promoted next to complex ones
-            dtype = next(r[0].dtype for r, _, _ in points if r[0].is_complex())
-            points = [(tuple(ri.to(dtype) for ri in r), b, c) for r, b, c in points]
+        complex_dtypes = [r[0].dtype for r, _, _ in points if r[0].is_complex()]
+        if complex_dtypes:  # one dtype for every point: real nudges are promoted to complex
+            points = [(tuple(ri.to(complex_dtypes[0]) for ri in r), b, c) for r, b, c in points]
         grads = {}
         for i, layer in enumerate(self.spec.dynamic_layers, start=1):
             c = self.couplings[i - 1]
