@@ -33,6 +33,7 @@ def plot_run(out: str | Path, title: str | None = None) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = read_metrics(out)
     epochs = [r["epoch"] for r in rows]
@@ -46,6 +47,9 @@ def plot_run(out: str | Path, title: str | None = None) -> Path:
     ax_err.plot(epochs, [r["test_error"] for r in rows], marker="s", label="test")
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
     ax_err.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax_err.yaxis.set_major_formatter(plain)
+    ax_err.yaxis.set_minor_formatter(plain)
     ax_err.legend()
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
