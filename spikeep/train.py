@@ -347,10 +347,10 @@ def train(
             "wall_s": state.wall_s,
         }
         state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
-        if main_process:
-            checkpoint.save(state.to_checkpoint(protocol), ckpt_path)
+        if main_process:  # metrics first: a crash in between only repeats this epoch's line
             with open(out / METRICS, "a") as f:
                 f.write(json.dumps(last) + "\n")
+            checkpoint.save(state.to_checkpoint(protocol), ckpt_path)
             log(
                 f"epoch {epoch + 1}/{protocol.train.epochs}  loss {last['loss']:.4f}  "
                 f"train error {last['train_error']:.2f}%  test error {last['test_error']:.2f}%  "
