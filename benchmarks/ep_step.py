@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spikeep import estimators, spec  # noqa: E402
+from spikeep.bench import ep_step  # noqa: E402
 from spikeep.dynamics import relax  # noqa: E402
 from spikeep.energy import Network  # noqa: E402
 from spikeep.gradcheck import random_batch  # noqa: E402
@@ -142,10 +143,7 @@ def _ours_mlp(net, params, x, y):
 
     def run():
         with torch.no_grad():
-            free = relax(net, params, x, steps=20)
-            g = est.estimate(net, params, x, y, free).grads
-            for k, v in params.items():
-                v.add_(g[k], alpha=-0.01)
+            ep_step(net, params, x, y, est, 20, 0.01)
 
     return run
 

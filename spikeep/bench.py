@@ -18,7 +18,15 @@ from .dynamics import relax
 from .energy import Network
 from .gradcheck import random_batch
 
-__all__ = ["bench_ep_step"]
+__all__ = ["ep_step", "bench_ep_step"]
+
+
+def ep_step(net, params, x, y, est, free_steps: int, lr: float) -> None:
+    """One whole EP step in place: free phase from zeros, the estimate, an SGD update."""
+    free = relax(net, params, x, steps=free_steps)
+    g = est.estimate(net, params, x, y, free).grads
+    for k, v in params.items():
+        v.add_(g[k], alpha=-lr)
 
 
 def bench_ep_step(
@@ -44,11 +52,8 @@ def bench_ep_step(
     est = estimators.make(estimator, beta, nudged_steps)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-    def ep_step():
-        free = relax(net, params, x, steps=free_steps)
-        g = est.estimate(net, params, x, y, free).grads
-        for k, v in params.items():
-            v.add_(g[k], alpha=-lr)
+    def step():
+        ep_step(net, params, x, y, est, free_steps, lr)
 
     def free_phase():
         relax(net, params, x, steps=free_steps)
@@ -56,7 +61,7 @@ def bench_ep_step(
     step_times, free_times = [], []
     with torch.no_grad():
         for i in range(warmup + repeats):
-            for fn, times in ((ep_step, step_times), (free_phase, free_times)):
+            for fn, times in ((step, step_times), (free_phase, free_times)):
                 sync()
                 t0 = time.perf_counter()
                 fn()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import estimators
+from . import _toml, estimators
 
 __all__ = [
     "ProtocolError",
@@ -108,12 +108,7 @@ _TOP = {"name", "description", "model", "paper", *_SECTIONS}
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Protocol:
     """Read a protocol file, apply ``overrides`` (dotted keys), validate."""
     path = Path(path)
-    if not path.is_file():
-        raise ProtocolError(f"{path}: no such protocol file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ProtocolError(f"{path}: not valid TOML ({err})") from None
+    data = _toml.read(path, ProtocolError, "protocol")
     return from_dict(data, source=str(path), base=path.parent, overrides=overrides)
 
 

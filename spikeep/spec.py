@@ -25,12 +25,11 @@ Every error names the file and the key, and says what was expected.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import activations
+from . import _toml, activations
 
 __all__ = ["SpecError", "Coupling", "Layer", "Init", "ModelSpec", "load", "from_dict"]
 
@@ -114,13 +113,7 @@ class ModelSpec:
 
 def load(path: str | Path) -> ModelSpec:
     """Read and validate a model spec from a TOML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such model spec file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise SpecError(f"{path}: not valid TOML ({err})") from None
+    data = _toml.read(path, SpecError, "model spec")
     return from_dict(data, source=str(path))
 
 
