@@ -239,11 +239,26 @@ def train(
 
     Returns the summary dict (``test_error``, ``train_error``, ``epochs``, ``wall_s``, ``out``).
     """
-    out = Path(out)
-    world, rank = _world(), _rank()
-    if world > 1 and not torch.distributed.is_initialized():
+    owns_group = _world() > 1 and not torch.distributed.is_initialized()
+    if owns_group:
         backend = "nccl" if (device or protocol.train.device).startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend)
+    # a process that exits with gloo's threads still running aborts ("terminate called without
+    # an active exception"), so the group is torn down explicitly, after every rank is done
+    try:
+        summary = _train(protocol, Path(out), resume, data_dir, device, progress, log)
+    except BaseException:
+        if owns_group:  # no barrier: the other ranks may be waiting in a collective
+            torch.distributed.destroy_process_group()
+        raise
+    if owns_group:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
+    world, rank = _world(), _rank()
     main_process = rank == 0
     log = log or (lambda msg: print(msg, file=sys.stderr) if main_process else None)
     net = Network(spec.load(protocol.model))

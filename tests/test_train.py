@@ -186,6 +186,8 @@ def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
+        f"--log-dir={tmp_path / 'logs'}",
+        "--redirects=3",
         "-m",
         "spikeep.cli",
         "train",
@@ -197,7 +199,11 @@ def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
         *sets,
     ]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    ranks = "".join(
+        f"--- {f.relative_to(tmp_path)}\n{f.read_text()[-1000:]}"
+        for f in sorted((tmp_path / "logs").rglob("*.log"))
+    )
+    assert run.returncode == 0, run.stderr[-1000:] + ranks
     a, b = _params(one), _params(two)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
