@@ -23,10 +23,20 @@ reference (:mod:`spikeep.reference` differentiates through whichever map is in u
 or one kept from the previous batch) can seed it, it returns the state with its convergence
 residual ``max |s_K - s_{K-1}| / dt``, and it raises :class:`DivergenceError` naming the layer and
 step when a state turns non-finite or exceeds ``max_abs``.
+
+Noise (:func:`add_noise`, for robustness studies; Laborieux & Zenke 2022 use 0.04). After every
+step, ``s_l <- s_l + noise xi_l`` with ``xi_l ~ N(0, 1)`` i.i.d. per unit and step, drawn from an
+explicit, seeded ``torch.Generator``. The noise is real: on complex states (holomorphic EP) it
+perturbs the real part only, as a physical system's noise would (the imaginary part is the
+mathematical continuation, which no neuron carries). It is added after the step's update and
+projection, so a state may leave the activation's box by the noise; its std is per step, whatever
+``dt``. The residual of a noisy phase measures the noise as well. ``noise = 0`` runs the
+noise-free loop, untouched: no draws, bit-identical states.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -42,6 +52,9 @@ __all__ = [
     "GradientFlow",
     "for_spec",
     "relax",
+    "prepare",
+    "add_noise",
+    "check_noise",
     "cast_params",
 ]
 
@@ -136,6 +149,52 @@ def _state_dtype(net, params, x, beta, s) -> torch.dtype:
     return COMPLEX_OF.get(real, real)
 
 
+def prepare(net, params, x, y=None, beta=0.0, s=None, static=None):
+    """The inputs of a phase in its state dtype: ``(params, x, y, static, s0)``.
+
+    Complex when ``beta`` or ``s`` is complex (then ``params``, ``x``, ``y`` and ``static`` are
+    cast, and a network that is not holomorphic is refused with a ValueError); ``static`` is
+    computed when ``None``; ``s0`` defaults to zeros.
+    """
+    dtype = _state_dtype(net, params, x, beta, s)
+    if dtype.is_complex:  # the real static drive, cast, equals the complex one
+        params, x = cast_params(params, dtype), x.to(dtype)
+        y = None if y is None else y.to(dtype)
+    if static is None:
+        static = net.static_drive(params, x)
+    elif static[0].dtype != dtype:
+        static = [h.to(dtype) for h in static]
+    s0 = net.zeros(x) if s is None else tuple(si.to(dtype) for si in s)
+    return params, x, y, static, s0
+
+
+def add_noise(s: tuple[Tensor, ...], noise: float, generator: torch.Generator):
+    """``s_l + noise xi_l`` in place (``xi_l ~ N(0, 1)``, real, drawn from ``generator`` on the
+    generator's device); returns ``s``. Complex states get the noise on their real part."""
+    for si in s:
+        real = si.real.dtype if si.is_complex() else si.dtype
+        xi = torch.randn(si.shape, generator=generator, dtype=real, device=generator.device)
+        si.add_(xi.to(si.device), alpha=noise)
+    return s
+
+
+def check_noise(noise, generator=False) -> float:
+    """``noise`` as a float, refused unless finite and >= 0; when ``generator`` is given (not
+    ``False``) and ``noise > 0``, it must be a ``torch.Generator``."""
+    if not (isinstance(noise, int | float) and not isinstance(noise, bool)) or not (
+        0 <= noise < math.inf
+    ):
+        raise ValueError(
+            f"noise must be a finite number >= 0 (a standard deviation), got {noise!r}"
+        )
+    if noise and generator is not False and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"noise={noise} needs an explicit torch.Generator (seeded, for reproducible draws), "
+            f"got generator={generator!r}"
+        )
+    return float(noise)
+
+
 def relax(
     net,
     params: dict[str, Tensor],
@@ -146,6 +205,8 @@ def relax(
     steps: int = 20,
     static: list[Tensor] | None = None,
     max_abs: float = 1e6,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> Relaxed:
     """Run ``steps`` steps of the network's dynamics with nudging ``beta``.
 
@@ -160,6 +221,9 @@ def relax(
         static: precomputed :meth:`~spikeep.energy.Network.static_drive` for these ``params`` and
             ``x`` (e.g. ``free.static``); cast to the state dtype when needed.
         max_abs: a state larger than this in magnitude counts as diverged.
+        noise: std of the Gaussian noise added to every state after every step (module
+            docstring); 0 for none.
+        generator: the ``torch.Generator`` the noise is drawn from (required when ``noise > 0``).
 
     Returns:
         :class:`Relaxed` ``(s, residual)``.
@@ -168,19 +232,21 @@ def relax(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if beta != 0 and y is None:
         raise ValueError(f"a nudged phase (beta={beta}) needs targets y")
-    dtype = _state_dtype(net, params, x, beta, s)
-    if dtype.is_complex:  # the real static drive, cast, equals the complex one
-        params, x = cast_params(params, dtype), x.to(dtype)
-        y = None if y is None else y.to(dtype)
-    if static is None:
-        static = net.static_drive(params, x)
-    elif static[0].dtype != dtype:
-        static = [h.to(dtype) for h in static]
-    s0 = net.zeros(x) if s is None else tuple(si.to(dtype) for si in s)
+    check_noise(noise, generator)
+    params, x, y, static, s0 = prepare(net, params, x, y, beta, s, static)
     dyn = net.dynamics
     state, prev = s0, s0
-    for _ in range(steps):
-        prev, state = state, dyn.step(net, params, state, static, y, beta)
+    if noise:
+        replay = generator.get_state()  # to replay the same draws if the phase diverges
+        for _ in range(steps):
+            prev, state = (
+                state,
+                add_noise(dyn.step(net, params, state, static, y, beta), noise, generator),
+            )
+    else:
+        replay = None
+        for _ in range(steps):
+            prev, state = state, dyn.step(net, params, state, static, y, beta)
     # One synchronisation at the end: the largest state magnitude (NaN propagates through amax)
     # and the last step's change. On failure, replay the phase to name the layer and step.
     stats = torch.stack(
@@ -188,14 +254,19 @@ def relax(
     ).detach()
     peak = float(stats[: len(state)].amax())
     if not peak <= max_abs:  # also true for NaN
-        _locate(net, params, s0, static, y, beta, steps, max_abs)
+        _locate(net, params, s0, static, y, beta, steps, max_abs, noise, generator, replay)
     return Relaxed(state, stats[len(state) :].amax() / dyn.dt, static)
 
 
-def _locate(net, params, s0, static, y, beta, steps, max_abs):
+def _locate(net, params, s0, static, y, beta, steps, max_abs, noise, generator, replay):
+    if noise:
+        generator = torch.Generator(device=generator.device)
+        generator.set_state(replay)
     s = s0
     for t in range(1, steps + 1):
         s = net.dynamics.step(net, params, s, static, y, beta)
+        if noise:
+            s = add_noise(s, noise, generator)
         for layer, si in zip(net.spec.dynamic_layers, s, strict=True):
             finite = bool(torch.isfinite(si).all())
             if not finite or bool(si.abs().max() > max_abs):

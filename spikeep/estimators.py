@@ -11,11 +11,19 @@ and declares the order of its bias in ``beta``:
   ``beta_k = abs(beta) e^{2 pi i k / N}``;
 - ``continual`` (C-EP, O(beta) + O(lr/beta)): the weights move at every nudged step; returns
   ``(theta_0 - theta_K) / lr``. The weights' drift moves the fixed point by O(lr), which the
-  ``1/beta`` of the update amplifies: keep ``lr`` well below ``beta``.
+  ``1/beta`` of the update amplifies: keep ``lr`` well below ``beta``;
+- ``oscillation`` (O(abs(beta)^K) complex, O(beta^2) real, plus O(K^-2) lag): one run in which
+  ``beta`` turns once every ``K`` steps, the gradient demodulated online (the maths is in
+  :mod:`spikeep.oscillation`).
 
 ``holomorphic`` relaxes only ``k = 0 .. N/2``: for real parameters and data ``s^conj(beta)`` is
 ``conj(s^beta)``, so the other half of the circle repeats their real parts (weight 2). ``k = 0``
 and ``k = N/2`` are real nudges, so ``N = 2`` performs exactly the symmetric estimator's arithmetic.
+
+Every estimator takes ``noise`` (default 0): the std of the Gaussian noise added to the states at
+every step of its nudged phases (:func:`spikeep.dynamics.add_noise`), drawn from the
+``generator`` passed to :meth:`Estimator.estimate`. With noise the half-circle shortcut of
+``holomorphic`` is a sampling choice (independent noise at each point), no longer an identity.
 
 Adding an estimator: subclass :class:`Estimator`, implement :meth:`~Estimator.estimate` and
 ``bias_order``, and add it to :data:`ESTIMATORS`; the parametrised tests then check it against the
@@ -33,7 +41,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .dynamics import Relaxed, relax
+from . import oscillation
+from .dynamics import Relaxed, add_noise, check_noise, relax
 
 __all__ = [
     "Estimate",
@@ -43,6 +52,7 @@ __all__ = [
     "Symmetric",
     "Holomorphic",
     "Continual",
+    "Oscillation",
     "ESTIMATORS",
     "make",
 ]
@@ -66,16 +76,17 @@ class Estimate:
 
 
 class Estimator(ABC):
-    """A gradient estimator with nudging strength ``beta`` and ``steps`` nudged steps."""
+    """A gradient estimator with nudging strength ``beta``, ``steps`` nudged steps, and ``noise``
+    (std of the Gaussian noise added to the states at every nudged step; 0 for none)."""
 
     name: ClassVar[str]
 
-    def __init__(self, beta: float, steps: int = 20):
+    def __init__(self, beta: float, steps: int = 20, *, noise: float = 0.0):
         if not (isinstance(beta, int | float) and math.isfinite(beta) and beta != 0):
             raise ValueError(f"beta must be a finite non-zero real number, got {beta!r}")
         if not (isinstance(steps, int) and steps >= 1):
             raise ValueError(f"nudged steps must be a positive integer, got {steps!r}")
-        self.beta, self.steps = float(beta), steps
+        self.beta, self.steps, self.noise = float(beta), steps, check_noise(noise)
 
     @property
     @abstractmethod
@@ -86,13 +97,25 @@ class Estimator(ABC):
     def estimate(
         self, net, params, x: Tensor, y: Tensor, free: Relaxed, generator=None
     ) -> Estimate:
-        """Estimate ``dL/dtheta`` from the free phase ``free`` on batch ``(x, y)``."""
+        """Estimate ``dL/dtheta`` from the free phase ``free`` on batch ``(x, y)``; random draws
+        (signs, noise) come from ``generator`` (a ``torch.Generator``)."""
 
     def __repr__(self):
-        return f"{type(self).__name__}(beta={self.beta}, steps={self.steps})"
+        return f"{type(self).__name__}(beta={self.beta}, steps={self.steps}, noise={self.noise})"
 
-    def _nudge(self, net, params, x, y, free: Relaxed, beta):
-        out = relax(net, params, x, y, beta, s=free.s, steps=self.steps, static=free.static)
+    def _nudge(self, net, params, x, y, free: Relaxed, beta, generator=None):
+        out = relax(
+            net,
+            params,
+            x,
+            y,
+            beta,
+            s=free.s,
+            steps=self.steps,
+            static=free.static,
+            noise=self.noise,
+            generator=generator,
+        )
         return out, net.dynamics.rates(net, out.s)
 
 
@@ -103,11 +126,11 @@ class OneSided(Estimator):
     bias_order = 1
 
     def estimate(self, net, params, x, y, free, generator=None):
-        return _one_sided(self, net, params, x, y, free, self.beta)
+        return _one_sided(self, net, params, x, y, free, self.beta, generator)
 
 
-def _one_sided(est, net, params, x, y, free, beta):
-    nudged, r_b = est._nudge(net, params, x, y, free, beta)
+def _one_sided(est, net, params, x, y, free, beta, generator):
+    nudged, r_b = est._nudge(net, params, x, y, free, beta, generator)
     r_0 = net.dynamics.rates(net, free.s)
     grads = net.dF_dtheta(params, x, y, [(r_b, beta, 1 / beta), (r_0, 0.0, -1 / beta)])
     return Estimate(grads, [beta], [float(nudged.residual)], nudged.s)
@@ -120,8 +143,10 @@ class RandomSign(Estimator):
     bias_order = 1
 
     def estimate(self, net, params, x, y, free, generator=None):
-        sign = 1.0 if torch.randint(0, 2, (1,), generator=generator).item() else -1.0
-        return _one_sided(self, net, params, x, y, free, sign * self.beta)
+        device = generator.device if generator is not None else None
+        draw = torch.randint(0, 2, (1,), generator=generator, device=device)
+        sign = 1.0 if draw.item() else -1.0
+        return _one_sided(self, net, params, x, y, free, sign * self.beta, generator)
 
 
 class Symmetric(Estimator):
@@ -132,8 +157,8 @@ class Symmetric(Estimator):
 
     def estimate(self, net, params, x, y, free, generator=None):
         b = self.beta
-        plus, r_p = self._nudge(net, params, x, y, free, b)
-        minus, r_m = self._nudge(net, params, x, y, free, -b)
+        plus, r_p = self._nudge(net, params, x, y, free, b, generator)
+        minus, r_m = self._nudge(net, params, x, y, free, -b, generator)
         grads = net.dF_dtheta(params, x, y, [(r_p, b, 1 / (2 * b)), (r_m, -b, -1 / (2 * b))])
         return Estimate(grads, [b, -b], [float(plus.residual), float(minus.residual)], plus.s)
 
@@ -143,8 +168,8 @@ class Holomorphic(Estimator):
 
     name = "holomorphic"
 
-    def __init__(self, beta: float, steps: int = 20, points: int = 4):
-        super().__init__(beta, steps)
+    def __init__(self, beta: float, steps: int = 20, points: int = 4, *, noise: float = 0.0):
+        super().__init__(beta, steps, noise=noise)
         if not (isinstance(points, int) and points >= 2):
             raise ValueError(f"points must be an integer >= 2, got {points!r}")
         self.points = points
@@ -154,7 +179,10 @@ class Holomorphic(Estimator):
         return self.points
 
     def __repr__(self):
-        return f"Holomorphic(beta={self.beta}, steps={self.steps}, points={self.points})"
+        return (
+            f"Holomorphic(beta={self.beta}, steps={self.steps}, points={self.points}, "
+            f"noise={self.noise})"
+        )
 
     def betas(self) -> list[tuple[complex | float, float]]:
         """``(beta_k, weight_k)`` for the simulated half circle ``k = 0 .. N // 2``."""
@@ -173,7 +201,7 @@ class Holomorphic(Estimator):
         N = self.points
         points, betas, residuals, last = [], [], [], None
         for beta_k, w in self.betas():
-            out, r_k = self._nudge(net, params, x, y, free, beta_k)
+            out, r_k = self._nudge(net, params, x, y, free, beta_k, generator)
             points.append((r_k, beta_k, w / (N * beta_k)))
             betas.append(beta_k)
             residuals.append(float(out.residual))
@@ -191,14 +219,22 @@ class Continual(Estimator):
     name = "continual"
     bias_order = 1  # in beta, at fixed lr/beta -> 0
 
-    def __init__(self, beta: float, steps: int = 20, lr: float | dict[str, float] = 1e-3):
-        super().__init__(beta, steps)
+    def __init__(
+        self,
+        beta: float,
+        steps: int = 20,
+        lr: float | dict[str, float] = 1e-3,
+        *,
+        noise: float = 0.0,
+    ):
+        super().__init__(beta, steps, noise=noise)
         self.lr = lr
 
     def _lr(self, name):
         return self.lr[name] if isinstance(self.lr, dict) else self.lr
 
     def estimate(self, net, params, x, y, free, generator=None):
+        check_noise(self.noise, generator)
         b = self.beta
         theta = dict(params)
         s = free.s
@@ -207,6 +243,8 @@ class Continual(Estimator):
         for _ in range(self.steps):
             static = net.static_drive(theta, x)
             prev, s = s, net.dynamics.step(net, theta, s, static, y, b)
+            if self.noise:
+                s = add_noise(s, self.noise, generator)
             r = net.dynamics.rates(net, s)
             g = net.dF_dtheta(theta, x, y, [(r, b, 1 / b), (r_prev, beta_prev, -1 / b)])
             theta = {k: v - self._lr(k) * g[k] for k, v in theta.items()}
@@ -216,18 +254,94 @@ class Continual(Estimator):
         return Estimate(grads, [b], [residual / net.dynamics.dt], s)
 
 
+class Oscillation(Estimator):
+    """Continuous oscillation (:mod:`spikeep.oscillation`): one run in which ``beta`` turns once
+    every ``steps`` (``K``) dynamics steps; ``warmup`` periods are discarded, ``periods`` are
+    demodulated. ``real`` uses ``|beta| cos`` with real states; ``free`` starts from the free
+    fixed point (else from zeros: no free phase is needed). Bias: O(abs(beta)^K) complex,
+    O(beta^2) real, plus O(K^-2) from the states' lag behind the turning ``beta``."""
+
+    name = "oscillation"
+
+    def __init__(
+        self,
+        beta: float,
+        steps: int = 100,
+        periods: int = 2,
+        warmup: int = 1,
+        real: bool = False,
+        free: bool = True,
+        *,
+        noise: float = 0.0,
+    ):
+        super().__init__(beta, steps, noise=noise)
+        if steps < 3:
+            raise ValueError(f"steps per period must be an integer >= 3, got {steps!r}")
+        if not (isinstance(periods, int) and not isinstance(periods, bool) and periods >= 1):
+            raise ValueError(f"periods must be a positive integer, got {periods!r}")
+        if not (isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0):
+            raise ValueError(f"warmup periods must be an integer >= 0, got {warmup!r}")
+        for key, value in (("real", real), ("free", free)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be True or False, got {value!r}")
+        self.periods, self.warmup, self.real, self.free = periods, warmup, real, free
+
+    @property
+    def steps_per_period(self) -> int:
+        return self.steps
+
+    @property
+    def bias_order(self):
+        return 2 if self.real else self.steps
+
+    def __repr__(self):
+        return (
+            f"Oscillation(beta={self.beta}, steps={self.steps}, periods={self.periods}, "
+            f"warmup={self.warmup}, real={self.real}, free={self.free}, noise={self.noise})"
+        )
+
+    def estimate(self, net, params, x, y, free, generator=None):
+        grads, residual, s = oscillation.oscillate(
+            net,
+            params,
+            x,
+            y,
+            self.beta,
+            self.steps,
+            self.periods,
+            self.warmup,
+            self.real,
+            s=free.s if self.free else None,
+            static=free.static,
+            noise=self.noise,
+            generator=generator,
+        )
+        return Estimate(grads, [abs(self.beta)], [residual], s)
+
+
 ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (OneSided, RandomSign, Symmetric, Holomorphic, Continual)
+    cls.name: cls for cls in (OneSided, RandomSign, Symmetric, Holomorphic, Continual, Oscillation)
+}
+
+_OPTIONS = {
+    "holomorphic": {"points"},
+    "continual": {"lr"},
+    "oscillation": {"periods", "warmup", "real", "free"},
 }
 
 
 def make(name: str, beta: float, steps: int = 20, **options) -> Estimator:
-    """Build the estimator ``name``; options: ``points`` (holomorphic), ``lr`` (continual)."""
+    """Build the estimator ``name`` with ``steps`` nudged steps. Options (``None`` or not
+    applicable: ignored): ``noise`` (all); ``points`` (holomorphic); ``lr`` (continual);
+    ``steps_per_period`` (replaces ``steps``), ``periods``, ``warmup``, ``real``, ``free``
+    (oscillation)."""
     try:
         cls = ESTIMATORS[name]
     except KeyError:
         raise ValueError(
             f"unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)}"
         ) from None
-    allowed = {"holomorphic": {"points"}, "continual": {"lr"}}.get(name, set())
+    if name == "oscillation" and options.get("steps_per_period") is not None:
+        steps = options["steps_per_period"]
+    allowed = _OPTIONS.get(name, set()) | {"noise"}
     return cls(beta, steps, **{k: v for k, v in options.items() if k in allowed and v is not None})
