@@ -1,7 +1,9 @@
 """The ``spikeep`` command line.
 
     spikeep gradcheck --model PATH --estimator NAME|all --beta B [--points N] [--batch 16]
-                      [--seed 0] [--dtype float64] [--free-steps 300] [--nudged-steps 300] [--json]
+                      [--seed 0] [--dtype float64] [--free-steps 300] [--nudged-steps 300]
+                      [--noise SIGMA] [--steps-per-period K] [--periods P] [--warmup W]
+                      [--real] [--no-free] [--json]
     spikeep gdu --model PATH [--beta 1e-4] [--steps 10] [--free-steps 300] [--json]
     spikeep bench ep-step --model PATH [--batch 100] [--free-steps 20] [--nudged-steps 4] [--json]
     spikeep train PROTOCOL [--set section.key=value ...] [--out DIR] [--resume] [--json]
@@ -58,6 +60,9 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _points = _number(int, lambda v: v >= 2, "an integer >= 2")
 _seed = _number(int, lambda v: v >= 0, "a non-negative integer")
 _lr = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive learning rate")
+_noise = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+_period_steps = _number(int, lambda v: v >= 3, "an integer >= 3")
+_non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 
 
 def _load(path: str) -> spec.ModelSpec:
@@ -89,6 +94,30 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--free-steps", type=_positive_int, default=300)
     g.add_argument("--nudged-steps", type=_positive_int, default=300)
     g.add_argument("--lr", type=_lr, default=1e-6, help="continual EP learning rate (default 1e-6)")
+    g.add_argument(
+        "--noise", type=_noise, default=0.0, help="std of the state noise per step (default 0)"
+    )
+    g.add_argument(
+        "--steps-per-period",
+        type=_period_steps,
+        default=100,
+        help="oscillation: dynamics steps per period K (default 100)",
+    )
+    g.add_argument(
+        "--periods", type=_positive_int, default=2, help="oscillation: periods demodulated (2)"
+    )
+    g.add_argument(
+        "--warmup", type=_non_negative_int, default=1, help="oscillation: periods discarded (1)"
+    )
+    g.add_argument(
+        "--real", action="store_true", help="oscillation: real beta cos(wt), real states"
+    )
+    g.add_argument(
+        "--no-free",
+        dest="from_free",
+        action="store_false",
+        help="oscillation: start from zeros, not from the free fixed point",
+    )
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
     d = sub.add_parser(
@@ -176,6 +205,8 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    import torch
+
     from . import checkpoint, data
     from .energy import Network
     from .train import evaluate, normalization
@@ -197,7 +228,9 @@ def _eval(args) -> int:
     normalize = normalization(
         name, raw_data.get("normalize", False), raw_data.get("std_scale", 1.0)
     )
-    result = evaluate(net, ckpt["params"], ds, steps, normalize)
+    noise = est.get("eval_noise", est.get("noise", 0.0))  # as training evaluated it
+    gen = torch.Generator().manual_seed(0) if noise else None
+    result = evaluate(net, ckpt["params"], ds, steps, normalize, noise=noise, generator=gen)
     out = {
         "checkpoint": args.checkpoint,
         "data": name,
@@ -272,6 +305,12 @@ def _gradcheck(args) -> int:
                     args.free_steps,
                     args.nudged_steps,
                     args.lr,
+                    args.noise,
+                    args.steps_per_period,
+                    args.periods,
+                    args.warmup,
+                    args.real,
+                    args.from_free,
                 )
             )
         except ValueError as err:  # e.g. a complex nudge on a non-holomorphic model
@@ -286,16 +325,18 @@ def _gradcheck(args) -> int:
         print(
             f"model {first['model']}  beta {args.beta}  batch {first['batch']}  "
             f"dtype {first['dtype']}  reference implicit  free residual "
-            f"{first['free_residual']:.2e}"
+            f"{first['free_residual']:.2e}" + (f"  noise {args.noise}" if args.noise else "")
         )
-    print(f"{'estimator':<17}{'bias':>7}{'cosine':>14}{'rel_error':>12}  nudged residual")
+    print(f"{'estimator':<21}{'bias':>8}{'cosine':>14}{'rel_error':>12}  nudged residual")
     for r in rows:
         if "error" in r:
-            print(f"{r['estimator']:<17}  skipped: {r['error']}")
+            print(f"{r['estimator']:<21}  skipped: {r['error']}")
             continue
         name = r["estimator"] + (f" N={r['points']}" if r["points"] else "")
+        if r["steps_per_period"]:
+            name += f" K={r['steps_per_period']}" + (" cos" if r["real"] else "")
         print(
-            f"{name:<17}{'O(b^' + str(r['bias_order']) + ')':>7}{r['cosine']:>14.10f}"
+            f"{name:<21}{'O(b^' + str(r['bias_order']) + ')':>8}{r['cosine']:>14.10f}"
             f"{r['rel_error']:>12.3e}  {max(r['nudged_residuals']):.1e}"
         )
     if len(rows) == 1:

@@ -3,7 +3,12 @@
 ``gradcheck(...)`` returns the dict that ``spikeep gradcheck --json`` prints: ``model``,
 ``estimator``, ``beta``, ``points``, ``reference``, ``cosine``, ``rel_error``
 (``|g - g_ref| / |g_ref|`` over all parameters), ``per_param`` (name -> cosine, rel_error),
-``free_residual``, ``nudged_residuals``, and ``bias_order``.
+``free_residual``, ``nudged_residuals``, ``bias_order``, ``noise``, and the oscillation's
+``steps_per_period``, ``periods``, ``warmup``, ``real``, ``from_free`` (``None`` for the other
+estimators; for ``oscillation`` ``nudged_residuals`` holds the state's change over the last period).
+
+With ``noise > 0`` the free phase and the estimator's phases are noisy (one generator, seeded with
+``seed``); the reference is the noise-free system's gradient.
 """
 
 from __future__ import annotations
@@ -72,6 +77,12 @@ def gradcheck(
     free_steps: int = 300,
     nudged_steps: int = 300,
     lr: float = 1e-6,
+    noise: float = 0.0,
+    steps_per_period: int = 100,
+    periods: int = 2,
+    warmup: int = 1,
+    real: bool = False,
+    from_free: bool = True,
 ) -> dict:
     """Run ``estimator`` once on a random batch and compare it with the implicit gradient.
 
@@ -87,15 +98,35 @@ def gradcheck(
     torch_dtype = DTYPES[dtype]
     params = {k: v.to(torch_dtype) for k, v in params64.items()}
     x, y = x64.to(torch_dtype), y64.to(torch_dtype)
-    est = estimators.make(estimator, beta, nudged_steps, points=points, lr=lr)
-    free = relax(net, params, x, steps=free_steps)
-    out = est.estimate(net, params, x, y, free, generator=torch.Generator().manual_seed(seed))
+    oscillating = estimator == "oscillation"
+    est = estimators.make(
+        estimator,
+        beta,
+        nudged_steps,
+        points=points,
+        lr=lr,
+        noise=noise,
+        steps_per_period=steps_per_period,
+        periods=periods,
+        warmup=warmup,
+        real=real,
+        free=from_free,
+    )
+    g = torch.Generator().manual_seed(seed)
+    free = relax(net, params, x, steps=free_steps, noise=noise, generator=g)
+    out = est.estimate(net, params, x, y, free, generator=g)
     result = compare(out.grads, ref)
     return {
         "model": model_spec.source,
         "estimator": estimator,
         "beta": beta,
         "points": points if estimator == "holomorphic" else None,
+        "steps_per_period": steps_per_period if oscillating else None,
+        "periods": periods if oscillating else None,
+        "warmup": warmup if oscillating else None,
+        "real": real if oscillating else None,
+        "from_free": from_free if oscillating else None,
+        "noise": noise,
         "bias_order": est.bias_order,
         "reference": "implicit",
         "dtype": dtype,
