@@ -8,11 +8,19 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
 
     [data]        name, dir, train_subset, test_subset, normalize, std_scale, augment,
                   crop_padding, flip
-    [estimator]   name, beta, points, free_steps, nudged_steps, eval_free_steps
+    [estimator]   name, beta, points, free_steps, nudged_steps, eval_free_steps,
+                  noise, eval_noise, steps_per_period, periods, warmup, real
     [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
                   cosine, t_max, eta_min
     [train]       epochs, batch_size, seed, persistent, checkpoint_every, device
     [paper]       source, test_error, note          (reported numbers, for the record)
+
+``noise`` is the std of the Gaussian noise added to every state at every relaxation step of
+training (free and nudged phases; :func:`spikeep.dynamics.add_noise`). Evaluation runs with
+``eval_noise``, which defaults to ``noise``: a noisy system is measured as it is (Laborieux &
+Zenke 2022's noisy accuracies are of a noisy system); ``eval_noise = 0.0`` measures the noise-free
+network with the same weights. ``steps_per_period``, ``periods``, ``warmup`` and ``real`` configure
+the ``oscillation`` estimator (its ``nudged_steps`` is unused).
 
 ``with_overrides`` applies ``--set section.key=value`` pairs (values in TOML syntax) before
 validation, so an override is checked like the file itself.
@@ -66,6 +74,12 @@ class Estimator:
     free_steps: int = 20
     nudged_steps: int = 4
     eval_free_steps: int = 0  # 0: free_steps
+    noise: float = 0.0  # std of the state noise per relaxation step, in training
+    eval_noise: float | None = None  # None: noise
+    steps_per_period: int = 100  # oscillation
+    periods: int = 2
+    warmup: int = 1
+    real: bool = False
 
 
 @dataclass(frozen=True)
@@ -215,7 +229,14 @@ def _section(fail, section: str, cls, raw: Any):
     return cls(**values)
 
 
+_OPTIONAL_NUMBERS = {"estimator.eval_noise"}
+
+
 def _coerce(fail, where, value, default):
+    if where in _OPTIONAL_NUMBERS:
+        if not _is_number(value):
+            fail(where, f"expected a number, got {value!r}")
+        return float(value)
     if isinstance(default, tuple):  # learning rates: a number or a list of numbers
         items = value if isinstance(value, list) else [value]
         if not items or not all(_is_number(v) for v in items):
@@ -256,11 +277,20 @@ def _check(fail, p: Protocol):
         fail("estimator.beta", "expected a non-zero nudging strength")
     if p.estimator.points < 2:
         fail("estimator.points", f"expected an integer >= 2, got {p.estimator.points}")
-    for key in ("free_steps", "nudged_steps"):
+    for key in ("free_steps", "nudged_steps", "periods"):
         if getattr(p.estimator, key) < 1:
             fail(
                 f"estimator.{key}", f"expected a positive integer, got {getattr(p.estimator, key)}"
             )
+    if p.estimator.steps_per_period < 3:
+        fail(
+            "estimator.steps_per_period",
+            f"expected an integer >= 3, got {p.estimator.steps_per_period}",
+        )
+    for key in ("noise", "eval_noise"):
+        value = getattr(p.estimator, key)
+        if value is not None and value < 0:
+            fail(f"estimator.{key}", f"expected a standard deviation >= 0, got {value}")
     if any(lr <= 0 for lr in p.optimizer.lr):
         fail("optimizer.lr", f"expected positive learning rates, got {list(p.optimizer.lr)}")
     if not 0 <= p.optimizer.momentum < 1:

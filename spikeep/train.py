@@ -17,6 +17,12 @@ that never stopped (same seed, CPU). Checkpoints are written atomically at the e
 Under ``torchrun --nproc_per_node=N`` every process takes its share of each batch
 (``batch[rank::N]``) and the estimates are all-reduced (weighted by shard size), so N processes
 reach the weights of one process with the same global batch, up to summation order.
+
+State noise (``[estimator] noise``): every relaxation of a training step (free and nudged) adds
+Gaussian noise to the states at every step, drawn from a generator seeded per batch from the
+epoch's generator (:func:`_noise_generator`), so a resumed run draws the same noise. Evaluation
+uses ``eval_noise`` (default: ``noise``) from a generator seeded by the seed and the epoch. With
+several processes each rank draws its own noise (statistically the same run, not bit-for-bit).
 """
 
 from __future__ import annotations
@@ -159,8 +165,11 @@ def evaluate(
     normalize=None,
     batch_size: int = 1000,
     shard: tuple[int, int] = (0, 1),
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> dict:
-    """Error (%) and mean cost of the free phase's predictions on ``ds`` (or a shard of it)."""
+    """Error (%) and mean cost of the free phase's predictions on ``ds`` (or a shard of it),
+    with state noise ``noise`` drawn from ``generator`` (none by default)."""
     dtype = next(iter(params.values())).dtype
     device = next(iter(params.values())).device
     rank, world = shard
@@ -169,7 +178,7 @@ def evaluate(
     for start in range(0, len(idx), batch_size):
         i = idx[start : start + batch_size]
         x, y = prepare_batch(net, ds.images[i], ds.labels[i], ds.classes, normalize, dtype, device)
-        free = relax(net, params, x, steps=free_steps)
+        free = relax(net, params, x, steps=free_steps, noise=noise, generator=generator)
         rates = net.dynamics.rates(net, free.s)
         wrong += float((net.output(params, rates).argmax(1) != ds.labels[i].to(device)).sum())
         cost += float(net.cost(params, rates, y).sum())
@@ -210,6 +219,17 @@ def _all_reduce(values: list[float], world: int) -> list[float]:
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _noise_generator(g: torch.Generator, device, rank: int) -> torch.Generator:
+    """A generator on ``device`` for one batch's state noise, seeded by a draw from the epoch
+    generator ``g`` (checkpointed, so a resumed run draws the same noise) and the rank."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=g)) + rank
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _eval_generator(seed: int, epoch: int, device, rank: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 7_919 * (rank + 1))
 
 
 def _lr(protocol: Protocol, epoch: int) -> tuple[float, ...]:
@@ -273,8 +293,14 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
         points=est_cfg.points,
         # C-EP moves the weights inside the estimator, at the protocol's initial learning rates
         lr={k: _layer_lr(protocol.optimizer.lr, k) for k in net.param_names()},
+        noise=est_cfg.noise,
+        steps_per_period=est_cfg.steps_per_period,
+        periods=est_cfg.periods,
+        warmup=est_cfg.warmup,
+        real=est_cfg.real,
     )
     eval_steps = est_cfg.eval_free_steps or est_cfg.free_steps
+    eval_noise = est_cfg.noise if est_cfg.eval_noise is None else est_cfg.eval_noise
     data_dir = data_dir or protocol.data.dir
     train_set = _subset(
         data.load(protocol.data.name, "train", data_dir), protocol.data.train_subset
@@ -347,7 +373,16 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
                 if main_process:
                     checkpoint.save(state.to_checkpoint(protocol), ckpt_path)
         evaluation = evaluate(
-            net, state.params, test_set, eval_steps, normalize, shard=(rank, world)
+            net,
+            state.params,
+            test_set,
+            eval_steps,
+            normalize,
+            shard=(rank, world),
+            noise=eval_noise,
+            generator=_eval_generator(protocol.train.seed, epoch, dev, rank)
+            if eval_noise
+            else None,
         )
         totals = _all_reduce([sums["loss"], sums["wrong"], sums["count"], sums["residual"]], world)
         state.wall_s += time.perf_counter() - t_epoch
@@ -401,13 +436,16 @@ def _train_step(
     s0 = None
     if state.persistent is not None:
         s0 = tuple(t[shard].to(dev) for t in state.persistent)
+    noise = protocol.estimator.noise
+    gen = _noise_generator(g, dev, rank) if noise else g  # noise-free runs draw as they always did
     with torch.no_grad():
         try:
-            free = relax(net, p, x, steps=protocol.estimator.free_steps, s=s0)
+            steps = protocol.estimator.free_steps
+            free = relax(net, p, x, steps=steps, s=s0, noise=noise, generator=gen)
             rates = net.dynamics.rates(net, free.s)
             cost = net.cost(p, rates, y)
             wrong = (net.output(p, rates).argmax(1) != train_set.labels[shard].to(dev)).sum()
-            grads = est.estimate(net, p, x, y, free, generator=g).grads
+            grads = est.estimate(net, p, x, y, free, generator=gen).grads
         except DivergenceError as err:
             raise TrainingError(
                 f"epoch {state.epoch + 1}, batch {state.batch + 1}: {err}"
