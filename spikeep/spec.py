@@ -19,11 +19,17 @@ with the one weight. Example (``models/tiny_conv.toml`` has the full set of keys
     size = 8
     coupling = "dense"           # or { kind = "conv", kernel = 3, padding = 1, pool = "max" }
 
+    [spiking]                    # optional: the Brian2 engine (docs/spiking.md); times in seconds
+    neuron = "if"                # "if" (non-leaky) or "lif"
+    rate_max = 500.0             # Hz: the rate at rho = 1
+    tau_syn = 0.02               # synaptic current (the state s) time constant
+
 Every error names the file and the key, and says what was expected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +37,7 @@ from typing import Any
 
 from . import _toml, activations
 
-__all__ = ["SpecError", "Coupling", "Layer", "Init", "ModelSpec", "load", "from_dict"]
+__all__ = ["SpecError", "Coupling", "Layer", "Init", "Spiking", "ModelSpec", "load", "from_dict"]
 
 COSTS = ("mse", "cross_entropy")
 DYNAMICS = ("prototypical", "energy")
@@ -39,6 +45,9 @@ DTYPES = ("float32", "float64")
 POOLS = ("none", "max", "avg", "softmax")
 INIT_SCHEMES = ("glorot_uniform", "uniform_fan_in", "normal")
 BIAS_INITS = ("zeros", "uniform_fan_in")
+NEURONS = ("if", "lif")
+SPIKING_ACTIVATIONS = ("hard_sigmoid", "hard_sigmoid_half", "sigmoid4", "holotanh")
+SPIKING_INPUTS = ("poisson", "current")
 
 
 class SpecError(ValueError):
@@ -86,6 +95,35 @@ class Init:
 
 
 @dataclass(frozen=True)
+class Spiking:
+    """The spiking realisation of the network (the Brian2 engine, :mod:`spikeep.brian2`).
+
+    Times in seconds, rates in Hz. A neuron's synaptic current is its state ``s``
+    (``tau_syn ds/dt = -s + W r + b + teaching``, each presynaptic spike adding
+    ``W / (rate_max tau_syn)``); ``neuron = "if"`` integrates ``dv/dt = rate_max rho(s)`` and fires
+    at ``v > 1`` with subtractive reset, so its rate is exactly ``rate_max rho(s)``; ``"lif"`` adds
+    a leak ``-v / tau_mem`` and a ``refractory`` period (its rate only approximates ``rho``: measure
+    it with :mod:`spikeep.brian2.calibrate`). ``trace`` (``tau_trace``) filters each neuron's spikes
+    into ``r ~ rho(s)``: the output's teaching current ``beta (y - r)`` and the STDP-like rule read
+    it. ``input``: the input ``x`` as Poisson spike trains at ``rate_max x``, or as the constant
+    current ``W_1 x``. ``settle`` and ``window``: each phase settles, then averages its rates over
+    the window; ``period``: the phase-free rule's oscillation period.
+    """
+
+    neuron: str = "if"
+    rate_max: float = 500.0
+    tau_syn: float = 0.02
+    tau_trace: float = 0.02
+    tau_mem: float = 0.02
+    refractory: float = 0.0
+    dt: float = 1e-4
+    input: str = "current"
+    settle: float = 0.2
+    window: float = 0.4
+    period: float = 0.2
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A whole network. ``layers[0]`` is the input; with ``cost = "cross_entropy"`` the last
     layer is a readout outside the dynamics. ``dt`` is the step of the ``energy`` dynamics."""
@@ -99,6 +137,7 @@ class ModelSpec:
     dtype: str = "float64"
     init: Init = field(default_factory=Init)
     source: str = "<dict>"
+    spiking: Spiking | None = None
 
     @property
     def readout(self) -> bool:
@@ -127,10 +166,12 @@ _TOP_KEYS = {
     "dtype",
     "init",
     "description",
+    "spiking",
 }
 _LAYER_KEYS = {"name", "size", "shape", "channels", "coupling"}
 _COUPLING_KEYS = {"kind", "kernel", "stride", "padding", "pool", "pool_size"}
 _INIT_KEYS = {"scheme", "scale", "bias"}
+_SPIKING_KEYS = {f.name for f in dataclasses.fields(Spiking)}
 
 
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> ModelSpec:
@@ -157,7 +198,13 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> ModelSpec:
             ctx.fail("layers", "a cross_entropy readout needs at least one layer in the dynamics")
         if layers[-1].coupling.kind != "dense":
             ctx.fail(f"layers[{len(layers) - 1}].coupling", "the readout layer must be dense")
-    return ModelSpec(name, layers, activation, cost, dynamics, dt, dtype, init, source)
+    spiking = None
+    if "spiking" in data:
+        spiking = _spiking(ctx, data["spiking"])
+        _check_spiking_network(ctx, layers, cost, activation)
+    return ModelSpec(
+        name, layers, activation, cost, dynamics, dt, dtype, init, source, spiking=spiking
+    )
 
 
 class _Ctx:
@@ -208,6 +255,59 @@ def _init(ctx: _Ctx, raw: Any) -> Init:
         ctx.fail("init.scale", f"expected a positive number, got {scale}")
     bias = ctx.choice(raw, "bias", BIAS_INITS, "init.bias", "zeros")
     return Init(scheme, scale, bias)
+
+
+def _spiking(ctx: _Ctx, raw: Any) -> Spiking:
+    ctx.keys(raw, _SPIKING_KEYS, "spiking")
+    default = Spiking()
+    neuron = ctx.choice(raw, "neuron", NEURONS, "spiking.neuron", default.neuron)
+    input_ = ctx.choice(raw, "input", SPIKING_INPUTS, "spiking.input", default.input)
+    values = {}
+    for f in dataclasses.fields(Spiking):
+        if f.name in ("neuron", "input"):
+            continue
+        where = f"spiking.{f.name}"
+        value = float(ctx.typed(raw, f.name, (int, float), where, getattr(default, f.name)))
+        unit = "Hz" if f.name == "rate_max" else "seconds"
+        lowest = 0.0 if f.name == "refractory" else None
+        if not math.isfinite(value) or (value < 0 if lowest == 0.0 else value <= 0):
+            bound = ">= 0" if lowest == 0.0 else "> 0"
+            ctx.fail(where, f"expected a finite number {bound} ({unit}), got {value!r}")
+        values[f.name] = value
+    out = Spiking(neuron=neuron, input=input_, **values)
+    if out.rate_max * out.dt > 1:
+        ctx.fail(
+            "spiking.dt",
+            f"a neuron fires at most once per step: rate_max * dt = {out.rate_max * out.dt:g} "
+            f"must be <= 1 (rate_max {out.rate_max:g} Hz, dt {out.dt:g} s)",
+        )
+    for key in ("tau_syn", "tau_trace", "tau_mem", "settle", "window", "period"):
+        if getattr(out, key) < 2 * out.dt:
+            ctx.fail(
+                f"spiking.{key}",
+                f"expected at least two steps of spiking.dt = {out.dt:g} s, "
+                f"got {getattr(out, key)!r}",
+            )
+    return out
+
+
+def _check_spiking_network(ctx: _Ctx, layers, cost: str, activation: str):
+    if cost != "mse":
+        ctx.fail("cost", f"a [spiking] network needs cost 'mse' (a teaching current), got {cost!r}")
+    for i, layer in enumerate(layers[1:], start=1):
+        if layer.coupling.kind != "dense":
+            ctx.fail(
+                f"layers[{i}].coupling",
+                f"a [spiking] network needs dense couplings, got {layer.coupling.kind!r}",
+            )
+    if len(layers[0].shape) != 1:
+        ctx.fail("layers[0].shape", f"a [spiking] input is flat, got {list(layers[0].shape)}")
+    if activation not in SPIKING_ACTIVATIONS:
+        ctx.fail(
+            "activation",
+            f"a [spiking] network needs a non-negative rate function, one of "
+            f"{list(SPIKING_ACTIVATIONS)}, got {activation!r}",
+        )
 
 
 def _layers(ctx: _Ctx, raw_layers: list) -> tuple[Layer, ...]:

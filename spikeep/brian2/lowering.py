@@ -1,0 +1,348 @@
+r"""Lowering: a dense model spec and its parameters become Brian2 neurons and synapses.
+
+For every dynamic layer ``l`` (``B`` copies of the network side by side, one per sample of a
+batch; unit ``i`` of copy ``c`` is neuron ``c n_l + i``) the equations are generated from the spec:
+
+    tau_syn ds/dt = -s + b + I_x + I_teach        (the state s: a synaptic current)
+    <the neuron model's equation for v, with rho(s)>   (spikeep.brian2.neurons)
+    tau_trace dr/dt = -r                            (+ 1/(r_max tau_trace) per spike: r ~ rho(s))
+    I_teach = beta(t) (y - r)                       (output layer only: the MSE teaching current)
+
+and each coupling ``W_l`` is *one* ``Synapses`` object from layer ``l-1`` to layer ``l`` whose
+weight ``w`` serves both directions, as in the energy: a presynaptic spike adds
+``w / (r_max tau_syn)`` to ``s_post`` (``W r``), a postsynaptic spike adds it to ``s_pre``
+(``W^T r``). Averaged, ``s`` settles at ``W_l r_{l-1} + W_{l+1}^T r_{l+1} + b + teaching`` and the
+rates at ``r = rho(s)``: the fixed point of the rate engine's dynamics, nudged by
+``-beta dC/dr = beta (y - r)``.
+
+The input ``x`` (``[spiking] input``): ``"poisson"``, spike trains at ``r_max x`` that drive layer 1
+through spiking synapses; or ``"current"``, the constant current ``I_x = W_1 x``, summed once per
+table step by a slow ``drive`` group and linked into layer 1 (no input spikes at all: the input
+layer's cost falls from one event per input spike and target to one product per synapse per
+sample). Inputs and targets are 2-D ``TimedArray`` s (``x_t``, ``y_t``: one row per sample, one
+column per neuron of all copies), so a run of many samples is one simulation.
+
+:func:`build` returns a :class:`SpikingNetwork`; its ``network`` is a plain ``brian2.Network``
+(add monitors to it), its ``groups`` and ``synapses`` the objects by layer.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+
+import brian2 as b2
+import numpy as np
+import torch
+
+from ..spec import ModelSpec, Spiking
+from . import neurons
+from .phases import Schedule
+from .rules import Rule
+
+__all__ = ["SpikingNetwork", "build", "layer_equations", "namespace"]
+
+
+def namespace(cfg: Spiking, schedule: Schedule) -> dict:
+    """The constants the generated code refers to, with units."""
+    return {
+        "r_max": cfg.rate_max * b2.Hz,
+        "tau_syn": cfg.tau_syn * b2.second,
+        "tau_trace": cfg.tau_trace * b2.second,
+        "tau_mem": cfg.tau_mem * b2.second,
+        "beta_abs": schedule.beta,
+        "omega": schedule.omega * b2.Hz,
+    }
+
+
+def layer_equations(
+    spec: ModelSpec, rule: Rule, *, input_current: bool, output: bool
+) -> b2.Equations:
+    """The equations of one dynamic layer (module docstring), generated from the spec."""
+    cfg = spec.spiking
+    model = neurons.get(cfg.neuron)
+    drives = ["b"] + (["I_x"] if input_current else []) + (["I_teach"] if output else [])
+    lines = [
+        f"ds/dt = ({' + '.join(drives)} - s) / tau_syn : 1",
+        model.equations.format(rho=neurons.rho_expression(spec.activation, "s")),
+        "dr/dt = -r / tau_trace : 1",
+        "b : 1",
+        rule.neuron_variables(),
+    ]
+    if input_current:
+        lines.append("I_x : 1 (linked)")
+    if output:
+        beta = "beta_abs * cos(omega * t)" if rule.schedule.oscillating else "beta_t(t)"
+        lines += ["y = y_t(t, i) : 1", f"I_teach = {beta} * (y - r) : 1"]
+    return b2.Equations("\n".join(lines))
+
+
+@dataclass
+class SpikingNetwork:
+    """A lowered network.
+
+    Attributes:
+        network: the ``brian2.Network`` holding every object (add monitors to it).
+        groups: ``NeuronGroup`` per layer, the input first (``B n_l`` neurons each).
+        synapses: ``Synapses`` per coupling, ``synapses[l - 1]`` holding ``W_l`` (``g``: the rule's
+            summed estimate of ``+dL/dW_l``).
+        drive: the slow group carrying ``I_x = W_1 x`` (``input = "current"``), else ``None``.
+        timed: the ``TimedArray`` s by name (``x_t``, ``y_t``, and the schedule's tables).
+        spec, schedule, rule, copies, samples: what was lowered.
+    """
+
+    network: b2.Network
+    groups: list
+    synapses: list
+    drive: object
+    timed: dict
+    spec: ModelSpec
+    schedule: Schedule
+    rule: Rule
+    copies: int
+    samples: int
+    done: int = 0
+    sizes: list = field(default_factory=list)
+
+    @property
+    def cfg(self) -> Spiking:
+        return self.spec.spiking
+
+    def run(self, samples: int | None = None, **kwargs) -> None:
+        """Simulate ``samples`` more samples (default: all that were lowered). The first run adds
+        one step, at which the last sample is closed (its rates stored, its update applied)."""
+        n = self.samples - self.done if samples is None else samples
+        if n < 1 or self.done + n > self.samples:
+            raise ValueError(
+                f"{self.done} of {self.samples} lowered samples are done; cannot run {n} more"
+            )
+        extra = self.cfg.dt if self.done == 0 else 0.0
+        self.network.run((n * self.schedule.duration + extra) * b2.second, **kwargs)
+        self.done += n
+
+    def rates(self, name: str = "rho0") -> list[np.ndarray]:
+        """Per layer (input first), the last closed sample's accumulator ``name``, shape
+        ``(copies, n_l)``: ``rho<k>`` the rates of phase ``k`` (units of ``r_max``); the input
+        layer under ``input = "current"`` gives ``x``."""
+        out = []
+        for group, n in zip(self.groups, self.sizes, strict=True):
+            values = group.x_prev[:] if name not in group.variables else group.variables[name]
+            values = np.asarray(values.get_value() if hasattr(values, "get_value") else values)
+            out.append(values.reshape(self.copies, n).copy())
+        return out
+
+    def gradient(self) -> dict[str, torch.Tensor]:
+        """The rule's estimate of ``+dL/dtheta``, averaged over copies and samples done: name ->
+        float64 tensor, shapes of the parameters (``W_l``: ``(n_l, n_{l-1})``)."""
+        count = self.copies * self.done
+        out = {}
+        for layer, syn in enumerate(self.synapses, start=1):
+            n_post, n_pre = self.sizes[layer], self.sizes[layer - 1]
+            g = np.asarray(syn.g[:]).reshape(self.copies, n_post, n_pre).sum(0) / count
+            gb = np.asarray(self.groups[layer].gb[:]).reshape(self.copies, n_post).sum(0) / count
+            out[f"W{layer}"] = torch.from_numpy(g)
+            out[f"b{layer}"] = torch.from_numpy(gb)
+        return out
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The current weights and biases of copy 0, float64 tensors."""
+        out = {}
+        for layer, syn in enumerate(self.synapses, start=1):
+            n_post, n_pre = self.sizes[layer], self.sizes[layer - 1]
+            out[f"W{layer}"] = torch.from_numpy(
+                np.asarray(syn.w[:]).reshape(self.copies, n_post, n_pre)[0].copy()
+            )
+            out[f"b{layer}"] = torch.from_numpy(
+                np.asarray(self.groups[layer].b[:]).reshape(self.copies, n_post)[0].copy()
+            )
+        return out
+
+
+def _as_numpy(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().to(torch.float64).cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def dense_pairs(n_pre: int, n_post: int, copies: int) -> tuple[np.ndarray, np.ndarray]:
+    """Presynaptic and postsynaptic indices of ``copies`` dense blocks, synapse
+    ``(c n_post + i) n_pre + j`` joining unit ``j`` to unit ``i`` of copy ``c`` (``W[i, j]``)."""
+    c, i, j = np.meshgrid(np.arange(copies), np.arange(n_post), np.arange(n_pre), indexing="ij")
+    return (c * n_pre + j).ravel(), (c * n_post + i).ravel()
+
+
+def build(
+    spec: ModelSpec,
+    params: dict,
+    x,
+    y=None,
+    schedule: Schedule | None = None,
+    rule: str = "endpoint",
+    eta: float | dict[str, float] = 0.0,
+    seed: int = 0,
+    freeze: bool = True,
+) -> SpikingNetwork:
+    """Lower ``spec`` with ``params`` for the inputs ``x`` and targets ``y``.
+
+    Args:
+        spec: a dense model spec with a ``[spiking]`` section.
+        params: ``W1, b1, ...`` as the rate engine has them (tensors or arrays; ``W_l`` of shape
+            ``(n_l, n_{l-1})``).
+        x: inputs, shape ``(samples, copies, n_0)`` (or ``(copies, n_0)`` for one sample), in
+            [0, 1] for Poisson input.
+        y: targets, shape ``(samples, copies, n_L)``; zeros when ``None`` (free runs).
+        schedule: one sample's time course (:mod:`spikeep.brian2.phases`; default a free phase).
+        rule: ``"endpoint"`` or ``"stdp"`` (:mod:`spikeep.brian2.rules`).
+        eta: learning rate (per parameter name, or one for all); 0 only measures the estimate.
+        seed: seeds Brian2's random numbers (Poisson input).
+        freeze: call ``gc.freeze()`` once built, so that ``Network.run``'s collection does not
+            walk the objects again (runtime mode).
+
+    Returns:
+        a :class:`SpikingNetwork`.
+    """
+    from . import phases
+
+    cfg = spec.spiking
+    if cfg is None:
+        raise ValueError(f"{spec.source}: the brian2 engine needs a [spiking] section")
+    schedule = schedule or phases.free(cfg)
+    schedule.check(cfg)
+    rule_ = Rule(rule, schedule)
+    x = _as_numpy(x)
+    x = x[None] if x.ndim == 2 else x
+    sizes = [layer.size for layer in spec.layers]
+    if x.ndim != 3 or x.shape[2] != sizes[0]:
+        raise ValueError(
+            f"x must have shape (samples, copies, {sizes[0]}) or (copies, {sizes[0]}), "
+            f"got {tuple(x.shape)}"
+        )
+    samples, copies = x.shape[:2]
+    y = np.zeros((samples, copies, sizes[-1])) if y is None else _as_numpy(y)
+    y = y[None] if y.ndim == 2 else y
+    if y.shape != (samples, copies, sizes[-1]):
+        raise ValueError(
+            f"y must have shape {(samples, copies, sizes[-1])} to match x, got {tuple(y.shape)}"
+        )
+    for k in range(1, len(sizes)):
+        for name, shape in ((f"W{k}", (sizes[k], sizes[k - 1])), (f"b{k}", (sizes[k],))):
+            if name not in params or tuple(params[name].shape) != shape:
+                got = tuple(params[name].shape) if name in params else "missing"
+                raise ValueError(f"params[{name!r}] must have shape {shape}, got {got}")
+
+    # every duration is a whole number of steps (Schedule.grid checked it); the float ratios of
+    # the clocks are not exact integers, which Brian2 would warn about at every run
+    b2.BrianLogger.suppress_name("timedarray")
+    b2.seed(seed)
+    dt = cfg.dt * b2.second
+    T = schedule.duration * b2.second
+    grid = schedule.grid(cfg.dt)
+    ns = namespace(cfg, schedule)
+    timed = {
+        "x_t": b2.TimedArray(x.reshape(samples, -1), dt=T, name="x_t"),
+        "y_t": b2.TimedArray(y.reshape(samples, -1), dt=T, name="y_t"),
+    }
+    for name, values in schedule.tables(cfg.dt, samples).items():
+        unit = 1 if name == "beta_t" else b2.Hz  # the weights and gates are per second
+        timed[name] = b2.TimedArray(values * unit, dt=grid * b2.second, name=name)
+    ns.update(timed)
+    current = cfg.input == "current"
+    model = neurons.get(cfg.neuron)
+    lr = (lambda k: eta.get(k, 0.0)) if isinstance(eta, dict) else (lambda k: eta)  # noqa: E731
+
+    # input layer: the rate x of the sample (x_prev: of the sample just closed)
+    inp_eqs = "x : 1\nx_prev : 1"
+    close_input = "x_prev = x\nx = x_t(t, i)"
+    if current:
+        inp = b2.NeuronGroup(copies * sizes[0], inp_eqs, dt=dt, namespace=ns, name="layer0")
+    else:
+        inp_eqs += "\n" + "dr/dt = -r / tau_trace : 1\n" + rule_.neuron_variables()
+        inp_eqs += "\nb : 1"  # unused: keeps the closing code uniform
+        inp = b2.NeuronGroup(
+            copies * sizes[0],
+            inp_eqs,
+            threshold="rand() < x * r_max * dt",
+            reset="r += 1 / (r_max * tau_trace)\n" + rule_.on_spike(),
+            dt=dt,
+            namespace=ns,
+            name="layer0",
+        )
+        close_input = rule_.close_sample() + "\n" + close_input
+    inp.run_regularly(close_input, dt=T, when="start", order=0, name="layer0_close")
+    groups, objects = [inp], [inp]
+
+    for k in range(1, len(sizes)):
+        eqs = layer_equations(
+            spec, rule_, input_current=current and k == 1, output=k == len(sizes) - 1
+        )
+        g = b2.NeuronGroup(
+            copies * sizes[k],
+            eqs,
+            threshold=model.threshold,
+            reset="\n".join([model.reset, "r += 1 / (r_max * tau_trace)", rule_.on_spike()]),
+            refractory=cfg.refractory * b2.second if model.refractory else False,
+            method="euler",
+            dt=dt,
+            namespace=ns,
+            name=f"layer{k}",
+        )
+        g.b = np.tile(_as_numpy(params[f"b{k}"]), copies)
+        g.eta_b = lr(f"b{k}")
+        g.run_regularly(rule_.close_sample(), dt=T, when="start", order=0, name=f"layer{k}_close")
+        groups.append(g)
+        objects.append(g)
+
+    drive = None
+    synapses = []
+    jump = "w / (r_max * tau_syn)"
+    for k in range(1, len(sizes)):
+        pre_idx, post_idx = dense_pairs(sizes[k - 1], sizes[k], copies)
+        if k == 1 and current:
+            # gate_post / rho_post: the learning rule reads layer 1's accumulators through links
+            links = ["gate", *rule_.weights()]
+            drive_eqs = "I_x : 1\n" + "\n".join(f"{v} : 1 (linked)" for v in links)
+            drive = b2.NeuronGroup(
+                copies * sizes[1], drive_eqs, dt=grid * b2.second, namespace=ns, name="drive1"
+            )
+            for v in links:
+                setattr(drive, v, b2.linked_var(groups[1], v))
+            groups[1].I_x = b2.linked_var(drive, "I_x")
+            syn = b2.Synapses(
+                inp,
+                drive,
+                rule_.synapse_variables() + "\nI_x_post = w * x_pre : 1 (summed)",
+                dt=dt,
+                namespace=ns,
+                name="W1",
+            )
+            objects.append(drive)
+        else:
+            clamped = k == 1  # the input is clamped: it receives no feedback
+            on_pre = "\n".join([f"s_post += {jump}", rule_.on_pre()])
+            on_post = "\n".join(([] if clamped else [f"s_pre += {jump}"]) + [rule_.on_post()])
+            syn = b2.Synapses(
+                groups[k - 1],
+                groups[k],
+                rule_.synapse_variables(),
+                on_pre=on_pre,
+                on_post=on_post.strip() or None,
+                dt=dt,
+                namespace=ns,
+                name=f"W{k}",
+            )
+        syn.connect(i=pre_idx, j=post_idx)
+        syn.w = np.tile(_as_numpy(params[f"W{k}"]).ravel(), copies)
+        syn.eta = lr(f"W{k}")
+        code = rule_.per_sample(current_input=k == 1 and current)
+        if code:
+            syn.run_regularly(code, dt=T, when="start", order=1, name=f"W{k}_update")
+        synapses.append(syn)
+        objects.append(syn)
+
+    net = b2.Network(*objects)
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    return SpikingNetwork(
+        net, groups, synapses, drive, timed, spec, schedule, rule_, copies, samples, sizes=sizes
+    )
