@@ -4,6 +4,8 @@
                       [--seed 0] [--dtype float64] [--free-steps 300] [--nudged-steps 300]
                       [--noise SIGMA] [--steps-per-period K] [--periods P] [--warmup W]
                       [--real] [--no-free] [--json]
+    spikeep gradcheck --engine brian2 --model PATH --estimator one-sided|symmetric|oscillation
+                      --beta B [--rule endpoint|stdp] [--settle S] [--window S] [--period S]
     spikeep gdu --model PATH [--beta 1e-4] [--steps 10] [--free-steps 300] [--json]
     spikeep bench ep-step --model PATH [--batch 100] [--free-steps 20] [--nudged-steps 4] [--json]
     spikeep train PROTOCOL [--set section.key=value ...] [--out DIR] [--resume] [--json]
@@ -63,6 +65,7 @@ _lr = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive le
 _noise = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 _period_steps = _number(int, lambda v: v >= 3, "an integer >= 3")
 _non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+_seconds = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive duration in seconds")
 
 
 def _load(path: str) -> spec.ModelSpec:
@@ -119,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
         help="oscillation: start from zeros, not from the free fixed point",
     )
     g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.add_argument("--engine", choices=["rate", "brian2"], default="rate", help="default: rate")
+    g.add_argument("--rule", choices=["endpoint", "stdp"], default="endpoint", help="brian2 only")
+    for flag, what in (("settle", "settling time"), ("window", "averaging window")):
+        g.add_argument(f"--{flag}", type=_seconds, default=None, help=f"brian2: {what} (s)")
+    g.add_argument("--period", type=_seconds, default=None, help="brian2 oscillation period (s)")
 
     d = sub.add_parser(
         "gdu", help="per-step EP updates versus BPTT gradients (Ernoult et al. 2019)"
@@ -289,6 +297,8 @@ def _gradcheck(args) -> int:
     from .gradcheck import gradcheck
 
     model = _load(args.model)
+    if args.engine == "brian2":
+        return _gradcheck_brian2(args, model)
     names = list(estimators.ESTIMATORS) if args.estimator == "all" else [args.estimator]
     rows = []
     for name in names:
@@ -343,6 +353,45 @@ def _gradcheck(args) -> int:
         print("per parameter:")
         for k, v in rows[0]["per_param"].items():
             print(f"  {k:<8} cosine {v['cosine']:.10f}  rel_error {v['rel_error']:.3e}")
+    return 0
+
+
+def _gradcheck_brian2(args, model) -> int:
+    from .brian2.gradcheck import gradcheck
+    from .brian2.phases import ESTIMATORS
+
+    if args.estimator not in ESTIMATORS:
+        raise UsageError(
+            f"--estimator: the brian2 engine has {list(ESTIMATORS)}, not {args.estimator!r}"
+        )
+    try:
+        r = gradcheck(
+            model,
+            args.estimator,
+            args.beta,
+            args.rule,
+            args.batch,
+            args.seed,
+            args.settle,
+            args.window,
+            args.period,
+            args.periods,
+            args.warmup,
+            args.free_steps,
+        )
+    except ValueError as err:  # e.g. no [spiking] section, a duration off the step grid
+        raise UsageError(str(err)) from None
+    if args.json:
+        print(_json(r))
+        return 0
+    print(
+        f"model {r['model']}  engine brian2 ({r['neuron']}, {r['input']} input)  {r['estimator']}"
+        f"  rule {r['rule']}  beta {r['beta']}  batch {r['batch']}  {r['biological_s']:g} s "
+        f"per sample  {r['spikes']:.0f} spikes per sample  {r['wall_s']:.1f} s wall"
+    )
+    print(f"cosine {r['cosine']:.6f}  rel_error {r['rel_error']:.3e}  reference implicit")
+    for k, v in r["per_param"].items():
+        print(f"  {k:<8} cosine {v['cosine']:.6f}  rel_error {v['rel_error']:.3e}")
     return 0
 
 
