@@ -1,0 +1,177 @@
+"""cpp_standalone: a chunk of samples compiled once, rerun with new data and weights.
+
+:class:`Chunk` lowers the network for ``samples`` consecutive samples of one schedule (one copy of
+the network, samples one after the other, the learning rule moving the weights after each), runs
+Brian2's code generation and compiles the project once. :meth:`Chunk.run` then executes the binary
+with the chunk's inputs and targets (the 2-D ``TimedArray`` s ``x_t`` and ``y_t``), the weights,
+the biases and the learning rate passed as ``run_args``: nothing is regenerated or recompiled
+between chunks, and each run starts from the weights the previous one returned.
+
+The project lives under the cache folder ``$SPIKEEP_CACHE/brian2`` (default
+``~/.cache/spikeep/brian2``), in a subfolder named by a hash of everything that shapes the code
+(the spec's layers, activation and ``[spiking]`` section, the schedule, the rule, ``samples``):
+a later process with the same network regenerates identical sources, which Brian2 leaves
+untouched, so ``make`` has nothing to rebuild. The ``run_args`` arrays of a run are deleted after
+it.
+
+Brian2's device is global: while a :class:`Chunk` is open the process is in standalone mode.
+Use it as a context manager (or call :meth:`Chunk.close`), which returns to runtime mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import brian2 as b2
+import numpy as np
+import torch
+
+from ..spec import ModelSpec
+from .lowering import build
+from .phases import Schedule
+
+__all__ = ["cache_dir", "Chunk"]
+
+
+def cache_dir() -> Path:
+    """``$SPIKEEP_CACHE/brian2``, or ``~/.cache/spikeep/brian2``: never the working directory."""
+    root = os.environ.get("SPIKEEP_CACHE") or Path.home() / ".cache" / "spikeep"
+    return Path(root) / "brian2"
+
+
+def _key(spec: ModelSpec, schedule: Schedule, samples: int, rule: str, seed: int) -> str:
+    shape = [(layer.name, layer.size) for layer in spec.layers]
+    text = repr(
+        (shape, spec.activation, spec.spiking, schedule, samples, rule, seed, b2.__version__)
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Chunk:
+    """``samples`` samples of ``schedule`` compiled into one cpp_standalone binary.
+
+    Args:
+        spec: a dense model spec with a ``[spiking]`` section.
+        schedule: one sample's time course (:mod:`spikeep.brian2.phases`).
+        samples: samples per chunk (the ``TimedArray`` s have one row per sample).
+        rule: ``endpoint`` or ``stdp``.
+        seed: Brian2's random seed (Poisson input); part of the compiled code.
+        directory: the project folder (default: under :func:`cache_dir`).
+
+    Attributes:
+        build_s: seconds spent generating and compiling (0 when nothing was recompiled).
+        directory: the project folder.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        schedule: Schedule,
+        samples: int,
+        rule: str = "endpoint",
+        seed: int = 0,
+        directory: str | Path | None = None,
+    ):
+        if not (isinstance(samples, int) and samples >= 1):
+            raise ValueError(f"samples must be a positive integer, got {samples!r}")
+        self.spec, self.schedule, self.samples = spec, schedule, samples
+        key = _key(spec, schedule, samples, rule, seed)
+        self.directory = Path(directory) if directory else cache_dir() / f"{spec.name}-{key}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        sizes = [layer.size for layer in spec.layers]
+        params = {}
+        for k in range(1, len(sizes)):
+            params[f"W{k}"] = np.zeros((sizes[k], sizes[k - 1]))
+            params[f"b{k}"] = np.zeros(sizes[k])
+        start = time.perf_counter()
+        b2.set_device("cpp_standalone", build_on_run=False, directory=str(self.directory))
+        self._open = True
+        try:
+            b2.device.reinit()
+            b2.device.activate(build_on_run=False, directory=str(self.directory))
+            x = np.zeros((samples, 1, sizes[0]))
+            y = np.zeros((samples, 1, sizes[-1]))
+            self.net = build(spec, params, x, y, schedule, rule=rule, seed=seed, freeze=False)
+            self.counters = [
+                b2.SpikeMonitor(g, record=False, name=f"spikes{k}")
+                for k, g in enumerate(self.net.groups)
+                if "v" in g.variables or "r" in g.variables
+            ]
+            self.net.network.add(*self.counters)
+            self.net.run()
+            binary = self.directory / "main"
+            before = binary.stat().st_mtime if binary.exists() else None
+            b2.device.build(
+                directory=str(self.directory), compile=True, run=False, with_output=False
+            )
+            self.compiled = before is None or binary.stat().st_mtime != before
+        except BaseException:
+            self.close()
+            raise
+        self.build_s = time.perf_counter() - start
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Leave standalone mode (back to Brian2's runtime device)."""
+        if getattr(self, "_open", False):
+            b2.device.reinit()
+            b2.set_device("runtime")
+            self._open = False
+
+    @property
+    def binary_mtime(self) -> float:
+        """Modification time of the compiled binary (unchanged by :meth:`run`)."""
+        return (self.directory / "main").stat().st_mtime
+
+    def run(self, x, y, params: dict, eta: float | dict[str, float] = 0.0) -> dict:
+        """Run the chunk once.
+
+        Args:
+            x: inputs, shape ``(samples, n_0)``; y: targets, shape ``(samples, n_L)``.
+            params: ``W1, b1, ...`` at the chunk's start (tensors or arrays).
+            eta: learning rate (one, or per parameter name); 0 only measures.
+
+        Returns:
+            ``params`` (after the chunk, float64 tensors), ``gradient`` (the rule's estimate
+            averaged over the chunk's samples), ``spikes`` (per sample, all layers), ``run_s``
+            (wall seconds of the binary).
+        """
+        if not self._open:
+            raise RuntimeError("this chunk is closed")
+        net = self.net
+        sizes = net.sizes
+        x = np.asarray(x, dtype=np.float64).reshape(self.samples, sizes[0])
+        y = np.asarray(y, dtype=np.float64).reshape(self.samples, sizes[-1])
+        lr = (lambda k: eta.get(k, 0.0)) if isinstance(eta, dict) else (lambda k: eta)  # noqa: E731
+        run_args = {net.timed["x_t"]: x, net.timed["y_t"]: y}
+        for k, syn in enumerate(net.synapses, start=1):
+            W = params[f"W{k}"]
+            W = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else np.asarray(W)
+            b = params[f"b{k}"]
+            b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+            run_args[syn.w] = W.astype(np.float64).ravel()
+            run_args[net.groups[k].b] = b.astype(np.float64)
+            run_args[syn.eta] = float(lr(f"W{k}"))
+            run_args[net.groups[k].eta_b] = float(lr(f"b{k}"))
+        start = time.perf_counter()
+        try:
+            b2.device.run(run_args=run_args, with_output=False)
+        finally:
+            for name in b2.device.run_args_arrays:
+                (self.directory / "static_arrays" / name).unlink(missing_ok=True)
+        run_s = time.perf_counter() - start
+        net.done = self.samples
+        return {
+            "params": net.params(),
+            "gradient": net.gradient(),
+            "spikes": sum(int(c.num_spikes) for c in self.counters) / self.samples,
+            "run_s": run_s,
+        }
