@@ -117,6 +117,7 @@ class SpikingNetwork:
                 f"{self.done} of {self.samples} lowered samples are done; cannot run {n} more"
             )
         extra = self.cfg.dt if self.done == 0 else 0.0
+        kwargs.setdefault("namespace", {})  # every object has its own: never the caller's locals
         self.network.run((n * self.schedule.duration + extra) * b2.second, **kwargs)
         self.done += n
 

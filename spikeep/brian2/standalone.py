@@ -165,8 +165,9 @@ class Chunk:
         try:
             b2.device.run(run_args=run_args, with_output=False)
         finally:
-            for name in b2.device.run_args_arrays:
-                (self.directory / "static_arrays" / name).unlink(missing_ok=True)
+            for name in b2.device.run_args_arrays:  # the arrays and Brian2's lock files
+                for suffix in ("", ".lock"):
+                    (self.directory / "static_arrays" / (name + suffix)).unlink(missing_ok=True)
         run_s = time.perf_counter() - start
         net.done = self.samples
         return {

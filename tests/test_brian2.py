@@ -1,0 +1,306 @@
+"""The Brian2 spiking engine (``spikeep.brian2``) against the rate engine.
+
+Runtime tests use the numpy target on ``models/spiking_small.toml`` (20-16-4, non-leaky IF neurons,
+``rate_max`` 500 Hz, ``tau_syn`` 20 ms, ``dt`` 0.2 ms, constant input current), batches of copies of
+the network simulated side by side; seeds are fixed (``brian2.seed`` inside ``build``, torch
+generators for parameters and batches). The cpp_standalone tests compile (about 40 s the first
+time on two shared cores, a few seconds from the cache) and are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import brian2 as b2
+import numpy as np
+import pytest
+import torch
+from conftest import MODELS, raw
+
+from spikeep import spec as spec_mod
+from spikeep.brian2 import build, neurons, phases, rules
+from spikeep.brian2.calibrate import transfer
+from spikeep.brian2.gradcheck import gradcheck
+from spikeep.brian2.lowering import layer_equations
+from spikeep.cli import main
+from spikeep.dynamics import relax
+from spikeep.energy import Network
+from spikeep.gradcheck import random_batch
+
+pytestmark = pytest.mark.brian2
+
+SMALL = MODELS / "spiking_small.toml"
+
+
+@pytest.fixture(scope="module")
+def small():
+    return spec_mod.load(SMALL)
+
+
+@pytest.fixture(autouse=True)
+def _numpy_target():
+    b2.prefs.codegen.target = "numpy"
+
+
+def _spiking(**changes):
+    data = raw("spiking_small")
+    data["spiking"] = {**data["spiking"], **changes}
+    return data
+
+
+# -- the [spiking] section -----------------------------------------------------------------------
+
+
+BAD_SPECS = [
+    ("unknown-key", _spiking(tau_bogus=1.0), "spiking: unknown key 'tau_bogus'"),
+    ("neuron", _spiking(neuron="hh"), "spiking.neuron: expected one of ['if', 'lif'], got 'hh'"),
+    ("input", _spiking(input="rate"), "spiking.input"),
+    ("negative-tau", _spiking(tau_syn=-0.01), "spiking.tau_syn: expected a finite number > 0"),
+    ("string-rate", _spiking(rate_max="fast"), "spiking.rate_max: expected int/float"),
+    ("two-spikes-per-step", _spiking(rate_max=1e4), "rate_max * dt = 2 must be <= 1"),
+    ("window-under-two-steps", _spiking(window=1e-4), "spiking.window: expected at least two"),
+    ("tanh", {**_spiking(), "activation": "tanh"}, "needs a non-negative rate function"),
+    ("cross-entropy", {**_spiking(), "cost": "cross_entropy"}, "needs cost 'mse'"),
+]
+
+
+@pytest.mark.parametrize("data,message", [b[1:] for b in BAD_SPECS], ids=[b[0] for b in BAD_SPECS])
+def test_bad_spiking_section_is_one_line_naming_the_key(data, message):
+    with pytest.raises(spec_mod.SpecError) as err:
+        spec_mod.from_dict(data, source="bad.toml")
+    text = str(err.value)
+    assert text.startswith("bad.toml: ") and "\n" not in text
+    assert message in text
+
+
+def test_conv_network_cannot_be_spiking():
+    data = raw("tiny_conv")
+    data["spiking"] = {}
+    with pytest.raises(spec_mod.SpecError, match="needs dense couplings|input is flat"):
+        spec_mod.from_dict(data, source="conv.toml")
+
+
+def test_spiking_section_parsed_in_seconds(small):
+    cfg = small.spiking
+    assert dataclasses.is_dataclass(cfg) and isinstance(cfg, spec_mod.Spiking)
+    assert (cfg.neuron, cfg.input, cfg.rate_max, cfg.tau_syn, cfg.dt) == (
+        "if",
+        "current",
+        500.0,
+        0.02,
+        2e-4,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.tau_syn = 1.0
+
+
+def test_every_spiking_activation_and_neuron_has_brian2_code():
+    assert set(neurons.RHO) == set(spec_mod.SPIKING_ACTIVATIONS)
+    assert set(neurons.MODELS) == set(spec_mod.NEURONS)
+
+
+# -- lowering ---------------------------------------------------------------------------------
+
+
+def test_equations_are_generated_from_the_spec(small):
+    rule = rules.Rule("endpoint", phases.one_sided(0.1, small.spiking))
+    out = str(layer_equations(small, rule, input_current=False, output=True))
+    assert "clip(s, 0, 1)" in out  # the spec's rho
+    assert "I_teach = beta_t(t) * (y - r)" in out  # the MSE teaching current
+    half = dataclasses.replace(small, activation="hard_sigmoid_half")
+    out = str(layer_equations(half, rule, input_current=False, output=False))
+    assert "clip(s / 2, 0, 1)" in out and "I_teach" not in out
+
+
+def test_lowering_keeps_the_parameters_and_shares_each_weight(small):
+    net = Network(small)
+    params = net.init_params(3)
+    x, _ = random_batch(net, 2, 3)
+    sn = build(small, params, x)
+    assert isinstance(sn.network, b2.Network)
+    assert [len(g) for g in sn.groups] == [2 * 20, 2 * 16, 2 * 4]
+    got = sn.params()
+    for k in params:
+        assert torch.equal(got[k], params[k].double()), k
+    syn = sn.synapses[1]  # W2: one object, both directions
+    assert "s_post +=" in syn.pre.code and "s_pre +=" in syn.post.code
+    i, j = np.asarray(syn.i[:]), np.asarray(syn.j[:])
+    assert np.array_equal(i // 16, j // 4)  # no synapse joins two copies
+
+
+def test_user_monitors_see_the_spikes(small):
+    net = Network(small)
+    params = net.init_params(0)
+    x, _ = random_batch(net, 1, 0)
+    sn = build(small, params, x, schedule=phases.free(small.spiking, settle=0.02, window=0.1))
+    mon = b2.SpikeMonitor(sn.groups[1])
+    sn.network.add(mon)
+    sn.run()
+    t, i = np.asarray(mon.t_[:]), np.asarray(mon.i[:])
+    in_window = np.bincount(i[(t > 0.02 - 1e-4) & (t < 0.12 - 1e-4)], minlength=16)
+    assert in_window.sum() > 50
+    np.testing.assert_allclose(sn.rates("rho0")[1][0], in_window / (500 * 0.1), atol=1e-12)
+
+
+def test_bad_inputs_are_refused(small):
+    net = Network(small)
+    params = net.init_params(0)
+    with pytest.raises(ValueError, match=r"x must have shape"):
+        build(small, params, np.zeros((2, 7)))
+    with pytest.raises(ValueError, match=r"params\['W2'\] must have shape \(4, 16\)"):
+        build(small, {**params, "W2": params["W2"][:3]}, np.zeros((2, 20)))
+    with pytest.raises(ValueError, match="no spiking rate function|unknown learning rule"):
+        build(small, params, np.zeros((1, 20)), rule="hebb")
+    with pytest.raises(ValueError, match="not a whole number of steps"):
+        build(small, params, np.zeros((1, 20)), schedule=phases.free(small.spiking, 0.01, 3e-4))
+
+
+# -- rates --------------------------------------------------------------------------------------
+
+
+def _free_rate_error(spec, window: float, batch: int = 8) -> float:
+    net = Network(spec)
+    params = net.init_params(0)
+    x, _ = random_batch(net, batch, 0)
+    fixed = relax(net, params, x, steps=300).s
+    sn = build(spec, params, x, schedule=phases.free(spec.spiking, settle=0.2, window=window))
+    sn.run()
+    rates = sn.rates("rho0")[1:]
+    return max(float(np.abs(a - f.numpy()).max()) for a, f in zip(rates, fixed, strict=True))
+
+
+def test_free_rates_approach_the_fixed_point_as_the_window_grows(small):
+    short, long = _free_rate_error(small, 0.1), _free_rate_error(small, 0.8)
+    # measured: 0.018 and 0.0024; one spike in a 0.1 s window at 500 Hz is 0.02
+    assert long < 0.5 * short
+    assert long < 0.01
+
+
+def test_poisson_input_rates_near_the_fixed_point(small):
+    cfg = dataclasses.replace(small.spiking, input="poisson")
+    poisson = dataclasses.replace(small, spiking=cfg)
+    assert _free_rate_error(poisson, 0.4, batch=4) < 0.15  # measured 0.07: Poisson input noise
+
+
+# -- gradients -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", rules.RULES)
+@pytest.mark.parametrize("estimator", ["one-sided", "symmetric"])
+def test_spiking_ep_update_aligns_with_the_exact_gradient(small, estimator, rule):
+    # 16 copies, beta 0.1, settle 0.2 s + window 0.4 s per phase (1.2 s / 1.8 s per sample);
+    # measured cosines 0.991 (one-sided) and 0.999 (symmetric), both rules
+    r = gradcheck(small, estimator, 0.1, rule=rule, batch=16, settle=0.2, window=0.4)
+    assert r["cosine"] >= 0.9, r["per_param"]
+    assert all(v["cosine"] >= 0.8 for v in r["per_param"].values())
+    assert r["rate_error"] < 0.02
+
+
+@pytest.mark.parametrize("rule", rules.RULES)
+def test_phase_free_oscillation_rule_aligns_with_the_exact_gradient(small, rule):
+    # |beta| 0.2 cos(2 pi t / 0.8 s), one period discarded, one demodulated (1.6 s); measured 0.997
+    r = gradcheck(small, "oscillation", 0.2, rule=rule, batch=16, period=0.8, periods=1, warmup=1)
+    assert r["cosine"] >= 0.8, r["per_param"]
+
+
+def test_update_moves_the_weights_against_the_estimate(small):
+    net = Network(small)
+    params = net.init_params(0)
+    x, y = random_batch(net, 1, 0)
+    sched = phases.one_sided(0.1, small.spiking, settle=0.1, window=0.2)
+    sn = build(small, params, x, y, sched, eta=0.3)
+    sn.run()
+    g, after = sn.gradient(), sn.params()
+    for k in params:
+        np.testing.assert_allclose(after[k], params[k] - 0.3 * g[k], atol=1e-12, err_msg=k)
+    assert float(g["W2"].abs().max()) > 0
+
+
+def test_cli_gradcheck_brian2_json(capsys):
+    argv = ["gradcheck", "--engine", "brian2", "--model", str(SMALL), "--estimator", "one-sided"]
+    argv += ["--beta", "0.1", "--batch", "2", "--settle", "0.05", "--window", "0.05", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("model", "estimator", "beta", "reference", "cosine", "rel_error", "per_param"):
+        assert key in out
+    assert out["engine"] == "brian2" and out["reference"] == "implicit"
+    assert set(out["per_param"]) == {"W1", "b1", "W2", "b2"}
+    assert out["spikes"] > 0
+
+
+def test_cli_gradcheck_brian2_refuses_a_rate_only_estimator(capsys):
+    argv = ["gradcheck", "--engine", "brian2", "--model", str(SMALL), "--estimator", "holomorphic"]
+    assert main([*argv, "--beta", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holomorphic" in err
+
+
+# -- calibration ---------------------------------------------------------------------------------
+
+
+def test_if_neuron_rate_is_rho(small):
+    c = transfer(small, duration=1.0)
+    np.testing.assert_allclose(c["measured"], c["rho"], atol=1 / 500 + 1e-9)  # one spike
+
+
+def test_lif_rate_follows_its_analytic_curve_not_rho(small):
+    cfg = dataclasses.replace(small.spiking, neuron="lif", refractory=0.002)
+    c = transfer(dataclasses.replace(small, spiking=cfg), duration=1.0)
+    assert np.abs(c["measured"] - c["predicted"]).max() < 0.05  # measured 0.022 (dt = 0.2 ms)
+    assert np.abs(c["measured"] - c["rho"]).max() > 0.3
+
+
+# -- cpp_standalone ----------------------------------------------------------------------------
+
+
+SAMPLES = 3
+
+
+@pytest.fixture(scope="module")
+def runtime_update(small):
+    """The runtime result on 3 samples in sequence (one copy), computed before any compilation."""
+    net = Network(small)
+    params = net.init_params(0)
+    x, y = random_batch(net, SAMPLES, 0)
+    b2.prefs.codegen.target = "numpy"
+    sched = phases.one_sided(0.1, small.spiking)
+    sn = build(small, params, x[:, None], y[:, None], sched, eta=0.05)
+    sn.run()
+    return params, x, y, sn.gradient(), sn.params()
+
+
+@pytest.fixture(scope="module")
+def chunk(small, runtime_update):
+    from spikeep.brian2.standalone import Chunk
+
+    with Chunk(small, phases.one_sided(0.1, small.spiking), samples=SAMPLES) as c:
+        yield c
+
+
+@pytest.mark.slow
+def test_standalone_and_runtime_give_the_same_update(chunk, runtime_update):
+    params, x, y, gradient, after = runtime_update
+    out = chunk.run(x, y, params, eta=0.05)
+    for k, g in gradient.items():
+        np.testing.assert_allclose(out["gradient"][k], g, atol=1e-9, err_msg=k)
+        np.testing.assert_allclose(out["params"][k], after[k], atol=1e-9, err_msg=k)
+    assert float(gradient["W1"].abs().max()) > 0
+
+
+@pytest.mark.slow
+def test_standalone_chunk_reruns_with_new_data_and_weights_without_recompiling(small, chunk):
+    net = Network(small)
+    params = net.init_params(0)
+    x, y = random_batch(net, SAMPLES, 1)
+    mtime = chunk.binary_mtime
+    first = chunk.run(x, y, params, eta=0.05)
+    x2, y2 = random_batch(net, SAMPLES, 2)
+    second = chunk.run(x2, y2, first["params"], eta=0.05)
+    again = chunk.run(x, y, params, eta=0.05)
+    assert chunk.binary_mtime == mtime
+    for k in params:  # the same data and weights reproduce; new ones change the update
+        np.testing.assert_array_equal(again["gradient"][k], first["gradient"][k])
+        assert not torch.equal(second["gradient"][k], first["gradient"][k])
+    leftovers = list((chunk.directory / "static_arrays").glob("init_x_t_values_*"))
+    assert leftovers == []  # the run_args arrays are deleted after each run
