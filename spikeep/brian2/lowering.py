@@ -17,7 +17,7 @@ rates at ``r = rho(s)``: the fixed point of the rate engine's dynamics, nudged b
 
 The input ``x`` (``[spiking] input``): ``"poisson"``, spike trains at ``r_max x`` that drive layer 1
 through spiking synapses; or ``"current"``, the constant current ``I_x = W_1 x``, summed once per
-table step by a slow ``drive`` group and linked into layer 1 (no input spikes at all: the input
+sample by a slow ``drive`` group and linked into layer 1 (no input spikes at all: the input
 layer's cost falls from one event per input spike and target to one product per synapse per
 sample). Inputs and targets are 2-D ``TimedArray`` s (``x_t``, ``y_t``: one row per sample, one
 column per neuron of all copies), so a run of many samples is one simulation.
@@ -302,9 +302,9 @@ def build(
             # gate_post / rho_post: the learning rule reads layer 1's accumulators through links
             links = ["gate", *rule_.weights()]
             drive_eqs = "I_x : 1\n" + "\n".join(f"{v} : 1 (linked)" for v in links)
-            drive = b2.NeuronGroup(
-                copies * sizes[1], drive_eqs, dt=grid * b2.second, namespace=ns, name="drive1"
-            )
+            # x and W1 change only at sample starts (W1's rules act once per sample): one
+            # product per synapse per sample
+            drive = b2.NeuronGroup(copies * sizes[1], drive_eqs, dt=T, namespace=ns, name="drive1")
             for v in links:
                 setattr(drive, v, b2.linked_var(groups[1], v))
             groups[1].I_x = b2.linked_var(drive, "I_x")
