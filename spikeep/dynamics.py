@@ -24,14 +24,19 @@ or one kept from the previous batch) can seed it, it returns the state with its 
 residual ``max |s_K - s_{K-1}| / dt``, and it raises :class:`DivergenceError` naming the layer and
 step when a state turns non-finite or exceeds ``max_abs``.
 
-Noise (:func:`add_noise`, for robustness studies; Laborieux & Zenke 2022 use 0.04). After every
-step, ``s_l <- s_l + noise xi_l`` with ``xi_l ~ N(0, 1)`` i.i.d. per unit and step, drawn from an
-explicit, seeded ``torch.Generator``. The noise is real: on complex states (holomorphic EP) it
-perturbs the real part only, as a physical system's noise would (the imaginary part is the
-mathematical continuation, which no neuron carries). It is added after the step's update and
-projection, so a state may leave the activation's box by the noise; its std is per step, whatever
-``dt``. The residual of a noisy phase measures the noise as well. ``noise = 0`` runs the
-noise-free loop, untouched: no draws, bit-identical states.
+Noise (for robustness studies; Laborieux & Zenke 2022 use 0.04). At every step each neuron's
+input gets Gaussian noise ``noise xi``, ``xi ~ N(0, 1)`` i.i.d. per unit and step, drawn from an
+explicit, seeded ``torch.Generator`` (:meth:`Dynamics.noisy_step`, :func:`add_noise`):
+
+    prototypical:  s_{t+1} = rho(dPhi_beta/dr(s_t) + noise xi_t)        (on the drive, inside rho)
+    energy:        s_{t+1} = P_box(s_t + dt (...)) + noise xi_t          (on the state, per step)
+
+In both the noise sits on the neuron's state variable (the pre-activation, or synaptic current:
+the prototypical dynamics' states are rates), as in Laborieux & Zenke's code; a saturated unit's
+rate barely moves. The noise is real: on complex states (holomorphic EP) it perturbs the real part
+only, as a physical system's noise would (the imaginary part is the mathematical continuation,
+which no neuron carries). Its std is per step, whatever ``dt``; a noisy phase's residual measures
+the noise as well. ``noise = 0`` runs the noise-free loop, untouched: no draws, bit-identical.
 """
 
 from __future__ import annotations
@@ -84,6 +89,11 @@ class Dynamics:
     def step(self, net, params, s, static, y=None, beta=0.0) -> tuple[Tensor, ...]:
         raise NotImplementedError
 
+    def noisy_step(self, net, params, s, static, y, beta, noise, generator):
+        """:meth:`step` with Gaussian noise of std ``noise`` on the neurons' state (module
+        docstring), drawn from ``generator``; by default added to the new states."""
+        return add_noise(self.step(net, params, s, static, y, beta), noise, generator)
+
 
 class Prototypical(Dynamics):
     """``s_{t+1} = rho(dPhi_beta/dr(s_t))``; states are rates."""
@@ -95,6 +105,10 @@ class Prototypical(Dynamics):
 
     def step(self, net, params, s, static, y=None, beta=0.0):
         return tuple(net.act.rho_(h) for h in net.dphi(params, s, static, y, beta))
+
+    def noisy_step(self, net, params, s, static, y, beta, noise, generator):
+        h = add_noise(net.dphi(params, s, static, y, beta), noise, generator)  # the drive
+        return tuple(net.act.rho_(hi) for hi in h)
 
 
 class GradientFlow(Dynamics):
@@ -169,8 +183,8 @@ def prepare(net, params, x, y=None, beta=0.0, s=None, static=None):
 
 
 def add_noise(s: tuple[Tensor, ...], noise: float, generator: torch.Generator):
-    """``s_l + noise xi_l`` in place (``xi_l ~ N(0, 1)``, real, drawn from ``generator`` on the
-    generator's device); returns ``s``. Complex states get the noise on their real part."""
+    """``s_l + noise xi_l`` in place for every tensor ``s_l`` (``xi_l ~ N(0, 1)``, real, drawn
+    from ``generator`` on its device); returns ``s``. Complex tensors get it on their real part."""
     for si in s:
         real = si.real.dtype if si.is_complex() else si.dtype
         xi = torch.randn(si.shape, generator=generator, dtype=real, device=generator.device)
@@ -241,7 +255,7 @@ def relax(
         for _ in range(steps):
             prev, state = (
                 state,
-                add_noise(dyn.step(net, params, state, static, y, beta), noise, generator),
+                dyn.noisy_step(net, params, state, static, y, beta, noise, generator),
             )
     else:
         replay = None
@@ -264,9 +278,10 @@ def _locate(net, params, s0, static, y, beta, steps, max_abs, noise, generator, 
         generator.set_state(replay)
     s = s0
     for t in range(1, steps + 1):
-        s = net.dynamics.step(net, params, s, static, y, beta)
         if noise:
-            s = add_noise(s, noise, generator)
+            s = net.dynamics.noisy_step(net, params, s, static, y, beta, noise, generator)
+        else:
+            s = net.dynamics.step(net, params, s, static, y, beta)
         for layer, si in zip(net.spec.dynamic_layers, s, strict=True):
             finite = bool(torch.isfinite(si).all())
             if not finite or bool(si.abs().max() > max_abs):

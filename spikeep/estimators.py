@@ -21,7 +21,7 @@ and declares the order of its bias in ``beta``:
 and ``k = N/2`` are real nudges, so ``N = 2`` performs exactly the symmetric estimator's arithmetic.
 
 Every estimator takes ``noise`` (default 0): the std of the Gaussian noise added to the states at
-every step of its nudged phases (:func:`spikeep.dynamics.add_noise`), drawn from the
+every step of its nudged phases (:meth:`spikeep.dynamics.Dynamics.noisy_step`), drawn from the
 ``generator`` passed to :meth:`Estimator.estimate`. With noise the half-circle shortcut of
 ``holomorphic`` is a sampling choice (independent noise at each point), no longer an identity.
 
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from . import oscillation
-from .dynamics import Relaxed, add_noise, check_noise, relax
+from .dynamics import Relaxed, check_noise, relax
 
 __all__ = [
     "Estimate",
@@ -242,9 +242,11 @@ class Continual(Estimator):
         prev = s
         for _ in range(self.steps):
             static = net.static_drive(theta, x)
-            prev, s = s, net.dynamics.step(net, theta, s, static, y, b)
+            prev = s
             if self.noise:
-                s = add_noise(s, self.noise, generator)
+                s = net.dynamics.noisy_step(net, theta, s, static, y, b, self.noise, generator)
+            else:
+                s = net.dynamics.step(net, theta, s, static, y, b)
             r = net.dynamics.rates(net, s)
             g = net.dF_dtheta(theta, x, y, [(r, b, 1 / b), (r_prev, beta_prev, -1 / b)])
             theta = {k: v - self._lr(k) * g[k] for k, v in theta.items()}

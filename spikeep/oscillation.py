@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor
 
-from .dynamics import DivergenceError, add_noise, check_noise, prepare
+from .dynamics import DivergenceError, check_noise, prepare
 
 __all__ = ["Demodulator", "teaching_signal", "oscillate"]
 
@@ -131,7 +131,7 @@ def oscillate(
         s: the start state (e.g. the free fixed point); zeros when ``None``.
         static: the static drive of ``params`` and ``x`` (e.g. ``free.static``), or ``None``.
         noise, generator: per-step Gaussian state noise and its generator
-            (:func:`spikeep.dynamics.add_noise`).
+            (:meth:`spikeep.dynamics.Dynamics.noisy_step`).
 
     Returns:
         ``(grads, residual, s)``: the demodulated estimate of ``+dL/dtheta`` (shapes of
@@ -155,9 +155,10 @@ def oscillate(
     start = s
     for t in range((warmup + periods) * K):
         phase, beta_t = teaching_signal(a, K, t, real)
-        s = dyn.step(net, p, s, static, ys, beta_t)
         if noise:
-            s = add_noise(s, noise, generator)
+            s = dyn.noisy_step(net, p, s, static, ys, beta_t, noise, generator)
+        else:
+            s = dyn.step(net, p, s, static, ys, beta_t)
         if t >= warmup * K:
             w = demod.reference(phase)  # a real g_t needs only Re(w) = cos(phi_t)
             window.append((dyn.rates(net, s), beta_t, gain * (w.real if real else w) / a))
