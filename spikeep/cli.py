@@ -9,7 +9,7 @@
     spikeep gdu --model PATH [--beta 1e-4] [--steps 10] [--free-steps 300] [--json]
     spikeep bench ep-step --model PATH [--batch 100] [--free-steps 20] [--nudged-steps 4] [--json]
     spikeep train PROTOCOL [--set section.key=value ...] [--out DIR] [--resume] [--json]
-    spikeep eval CHECKPOINT [--data NAME] [--data-dir DIR] [--json]
+    spikeep eval CHECKPOINT [--data NAME] [--data-dir DIR] [--noise SIGMA] [--json]
     spikeep plot OUT
     spikeep data fetch NAME --to DIR
 
@@ -171,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="dataset (default: the protocol's)")
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--split", choices=["train", "test"], default="test")
+    ev.add_argument(
+        "--noise",
+        type=_noise,
+        default=None,
+        help="state noise while evaluating (default: the protocol's eval_noise, else its noise)",
+    )
     ev.add_argument("--json", action="store_true")
 
     pl = sub.add_parser("plot", help="training curves of an output folder (PNG)")
@@ -236,7 +242,9 @@ def _eval(args) -> int:
     normalize = normalization(
         name, raw_data.get("normalize", False), raw_data.get("std_scale", 1.0)
     )
-    noise = est.get("eval_noise", est.get("noise", 0.0))  # as training evaluated it
+    noise = args.noise
+    if noise is None:  # as training evaluated it
+        noise = est.get("eval_noise", est.get("noise", 0.0))
     gen = torch.Generator().manual_seed(0) if noise else None
     result = evaluate(net, ckpt["params"], ds, steps, normalize, noise=noise, generator=gen)
     out = {
@@ -246,12 +254,13 @@ def _eval(args) -> int:
         "epoch": ckpt["epoch"],
         "error": result["error"],
         "loss": result["loss"],
+        "noise": noise,
     }
     print(
         _json(out)
         if args.json
         else f"{args.checkpoint}: {name} {args.split} error {out['error']:.2f}%  "
-        f"loss {out['loss']:.4f}"
+        f"loss {out['loss']:.4f}" + (f"  noise {noise}" if noise else "")
     )
     return 0
 

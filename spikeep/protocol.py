@@ -15,12 +15,12 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
     [train]       epochs, batch_size, seed, persistent, checkpoint_every, device
     [paper]       source, test_error, note          (reported numbers, for the record)
 
-``noise`` is the std of the Gaussian noise added to every state at every relaxation step of
-training (free and nudged phases; :func:`spikeep.dynamics.add_noise`). Evaluation runs with
-``eval_noise``, which defaults to ``noise``: a noisy system is measured as it is (Laborieux &
-Zenke 2022's noisy accuracies are of a noisy system); ``eval_noise = 0.0`` measures the noise-free
-network with the same weights. ``steps_per_period``, ``periods``, ``warmup`` and ``real`` configure
-the ``oscillation`` estimator (its ``nudged_steps`` is unused).
+``noise`` is the std of the Gaussian noise on every neuron at every relaxation step of training
+(free and nudged phases; :mod:`spikeep.dynamics` says where it enters). Evaluation runs with
+``eval_noise``, which defaults to ``noise``: a noisy system is measured as it runs.
+``eval_noise = 0.0`` measures the noise-free network with the same weights (what Laborieux &
+Zenke's code reports). ``steps_per_period``, ``periods``, ``warmup`` and ``real`` configure the
+``oscillation`` estimator (its ``nudged_steps`` is unused).
 
 ``with_overrides`` applies ``--set section.key=value`` pairs (values in TOML syntax) before
 validation, so an override is checked like the file itself.

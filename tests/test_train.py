@@ -57,12 +57,16 @@ def test_training_learns(tmp_path):
     assert rows[-1]["test_error"] < 40  # chance is 90%
 
 
-@pytest.mark.parametrize("estimator,persistent", [("random-sign", True), ("symmetric", False)])
+@pytest.mark.parametrize(
+    "estimator,persistent,noise",
+    [("random-sign", True, 0.0), ("symmetric", False, 0.0), ("random-sign", False, 0.05)],
+)
 def test_resume_reaches_the_weights_of_an_uninterrupted_run(
-    tmp_path, monkeypatch, estimator, persistent
+    tmp_path, monkeypatch, estimator, persistent, noise
 ):
     over = {
         "estimator.name": estimator,
+        "estimator.noise": noise,
         "train.persistent": persistent,
         "train.checkpoint_every": 3,
         "optimizer.momentum": 0.5,
@@ -91,6 +95,27 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(
     mb = (cut / "metrics.jsonl").read_text().splitlines()
     strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "wall_s"} for r in rows]  # noqa: E731
     assert strip(ma) == strip(mb)
+
+
+def test_noise_changes_training_and_evaluation_uses_it_unless_told(tmp_path, capsys):
+    def run(name, **over):
+        train_mod.train(_protocol(**over), tmp_path / name, progress=False, log=lambda m: None)
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return _params(tmp_path / name), json.loads(rows[-1])
+
+    quiet, _ = run("quiet")
+    noisy, noisy_row = run("noisy", **{"estimator.noise": 0.05})
+    clean_eval, clean_row = run("clean", **{"estimator.noise": 0.05, "estimator.eval_noise": 0.0})
+    assert not torch.equal(quiet["W1"], noisy["W1"])
+    assert all(torch.equal(noisy[k], clean_eval[k]) for k in noisy)  # same training
+    assert noisy_row["test_loss"] != clean_row["test_loss"]  # evaluated with and without noise
+    ckpt = str(tmp_path / "noisy" / "checkpoint.pt")
+    assert main(["eval", ckpt, "--json"]) == 0
+    default = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", ckpt, "--noise", "0", "--json"]) == 0
+    quiet_eval = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert default["noise"] == 0.05 and quiet_eval["noise"] == 0.0
+    assert default["loss"] != quiet_eval["loss"]
 
 
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
