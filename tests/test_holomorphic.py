@@ -1,0 +1,325 @@
+"""Holomorphic EP, continuous oscillation and state noise, in float64 on tiny_holo (dense) and
+tiny_holo_conv (conv, softmax pooling), against the implicit reference."""
+
+from __future__ import annotations
+
+import cmath
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import load, rel, setup, variant
+
+from spikeep import estimators, oscillation, reference
+from spikeep import protocol as proto
+from spikeep.cli import main
+from spikeep.dynamics import add_noise, relax
+from spikeep.oscillation import Demodulator
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = {"tiny_holo": 150, "tiny_holo_conv": 100}  # enough for a residual below 1e-13
+
+
+@pytest.fixture(scope="module", params=["tiny_holo", "tiny_holo_conv"])
+def problem(request):
+    """``(net, params, x, y, free, ref, steps)`` of one model, relaxed once per module."""
+    net = load(request.param)
+    params, x, y = setup(net)
+    steps = STEPS[request.param]
+    free = relax(net, params, x, steps=steps)
+    assert float(free.residual) < 1e-13
+    ref = reference.implicit_gradient(net, params, x, y, s_star=free.s)
+    return net, params, x, y, free, ref, steps
+
+
+def _estimate(est, problem, generator=None):
+    net, params, x, y, free, _, _ = problem
+    return est.estimate(net, params, x, y, free, generator=generator)
+
+
+def _slope(xs, ys) -> float:
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+# -- the N-point estimator ----------------------------------------------------------------------
+
+BETAS = np.geomspace(0.15, 0.6, 5)
+
+
+@pytest.mark.parametrize("points", [3, 4, 6])
+def test_n_point_error_falls_as_beta_to_the_n(problem, points):
+    steps, ref = problem[6], problem[5]
+    errors = [
+        rel(_estimate(estimators.Holomorphic(float(b), steps, points), problem).grads, ref)
+        for b in BETAS
+    ]
+    slope = _slope(BETAS, errors)
+    print(f"N={points}: errors {[f'{e:.2e}' for e in errors]}, slope {slope:.2f}")
+    assert min(errors) > 1e-12  # well above the relaxation's floor: the slope is the bias's
+    assert slope == pytest.approx(points, abs=0.3)
+
+
+def test_eight_points_at_half_are_within_1e6(problem):
+    out = _estimate(estimators.Holomorphic(0.5, problem[6], points=8), problem)
+    assert rel(out.grads, problem[5]) < 1e-6
+    assert len(out.residuals) == 5 and max(out.residuals) < 1e-12  # k = 0 .. 4, all converged
+
+
+@pytest.mark.parametrize("points", [5, 6])
+def test_conjugate_symmetric_shortcut_equals_the_full_sum(problem, points):
+    net, params, x, y, free, _, steps = problem
+    half = _estimate(estimators.Holomorphic(0.4, steps, points), problem).grads
+    full = []
+    for k in range(points):  # every point of the circle, simulated
+        beta_k = 0.4 * cmath.exp(2j * math.pi * k / points)
+        out = relax(net, params, x, y, beta_k, s=free.s, steps=steps, static=free.static)
+        full.append((out.s, beta_k, 1 / (points * beta_k)))
+    assert rel(half, net.dF_dtheta(params, x, y, full)) < 1e-12
+
+
+# -- continuous oscillation ---------------------------------------------------------------------
+
+
+def test_continuous_demodulation_converges_as_steps_per_period_grow(problem):
+    steps_per_period = [50, 100, 200, 400]
+    errors = [
+        rel(_estimate(estimators.Oscillation(0.5, K, periods=1), problem).grads, problem[5])
+        for K in steps_per_period
+    ]
+    print("complex oscillation, |beta| = 0.5, error vs K:", [f"{e:.2e}" for e in errors])
+    assert all(b < a for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 1e-5
+    assert _slope(steps_per_period, errors) == pytest.approx(-2, abs=0.3)  # the lag, O(K^-2)
+    holo = _estimate(estimators.Holomorphic(0.5, problem[6], points=8), problem).grads
+    last = _estimate(estimators.Oscillation(0.5, 400, periods=1), problem).grads
+    assert rel(last, holo) < 1e-5  # and to the N-point estimate
+
+
+def test_real_cosine_variant_has_a_second_order_bias(problem):
+    betas = [0.05, 0.1, 0.2, 0.4]
+    errors = [
+        rel(_estimate(estimators.Oscillation(b, 400, 1, real=True), problem).grads, problem[5])
+        for b in betas
+    ]
+    print("real cosine oscillation, K = 400, error vs |beta|:", [f"{e:.2e}" for e in errors])
+    assert estimators.Oscillation(0.1, 400, real=True).bias_order == 2
+    assert _slope(betas, errors) == pytest.approx(2, abs=0.3)
+
+
+def test_windowed_demodulation_equals_step_by_step(problem, monkeypatch):
+    est = estimators.Oscillation(0.3, 20, periods=2, warmup=1)
+    windowed = _estimate(est, problem)
+    monkeypatch.setattr(oscillation, "WINDOW", 1)
+    stepwise = _estimate(est, problem)
+    assert rel(windowed.grads, stepwise.grads) < 1e-13
+    assert windowed.residuals == stepwise.residuals
+
+
+def test_oscillation_from_zeros_needs_its_warmup(problem):
+    """Without the free phase the start's transient biases an undiscarded first period."""
+    K, ref = 200, problem[5]
+    biased = _estimate(estimators.Oscillation(0.3, K, 1, warmup=0, free=False), problem)
+    settled = _estimate(estimators.Oscillation(0.3, K, 1, warmup=1, free=False), problem)
+    assert rel(settled.grads, ref) < 1e-4 < rel(biased.grads, ref)
+    assert settled.residuals[0] < 1e-10 < biased.residuals[0]  # reported, not hidden
+
+
+def test_demodulator_recovers_the_first_fourier_coefficient():
+    K, delta = 16, 0.7
+    real, cplx, both = Demodulator(), Demodulator(), Demodulator()
+    for t in range(3 * K):
+        phi = 2 * math.pi * t / K
+        f = 0.3 + 2.0 * math.cos(phi + delta) + 0.5 * math.cos(2 * phi)  # DC and 2nd harmonic
+        z = (1.5 - 0.25j) * cmath.exp(1j * phi) + 0.1j * cmath.exp(-3j * phi)
+        real.add(torch.tensor(f, dtype=torch.float64), phi)
+        cplx.add(torch.tensor(z, dtype=torch.complex128), phi)
+        both.add({"f": torch.tensor([f]), "z": torch.tensor([z])}, phi)
+    assert float(real.coefficient()) == pytest.approx(math.cos(delta), abs=1e-14)  # A/2 cos d
+    assert float(cplx.coefficient()) == pytest.approx(1.5, abs=1e-14)
+    assert both.count == 3 * K and not both.coefficient()["z"].is_complex()
+    with pytest.raises(ValueError, match="no samples"):
+        Demodulator().coefficient()
+
+
+# -- noise --------------------------------------------------------------------------------------
+
+
+def test_zero_noise_is_bit_identical_and_draws_nothing():
+    net = load("tiny_holo")
+    params, x, y = setup(net)
+    g = torch.Generator().manual_seed(5)
+    before = g.get_state()
+    plain = relax(net, params, x, y, 0.3j, steps=40)
+    zero = relax(net, params, x, y, 0.3j, steps=40, noise=0.0, generator=g)
+    assert all(torch.equal(a, b) for a, b in zip(plain.s, zero.s))
+    assert torch.equal(g.get_state(), before)
+    free = relax(net, params, x, steps=40)
+    for name in ("holomorphic", "oscillation"):
+        a = estimators.make(name, 0.3, 20, points=4).estimate(net, params, x, y, free)
+        b = estimators.make(name, 0.3, 20, points=4, noise=0.0).estimate(
+            net, params, x, y, free, generator=g
+        )
+        assert all(torch.equal(a.grads[k], b.grads[k]) for k in a.grads)
+
+
+def test_seeded_noise_is_reproducible_and_changes_the_states():
+    net = load("tiny_holo")
+    params, x, y = setup(net)
+
+    def run(seed, noise=0.04):
+        g = torch.Generator().manual_seed(seed)
+        return relax(net, params, x, y, 0.3j, steps=40, noise=noise, generator=g).s
+
+    clean, a, b, other = run(0, 0.0), run(0), run(0), run(1)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not any(torch.equal(u, v) for u, v in zip(a, other))
+    gap = max(float((u - v).abs().max()) for u, v in zip(a, clean))
+    assert 1e-3 < gap < 1.0
+    free = relax(net, params, x, steps=40)
+    for name in ("holomorphic", "oscillation", "one-sided"):
+        est = estimators.make(name, 0.3, 20, points=4, noise=0.04)
+        g1, g2 = (
+            est.estimate(net, params, x, y, free, torch.Generator().manual_seed(3)).grads
+            for _ in "12"
+        )
+        quiet = estimators.make(name, 0.3, 20, points=4).estimate(net, params, x, y, free).grads
+        assert all(torch.equal(g1[k], g2[k]) for k in g1)
+        assert rel(g1, quiet) > 1e-4
+
+
+def test_noise_is_real_on_complex_states():
+    s = (torch.zeros(2000, dtype=torch.complex128),)
+    add_noise(s, 0.04, torch.Generator().manual_seed(0))
+    assert float(s[0].imag.abs().max()) == 0.0
+    assert float(s[0].real.std()) == pytest.approx(0.04, rel=0.1)
+
+
+def test_bad_noise_is_refused():
+    net = load("tiny_holo")
+    params, x, _ = setup(net)
+    with pytest.raises(ValueError, match=r"noise=0\.1 needs an explicit torch\.Generator"):
+        relax(net, params, x, noise=0.1)
+    with pytest.raises(ValueError, match="noise must be a finite number >= 0.*-0.5"):
+        estimators.Symmetric(0.1, noise=-0.5)
+
+
+# -- clear errors -------------------------------------------------------------------------------
+
+
+def test_non_holomorphic_networks_refuse_complex_nudges():
+    net = variant("tiny_holo", activation="hard_sigmoid")
+    params, x, y = setup(net)
+    free = relax(net, params, x, steps=20)
+    with pytest.raises(ValueError, match="needs a holomorphic network.*hard_sigmoid"):
+        relax(net, params, x, y, 0.1j, steps=5)
+    with pytest.raises(ValueError, match="complex oscillation needs a holomorphic.*real=True"):
+        estimators.Oscillation(0.1, 10).estimate(net, params, x, y, free)
+    out = estimators.Oscillation(0.1, 10, real=True).estimate(net, params, x, y, free)
+    assert all(torch.isfinite(v).all() for v in out.grads.values())  # the cosine one runs
+    pooled = variant("tiny_holo_conv", layers={1: {"pool": "max"}})
+    p, xc, yc = setup(pooled)
+    with pytest.raises(ValueError, match="max pooling"):
+        estimators.Oscillation(0.1, 10).estimate(pooled, p, xc, yc, relax(pooled, p, xc))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"steps": 2}, "steps per period"),
+        ({"periods": 0}, "periods"),
+        ({"warmup": -1}, "warmup"),
+        ({"real": 1}, "real"),
+    ],
+)
+def test_bad_oscillation_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        estimators.Oscillation(0.1, **kwargs)
+
+
+# -- command line and protocols -----------------------------------------------------------------
+
+HOLO = str(ROOT / "models" / "tiny_holo.toml")
+OSC = ["gradcheck", "--model", HOLO, "--estimator", "oscillation", "--beta", "0.3"]
+
+
+def _run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_gradcheck_oscillation_json(capsys):
+    argv = [*OSC, "--steps-per-period", "200", "--periods", "1", "--batch", "4", "--json"]
+    code, out, err = _run([*argv, "--real"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["estimator"] == "oscillation" and result["real"] is True
+    assert result["steps_per_period"] == 200 and result["periods"] == 1
+    assert result["warmup"] == 1 and result["from_free"] is True and result["noise"] == 0.0
+    assert result["bias_order"] == 2 and result["points"] is None
+    assert 0 < result["rel_error"] < 0.05 and len(result["nudged_residuals"]) == 1
+    code, out, _ = _run([*argv, "--no-free", "--noise", "0.01"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["from_free"] is False and result["noise"] == 0.01
+    assert result["real"] is False and result["bias_order"] == 200
+
+
+@pytest.mark.parametrize(
+    "extra,names",
+    [
+        (["--steps-per-period", "2"], ["--steps-per-period", "'2'"]),
+        (["--periods", "0"], ["--periods", "'0'"]),
+        (["--warmup", "-1"], ["--warmup", "'-1'"]),
+        (["--noise", "-0.1"], ["--noise", "'-0.1'"]),
+        (["--noise", "nan"], ["--noise", "'nan'"]),
+    ],
+)
+def test_cli_bad_oscillation_input_is_one_line_with_status_2(capsys, extra, names):
+    code, out, err = _run([*OSC, *extra], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert all(n in err for n in names)
+
+
+def test_cli_complex_oscillation_on_a_non_holomorphic_model_exits_2(capsys):
+    tiny_hard = str(ROOT / "models" / "mlp_784_500_10.toml")  # hard sigmoid
+    argv = ["gradcheck", "--model", tiny_hard, "--estimator", "oscillation", "--beta", "0.1"]
+    code, out, err = _run([*argv, "--batch", "1", "--free-steps", "2"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "real=True" in err
+
+
+def _protocol(tmp_path, text):
+    path = tmp_path / "p.toml"
+    path.write_text(f'model = "{HOLO}"\n[estimator]\n{text}\n')
+    return path
+
+
+def test_protocol_noise_parses(tmp_path):
+    p = proto.load(_protocol(tmp_path, "name = 'holomorphic'\nnoise = 0.04\npoints = 10"))
+    assert p.estimator.noise == 0.04 and p.estimator.eval_noise is None
+    p = proto.load(_protocol(tmp_path, "noise = 0.04\neval_noise = 0"))
+    assert p.estimator.eval_noise == 0.0
+    shipped = proto.load(ROOT / "protocols" / "hep_mnist_noise.toml")
+    assert shipped.estimator.noise == 0.04 and shipped.estimator.points == 10
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("noise = -0.1", "estimator.noise"),
+        ("noise = 'high'", "estimator.noise"),
+        ("eval_noise = true", "estimator.eval_noise"),
+        ("steps_per_period = 2", "estimator.steps_per_period"),
+        ("periods = 0", "estimator.periods"),
+    ],
+)
+def test_protocol_bad_noise_is_named(tmp_path, text, key):
+    path = _protocol(tmp_path, text)
+    with pytest.raises(proto.ProtocolError, match=re.escape(f"{path}: {key}")):
+        proto.load(path)
