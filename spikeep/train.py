@@ -286,6 +286,7 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
     dev = _device(protocol, device)
     dtype = DTYPES[net.spec.dtype]
     est_cfg = protocol.estimator
+    _check_complex(protocol, net)
     est = estimators.make(
         est_cfg.name,
         est_cfg.beta,
@@ -417,6 +418,23 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
         "out": str(out),
         "paper": protocol.paper,
     }
+
+
+def _check_complex(protocol: Protocol, net: Network):
+    """Refuse, before training, an estimator that needs complex states on a network that is not
+    holomorphic (it would fail at the first batch)."""
+    est = protocol.estimator
+    complex_states = (est.name == "holomorphic" and est.points > 2) or (
+        est.name == "oscillation" and not est.real
+    )
+    if complex_states and not net.holomorphic:
+        bad = net.spec.activation if not net.act.holomorphic else "max pooling"
+        fix = "points = 2" if est.name == "holomorphic" else "real = true"
+        raise ProtocolError(
+            f"{protocol.source}: estimator.name: {est.name!r} needs complex states, but model "
+            f"{protocol.model.name} uses {bad}; set estimator.{fix} or use a holomorphic model "
+            f"(sigmoid4, holotanh or tanh; softmax or avg pooling)"
+        )
 
 
 def _train_step(

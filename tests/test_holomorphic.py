@@ -292,11 +292,13 @@ def test_cli_bad_oscillation_input_is_one_line_with_status_2(capsys, extra, name
     assert all(n in err for n in names)
 
 
-def test_cli_complex_oscillation_on_a_non_holomorphic_model_exits_2(capsys):
-    tiny_hard = str(ROOT / "models" / "mlp_784_500_10.toml")  # hard sigmoid
-    argv = ["gradcheck", "--model", tiny_hard, "--estimator", "oscillation", "--beta", "0.1"]
-    code, out, err = _run([*argv, "--batch", "1", "--free-steps", "2"], capsys)
-    assert code == 2 and out == "" and err.count("\n") == 1 and "real=True" in err
+def test_cli_complex_oscillation_on_a_non_holomorphic_model_exits_2(capsys, tmp_path):
+    hard = tmp_path / "hard.toml"
+    hard.write_text(Path(HOLO).read_text().replace('"sigmoid4"', '"hard_sigmoid"'))
+    argv = ["gradcheck", "--model", str(hard), "--estimator", "oscillation", "--beta", "0.1"]
+    code, out, err = _run([*argv, "--batch", "2", "--free-steps", "20"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "hard_sigmoid" in err and "real=True" in err
 
 
 def _protocol(tmp_path, text):

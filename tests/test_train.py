@@ -118,6 +118,16 @@ def test_noise_changes_training_and_evaluation_uses_it_unless_told(tmp_path, cap
     assert default["loss"] != quiet_eval["loss"]
 
 
+def test_oscillation_trains_and_complex_states_need_a_holomorphic_model(tmp_path):
+    cosine = {"estimator.name": "oscillation", "estimator.real": True}
+    cosine.update({"estimator.steps_per_period": 8, "estimator.periods": 1})
+    summary = train_mod.train(_protocol(**cosine), tmp_path, progress=False, log=lambda m: None)
+    assert summary["epochs"] == 2 and 0 <= summary["test_error"] <= 100
+    for over in ({"estimator.name": "oscillation"}, {"estimator.name": "holomorphic"}):
+        with pytest.raises(proto.ProtocolError, match="needs complex states.*hard_sigmoid"):
+            train_mod.train(_protocol(**over), tmp_path / "x", progress=False, log=lambda m: None)
+
+
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train_mod.train(_protocol(**{"train.epochs": 1}), tmp_path, progress=False, log=lambda m: None)
     good = _params(tmp_path)
