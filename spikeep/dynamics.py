@@ -32,11 +32,12 @@ explicit, seeded ``torch.Generator`` (:meth:`Dynamics.noisy_step`, :func:`add_no
     energy:        s_{t+1} = P_box(s_t + dt (...)) + noise xi_t          (on the state, per step)
 
 In both the noise sits on the neuron's state variable (the pre-activation, or synaptic current:
-the prototypical dynamics' states are rates), as in Laborieux & Zenke's code; a saturated unit's
-rate barely moves. The noise is real: on complex states (holomorphic EP) it perturbs the real part
-only, as a physical system's noise would (the imaginary part is the mathematical continuation,
-which no neuron carries). Its std is per step, whatever ``dt``; a noisy phase's residual measures
-the noise as well. ``noise = 0`` runs the noise-free loop, untouched: no draws, bit-identical.
+the prototypical dynamics' states are rates); for the prototypical dynamics that is where
+Laborieux & Zenke's code puts it, and a saturated unit's rate barely moves. The noise is real:
+on complex states (holomorphic EP) it perturbs the real part only, as a physical system's noise
+would (the imaginary part is the mathematical continuation, which no neuron carries). Its std is
+per step, whatever ``dt``; a noisy phase's residual measures the noise as well. ``noise = 0`` runs
+the noise-free loop, untouched: no draws, bit-identical.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def relax(
         static: precomputed :meth:`~spikeep.energy.Network.static_drive` for these ``params`` and
             ``x`` (e.g. ``free.static``); cast to the state dtype when needed.
         max_abs: a state larger than this in magnitude counts as diverged.
-        noise: std of the Gaussian noise added to every state after every step (module
+        noise: std of the Gaussian noise on every neuron at every step (where it enters: module
             docstring); 0 for none.
         generator: the ``torch.Generator`` the noise is drawn from (required when ``noise > 0``).
 

@@ -147,7 +147,7 @@ def oscillate(
             f"{bad}; use real=True (--real: the cosine teaching signal with real states), or "
             f"sigmoid4, holotanh or tanh with softmax or avg pooling"
         )
-    p, xs, ys, static, s = prepare(net, params, x, y, a if real else complex(a), s, static)
+    p, _, ys, static, s = prepare(net, params, x, y, a if real else complex(a), s, static)
     dyn = net.dynamics
     gain = 2.0 if real else 1.0
     demod = Demodulator()
