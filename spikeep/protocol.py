@@ -12,7 +12,8 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
                   noise, eval_noise, steps_per_period, periods, warmup, real
     [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
                   cosine, t_max, eta_min
-    [train]       epochs, batch_size, seed, persistent, checkpoint_every, device
+    [train]       epochs, batch_size, seed, persistent, checkpoint_every, device, engine
+    [brian2]      rule, chunk                     (read only when engine = "brian2")
     [paper]       source, test_error, note          (reported numbers, for the record)
 
 ``noise`` is the std of the Gaussian noise on every neuron at every relaxation step of training
@@ -21,6 +22,10 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
 ``eval_noise = 0.0`` measures the noise-free network with the same weights (what Laborieux &
 Zenke's code reports). ``steps_per_period``, ``periods``, ``warmup`` and ``real`` configure the
 ``oscillation`` estimator (its ``nudged_steps`` is unused).
+
+``engine`` picks what trains the model: ``"rate"`` (the default, :mod:`spikeep.train`) or
+``"brian2"`` (spiking neurons in a compiled Brian2 simulation, :mod:`spikeep.brian2.train`, which
+reads ``[brian2]``: the learning ``rule`` and the samples per compiled ``chunk``).
 
 ``with_overrides`` applies ``--set section.key=value`` pairs (values in TOML syntax) before
 validation, so an override is checked like the file itself.
@@ -47,6 +52,8 @@ __all__ = [
 ]
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-embedded", "cifar10")
+ENGINES = ("rate", "brian2")
+BRIAN2_RULES = ("endpoint", "stdp")  # spikeep.brian2.rules.RULES (not imported: no brian2 here)
 
 
 class ProtocolError(ValueError):
@@ -98,8 +105,17 @@ class Train:
     batch_size: int = 20
     seed: int = 0
     persistent: bool = False
-    checkpoint_every: int = 0  # batches; 0: once per epoch
+    checkpoint_every: int = 0  # batches (brian2: chunks); 0: once per epoch
     device: str = "auto"
+    engine: str = "rate"  # one of ENGINES
+
+
+@dataclass(frozen=True)
+class Brian2:
+    """The brian2 engine's training settings (ignored by the rate engine)."""
+
+    rule: str = "endpoint"  # one of BRIAN2_RULES
+    chunk: int = 100  # training samples per run of the compiled simulation
 
 
 @dataclass(frozen=True)
@@ -110,12 +126,19 @@ class Protocol:
     estimator: Estimator = field(default_factory=Estimator)
     optimizer: Optimizer = field(default_factory=Optimizer)
     train: Train = field(default_factory=Train)
+    brian2: Brian2 = field(default_factory=Brian2)
     paper: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
-_SECTIONS = {"data": Data, "estimator": Estimator, "optimizer": Optimizer, "train": Train}
+_SECTIONS = {
+    "data": Data,
+    "estimator": Estimator,
+    "optimizer": Optimizer,
+    "train": Train,
+    "brian2": Brian2,
+}
 _TOP = {"name", "description", "model", "paper", *_SECTIONS}
 
 
@@ -261,6 +284,14 @@ def _coerce(fail, where, value, default):
     return value
 
 
+def _choice(fail, where: str, value: str, allowed) -> None:
+    """Refuse ``value`` unless it is one of ``allowed``, suggesting the closest."""
+    if value not in allowed:
+        close = difflib.get_close_matches(value, list(allowed), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        fail(where, f"expected one of {list(allowed)}, got {value!r}{hint}")
+
+
 def _is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -301,6 +332,10 @@ def _check(fail, p: Protocol):
         fail("train", "epochs and batch_size must be positive integers")
     if p.train.device not in ("auto", "cpu") and not p.train.device.startswith("cuda"):
         fail("train.device", f"expected auto, cpu, cuda or cuda:N, got {p.train.device!r}")
+    _choice(fail, "train.engine", p.train.engine, ENGINES)
+    _choice(fail, "brian2.rule", p.brian2.rule, BRIAN2_RULES)
+    if p.brian2.chunk < 1:
+        fail("brian2.chunk", f"expected a positive integer, got {p.brian2.chunk}")
 
 
 def check_against_model(p: Protocol, n_couplings: int):
