@@ -57,6 +57,10 @@ def _write(tmp_path, text, name="p.toml"):
         ("[data]\nname = 'imagenet'\n", "data.name"),
         ("[train]\ndevice = 'tpu'\n", "train.device"),
         ("data = 3\n", "data"),
+        ("[train]\nengine = 'spiking'\n", "train.engine"),
+        ("[brian2]\nrule = 'hebb'\n", "brian2.rule"),
+        ("[brian2]\nchunk = 0\n", "brian2.chunk"),
+        ("[brian2]\nchunks = 10\n", "brian2.chunks"),
     ],
 )
 def test_bad_values_are_named(tmp_path, text, key):
@@ -100,3 +104,15 @@ def test_learning_rates_must_match_the_couplings(tmp_path):
     with pytest.raises(proto.ProtocolError, match="the model has 3 couplings"):
         proto.check_against_model(p, 3)
     proto.check_against_model(proto.load(_write(tmp_path, "[optimizer]\nlr = 0.1\n")), 3)
+
+
+def test_engine_defaults_to_rate_and_a_misspelling_gets_a_suggestion(tmp_path):
+    p = proto.load(_write(tmp_path, ""))
+    assert p.train.engine == "rate" and p.brian2.rule == "endpoint"
+    assert proto.load(_write(tmp_path, "[train]\nengine = 'brian2'\n")).train.engine == "brian2"
+    path = _write(tmp_path, "[train]\nengine = 'brain2'\n")
+    expected = (
+        "train.engine: expected one of ['rate', 'brian2'], got 'brain2'; did you mean 'brian2'?"
+    )
+    with pytest.raises(proto.ProtocolError, match=re.escape(f"{path}: {expected}")):
+        proto.load(path)
