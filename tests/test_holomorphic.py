@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import load, rel, setup, variant
+from test_cli import run
 
 from spikeep import estimators, oscillation, reference
 from spikeep import protocol as proto
-from spikeep.cli import main
 from spikeep.dynamics import add_noise, relax
 from spikeep.oscillation import Demodulator
 
@@ -251,18 +251,9 @@ HOLO = str(ROOT / "models" / "tiny_holo.toml")
 OSC = ["gradcheck", "--model", HOLO, "--estimator", "oscillation", "--beta", "0.3"]
 
 
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_gradcheck_oscillation_json(capsys):
     argv = [*OSC, "--steps-per-period", "200", "--periods", "1", "--batch", "4", "--json"]
-    code, out, err = _run([*argv, "--real"], capsys)
+    code, out, err = run([*argv, "--real"], capsys)
     assert code == 0, err
     result = json.loads(out)
     assert result["estimator"] == "oscillation" and result["real"] is True
@@ -270,7 +261,7 @@ def test_cli_gradcheck_oscillation_json(capsys):
     assert result["warmup"] == 1 and result["from_free"] is True and result["noise"] == 0.0
     assert result["bias_order"] == 2 and result["points"] is None
     assert 0 < result["rel_error"] < 0.05 and len(result["nudged_residuals"]) == 1
-    code, out, _ = _run([*argv, "--no-free", "--noise", "0.01"], capsys)
+    code, out, _ = run([*argv, "--no-free", "--noise", "0.01"], capsys)
     result = json.loads(out)
     assert code == 0 and result["from_free"] is False and result["noise"] == 0.01
     assert result["real"] is False and result["bias_order"] == 200
@@ -287,7 +278,7 @@ def test_cli_gradcheck_oscillation_json(capsys):
     ],
 )
 def test_cli_bad_oscillation_input_is_one_line_with_status_2(capsys, extra, names):
-    code, out, err = _run([*OSC, *extra], capsys)
+    code, out, err = run([*OSC, *extra], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert all(n in err for n in names)
 
@@ -296,7 +287,7 @@ def test_cli_complex_oscillation_on_a_non_holomorphic_model_exits_2(capsys, tmp_
     hard = tmp_path / "hard.toml"
     hard.write_text(Path(HOLO).read_text().replace('"sigmoid4"', '"hard_sigmoid"'))
     argv = ["gradcheck", "--model", str(hard), "--estimator", "oscillation", "--beta", "0.1"]
-    code, out, err = _run([*argv, "--batch", "2", "--free-steps", "20"], capsys)
+    code, out, err = run([*argv, "--batch", "2", "--free-steps", "20"], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "hard_sigmoid" in err and "real=True" in err
 
