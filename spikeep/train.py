@@ -258,7 +258,12 @@ def train(
     """Run ``protocol``, writing ``out/metrics.jsonl`` and ``out/checkpoint.pt``.
 
     Returns the summary dict (``test_error``, ``train_error``, ``epochs``, ``wall_s``, ``out``).
+    ``[train] engine = "brian2"`` hands the run to :func:`spikeep.brian2.train.train`.
     """
+    if protocol.train.engine == "brian2":  # spiking neurons: spikeep/brian2/train.py
+        from .brian2.train import train as train_brian2
+
+        return train_brian2(protocol, Path(out), resume, data_dir, device, progress, log)
     owns_group = _world() > 1 and not torch.distributed.is_initialized()
     if owns_group:
         backend = "nccl" if (device or protocol.train.device).startswith("cuda") else "gloo"
@@ -280,7 +285,7 @@ def train(
 def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
     world, rank = _world(), _rank()
     main_process = rank == 0
-    log = log or (lambda msg: print(msg, file=sys.stderr) if main_process else None)
+    log = log or _default_log()
     net = Network(spec.load(protocol.model))
     check_against_model(protocol, len(net.couplings))
     dev = _device(protocol, device)
@@ -312,20 +317,12 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
     if protocol.train.persistent and world > 1:
         raise ProtocolError("persistent free states are not supported with more than one process")
 
-    ckpt_path = out / CHECKPOINT
-    if resume and ckpt_path.is_file():
-        state = TrainState.from_checkpoint(checkpoint.load(ckpt_path), dev)
-        log(f"resuming {ckpt_path} at epoch {state.epoch + 1}, batch {state.batch}")
-    else:
-        if resume:
-            log(f"no checkpoint in {out}: starting afresh")
-        params = net.init_params(protocol.train.seed, dtype=dtype, device=dev)
-        state = TrainState(params, {k: torch.zeros_like(v) for k, v in params.items()})
-        if protocol.train.persistent:
-            n = len(train_set.labels)
-            state.persistent = [
-                torch.zeros(n, *layer.shape, dtype=dtype) for layer in net.spec.dynamic_layers
-            ]
+    state = _start(protocol, net, out, resume, dtype, dev, log)
+    if protocol.train.persistent and state.persistent is None:
+        n = len(train_set.labels)
+        state.persistent = [
+            torch.zeros(n, *layer.shape, dtype=dtype) for layer in net.spec.dynamic_layers
+        ]
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(out / METRICS, state.epoch)
@@ -372,7 +369,7 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
                 state.wall_s += time.perf_counter() - t_epoch
                 t_epoch = time.perf_counter()
                 if main_process:
-                    checkpoint.save(state.to_checkpoint(protocol), ckpt_path)
+                    checkpoint.save(state.to_checkpoint(protocol), out / CHECKPOINT)
         evaluation = evaluate(
             net,
             state.params,
@@ -398,15 +395,51 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
             "wall_s": state.wall_s,
         }
         state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
-        if main_process:  # metrics first: a crash in between only repeats this epoch's line
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(last) + "\n")
-            checkpoint.save(state.to_checkpoint(protocol), ckpt_path)
+        if main_process:
+            _record_epoch(protocol, state, out, last)
             log(
                 f"epoch {epoch + 1}/{protocol.train.epochs}  loss {last['loss']:.4f}  "
                 f"train error {last['train_error']:.2f}%  test error {last['test_error']:.2f}%  "
                 f"residual {last['free_residual']:.1e}  {state.wall_s:.1f} s"
             )
+    return _summary(protocol, state, out, last)
+
+
+def _default_log():
+    """Print to stderr, from the first process only."""
+    return lambda msg: print(msg, file=sys.stderr) if _rank() == 0 else None
+
+
+def _start(protocol: Protocol, net: Network, out: Path, resume: bool, dtype, dev, log):
+    """The state to train from: ``out``'s checkpoint when resuming (and there is one), else
+    fresh parameters (``train.seed``) and zero momentum."""
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        ckpt = checkpoint.load(ckpt_path)
+        engine = ckpt["protocol"].get("train", {}).get("engine", "rate")
+        if engine != protocol.train.engine:
+            raise ProtocolError(
+                f"{ckpt_path}: written by the {engine!r} engine, but {protocol.source} trains "
+                f"with train.engine = {protocol.train.engine!r}"
+            )
+        state = TrainState.from_checkpoint(ckpt, dev)
+        log(f"resuming {ckpt_path} at epoch {state.epoch + 1}, batch {state.batch}")
+        return state
+    if resume:
+        log(f"no checkpoint in {out}: starting afresh")
+    params = net.init_params(protocol.train.seed, dtype=dtype, device=dev)
+    return TrainState(params, {k: torch.zeros_like(v) for k, v in params.items()})
+
+
+def _record_epoch(protocol: Protocol, state: TrainState, out: Path, row: dict) -> None:
+    """Append the epoch's metrics line, then checkpoint (a crash in between only repeats the
+    epoch's line, which a resumed run truncates)."""
+    with open(out / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    checkpoint.save(state.to_checkpoint(protocol), out / CHECKPOINT)
+
+
+def _summary(protocol: Protocol, state: TrainState, out: Path, last: dict | None) -> dict:
     if last is None:  # resumed a finished run: report its last metrics
         last = _last_metrics(out / METRICS) or {}
     return {
@@ -496,7 +529,7 @@ def _train_step(
     sums["residual"] += float(free.residual) * len(shard) / B
 
 
-def _progress_bar(progress: bool | None, main_process: bool):
+def _progress_bar(progress: bool | None, main_process: bool, unit: str = "batch"):
     """tqdm on a terminal; plain per-epoch lines otherwise (the loop logs those)."""
     if progress is None:
         progress = sys.stderr.isatty()
@@ -510,7 +543,7 @@ def _progress_bar(progress: bool | None, main_process: bool):
             total=n,
             initial=it.start,
             desc=f"epoch {epoch + 1}/{epochs}",
-            unit="batch",
+            unit=unit,
             leave=False,
             dynamic_ncols=True,
         )

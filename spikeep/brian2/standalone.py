@@ -5,7 +5,13 @@ the network, samples one after the other, the learning rule moving the weights a
 Brian2's code generation and compiles the project once. :meth:`Chunk.run` then executes the binary
 with the chunk's inputs and targets (the 2-D ``TimedArray`` s ``x_t`` and ``y_t``), the weights,
 the biases and the learning rate passed as ``run_args``: nothing is regenerated or recompiled
-between chunks, and each run starts from the weights the previous one returned.
+between chunks, and each run starts from the weights the previous one returned. Each run also
+starts from rest (``s = v = r = 0``); inside a run each sample starts where the last one ended.
+
+Besides the weights, a run returns the output layer's rates of every sample's first window
+(``rho0``, the free phase; the mean rate ``m`` when oscillating), recorded once per sample by a
+``StateMonitor``: the spiking network's predictions, from which training reads its loss and
+error (:mod:`spikeep.brian2.train`).
 
 The project lives under the cache folder ``$SPIKEEP_CACHE/brian2`` (default
 ``~/.cache/spikeep/brian2``), in a subfolder named by a hash of everything that shapes the code
@@ -45,8 +51,8 @@ def cache_dir() -> Path:
 def _key(spec: ModelSpec, schedule: Schedule, samples: int, rule: str, seed: int) -> str:
     shape = [(layer.name, layer.size) for layer in spec.layers]
     text = repr(
-        (shape, spec.activation, spec.spiking, schedule, samples, rule, seed, b2.__version__)
-    )
+        (shape, spec.activation, spec.spiking, schedule, samples, rule, seed, b2.__version__, 2)
+    )  # 2: the code's version (the output-rate monitor)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -100,7 +106,18 @@ class Chunk:
                 for k, g in enumerate(self.net.groups)
                 if "v" in g.variables or "r" in g.variables
             ]
-            self.net.network.add(*self.counters)
+            # after the sample is closed (order 0) and the synapses updated (order 1)
+            T = schedule.duration * b2.second
+            self.monitor = b2.StateMonitor(
+                self.net.groups[-1],
+                schedule.accumulators[0],
+                record=True,
+                dt=T,
+                when="start",
+                order=2,
+                name="rates_out",
+            )
+            self.net.network.add(*self.counters, self.monitor)
             self.net.run()
             binary = self.directory / "main"
             before = binary.stat().st_mtime if binary.exists() else None
@@ -141,8 +158,9 @@ class Chunk:
 
         Returns:
             ``params`` (after the chunk, float64 tensors), ``gradient`` (the rule's estimate
-            averaged over the chunk's samples), ``spikes`` (per sample, all layers), ``run_s``
-            (wall seconds of the binary).
+            averaged over the chunk's samples), ``rates`` (the output layer's first-window
+            rates per sample, units of ``r_max``, float64 tensor ``(samples, n_L)``), ``spikes``
+            (per sample, all layers), ``run_s`` (wall seconds of the binary).
         """
         if not self._open:
             raise RuntimeError("this chunk is closed")
@@ -170,9 +188,13 @@ class Chunk:
                     (self.directory / "static_arrays" / (name + suffix)).unlink(missing_ok=True)
         run_s = time.perf_counter() - start
         net.done = self.samples
+        # row 0 is the state at t = 0; row k + 1 closes sample k
+        recorded = np.asarray(getattr(self.monitor, self.schedule.accumulators[0])[:])
+        rates = recorded.reshape(sizes[-1], -1)[:, 1 : self.samples + 1].T.copy()
         return {
             "params": net.params(),
             "gradient": net.gradient(),
+            "rates": torch.from_numpy(rates),
             "spikes": sum(int(c.num_spikes) for c in self.counters) / self.samples,
             "run_s": run_s,
         }
