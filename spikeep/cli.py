@@ -249,6 +249,7 @@ def _eval(args) -> int:
     result = evaluate(net, ckpt["params"], ds, steps, normalize, noise=noise, generator=gen)
     out = {
         "checkpoint": args.checkpoint,
+        "engine": "rate",  # the rate engine's free phase, whichever engine trained the weights
         "data": name,
         "split": args.split,
         "epoch": ckpt["epoch"],
