@@ -142,7 +142,7 @@ def _train_chunk(net, chunk: Chunk, state, ds, idx, normalize, eta, sums) -> Non
             f"epoch {state.epoch + 1}, chunk {state.batch + 1}: non-finite weights; lower the "
             f"learning rates or beta. The last good checkpoint is kept."
         )
-    cost, wrong = _score(net, params, out["rates"], ds.labels[idx], y)
+    cost, wrong = _score(net, state.params, out["rates"], ds.labels[idx], y)  # before the update
     state.params = params
     sums["loss"] += cost
     sums["wrong"] += wrong
