@@ -219,3 +219,36 @@ def test_cli_bad_values_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*base, "--estimator", "one-sided", "--tau", "0"])
     assert exit_.value.code == 2
+
+
+# -- NIR export ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.95])
+def test_nir_round_trip(tmp_path, decay):
+    pytest.importorskip("nir")
+    from spikeep.snn import export
+
+    net = load("spiking_small")
+    params, x, _ = setup(net, batch=4)
+    cfg = SNNConfig(decay=decay, tau=7.0, settle=20, window=100)
+    path = tmp_path / "spiking_small.nir"
+    export.write(path, net, params, cfg)
+    back, fields = export.read(path)
+    assert fields["decay"] == pytest.approx(decay) and fields["tau"] == pytest.approx(7.0)
+    for k in params:
+        torch.testing.assert_close(back[k], params[k], rtol=0, atol=1e-15)
+    again = SNNConfig(fields["decay"], fields["tau"], cfg.settle, cfg.window)
+    for a, b in zip(
+        phase(net, params, x, config=cfg).rates, phase(net, back, x, config=again).rates
+    ):
+        torch.testing.assert_close(a, b)
+
+
+def test_nir_refuses_conv():
+    pytest.importorskip("nir")
+    from spikeep.snn import export
+
+    net = load("spiking_small_conv")
+    with pytest.raises(ValueError, match="NIR export needs dense couplings"):
+        export.to_nir(net, net.init_params(0))

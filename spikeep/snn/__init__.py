@@ -7,6 +7,7 @@ batched in torch (dense and conv specs, CPU or GPU).
     phases       spiking phases: currents ``dPhi/dr`` of the traces (the rate engine's closed form)
     estimators   one-sided, symmetric and oscillation EP estimates from the spike rates
     gradcheck    the spiking estimate against the rate engine's implicit gradient
+    export       NIR graphs of dense spiking networks, and back (optional extra ``nir``)
 
 ``docs/snn.md`` explains the engine and the measured figures.
 """
