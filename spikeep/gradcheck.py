@@ -23,7 +23,7 @@ from ._dtypes import DTYPES
 from .dynamics import relax
 from .energy import Network
 
-__all__ = ["cosine", "rel_error", "compare", "random_batch", "gradcheck"]
+__all__ = ["cosine", "rel_error", "compare", "random_batch", "gradcheck", "spiking_record"]
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -135,4 +135,47 @@ def gradcheck(
         **result,
         "free_residual": float(free.residual),
         "nudged_residuals": out.residuals,
+    }
+
+
+def spiking_record(
+    model_spec: spec.ModelSpec,
+    engine: str,
+    estimator: str,
+    beta: float,
+    bias_order: int,
+    batch: int,
+    seed: int,
+    grads: dict[str, Tensor],
+    ref: dict[str, Tensor],
+    free_residual: float,
+    rate_error: float | None,
+    oscillation: dict | None = None,
+) -> dict:
+    """The keys of :func:`gradcheck`'s dict for a spiking engine's estimate ``grads`` against the
+    float64 implicit reference ``ref``. ``oscillation`` holds ``steps_per_period``, ``periods``
+    and ``warmup`` when the estimate came from the real cosine teaching signal (no free phase);
+    ``rate_error`` is the largest gap between the spiking free rates and the rate engine's."""
+    osc = oscillation or {}
+    return {
+        "model": model_spec.source,
+        "engine": engine,
+        "estimator": estimator,
+        "beta": beta,
+        "points": None,
+        "steps_per_period": osc.get("steps_per_period"),
+        "periods": osc.get("periods"),
+        "warmup": osc.get("warmup"),
+        "real": True if oscillation else None,
+        "from_free": False if oscillation else None,
+        "noise": 0.0,
+        "bias_order": bias_order,
+        "reference": "implicit",
+        "dtype": "float64",
+        "batch": batch,
+        "seed": seed,
+        **compare(grads, ref),
+        "free_residual": free_residual,
+        "nudged_residuals": [],
+        "rate_error": rate_error,
     }

@@ -23,7 +23,7 @@ import torch
 from .. import reference, spec
 from ..dynamics import relax
 from ..energy import Network
-from ..gradcheck import compare, random_batch
+from ..gradcheck import random_batch, spiking_record
 from . import phases
 from .lowering import build
 
@@ -79,35 +79,29 @@ def gradcheck(
     sn.network.add(*counters)
     sn.run()
     wall = time.perf_counter() - start
-    result = compare(sn.gradient(), ref)
     rate_error = None
     if not schedule.oscillating:
         r_ref = [r.numpy() for r in net.dynamics.rates(net, free.s)]
         rates = sn.rates("rho0")[1:]
         rate_error = max(float(np.abs(a - b).max()) for a, b in zip(rates, r_ref, strict=True))
     phase = schedule.phases[0] if schedule.phases else None
+    osc = {"periods": periods, "warmup": warmup} if schedule.oscillating else None
     return {
-        "model": model_spec.source,
-        "engine": "brian2",
-        "estimator": estimator,
+        **spiking_record(
+            model_spec,
+            "brian2",
+            estimator,
+            beta,
+            BIAS_ORDER[estimator],
+            batch,
+            seed,
+            sn.gradient(),
+            ref,
+            float(free.residual),
+            rate_error,
+            osc,
+        ),
         "rule": rule,
-        "beta": beta,
-        "points": None,
-        "steps_per_period": None,
-        "periods": periods if schedule.oscillating else None,
-        "warmup": warmup if schedule.oscillating else None,
-        "real": True if schedule.oscillating else None,
-        "from_free": False if schedule.oscillating else None,
-        "noise": 0.0,
-        "bias_order": BIAS_ORDER[estimator],
-        "reference": "implicit",
-        "dtype": "float64",
-        "batch": batch,
-        "seed": seed,
-        **result,
-        "free_residual": float(free.residual),
-        "nudged_residuals": [],
-        "rate_error": rate_error,
         "settle": phase.settle if phase else None,
         "window": phase.window if phase else None,
         "period": schedule.period if schedule.oscillating else None,

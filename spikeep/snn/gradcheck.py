@@ -23,7 +23,7 @@ import torch
 from .. import reference, spec
 from ..dynamics import relax
 from ..energy import Network
-from ..gradcheck import compare, random_batch
+from ..gradcheck import random_batch, spiking_record
 from .config import SNNConfig
 from .estimators import BIAS_ORDER, estimate
 from .phases import gain
@@ -89,27 +89,26 @@ def gradcheck(
         rate_error = max(
             float((a - b).abs().max()) for a, b in zip(out.free.rates, r_ref, strict=True)
         )
+    osc = (
+        {"steps_per_period": time_steps, "periods": periods, "warmup": warmup}
+        if oscillating
+        else None
+    )
     return {
-        "model": model_spec.source,
-        "engine": "snntorch",
-        "estimator": estimator,
-        "beta": beta,
-        "points": None,
-        "steps_per_period": time_steps if oscillating else None,
-        "periods": periods if oscillating else None,
-        "warmup": warmup if oscillating else None,
-        "real": True if oscillating else None,
-        "from_free": False if oscillating else None,
-        "noise": 0.0,
-        "bias_order": BIAS_ORDER[estimator],
-        "reference": "implicit",
-        "dtype": "float64",
-        "batch": batch,
-        "seed": seed,
-        **compare(out.grads, ref),
-        "free_residual": float(free.residual),
-        "nudged_residuals": [],
-        "rate_error": rate_error,
+        **spiking_record(
+            model_spec,
+            "snntorch",
+            estimator,
+            beta,
+            BIAS_ORDER[estimator],
+            batch,
+            seed,
+            out.grads,
+            ref,
+            float(free.residual),
+            rate_error,
+            osc,
+        ),
         "time_steps": time_steps,
         "settle": None if oscillating else config.settle,
         "window": None if oscillating else config.window,
