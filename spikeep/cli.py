@@ -390,12 +390,8 @@ def _gradcheck_brian2(args, model) -> int:
     from .brian2.gradcheck import gradcheck
     from .brian2.phases import ESTIMATORS
 
-    if args.estimator not in ESTIMATORS:
-        raise UsageError(
-            f"--estimator: the brian2 engine has {list(ESTIMATORS)}, not {args.estimator!r}"
-        )
-    try:
-        r = gradcheck(
+    def run():
+        return gradcheck(
             model,
             args.estimator,
             args.beta,
@@ -409,32 +405,22 @@ def _gradcheck_brian2(args, model) -> int:
             args.warmup,
             args.free_steps,
         )
-    except ValueError as err:  # e.g. no [spiking] section, a duration off the step grid
-        raise UsageError(str(err)) from None
-    if args.json:
-        print(_json(r))
-        return 0
-    print(
-        f"model {r['model']}  engine brian2 ({r['neuron']}, {r['input']} input)  {r['estimator']}"
-        f"  rule {r['rule']}  beta {r['beta']}  batch {r['batch']}  {r['biological_s']:g} s "
-        f"per sample  {r['spikes']:.0f} spikes per sample  {r['wall_s']:.1f} s wall"
-    )
-    print(f"cosine {r['cosine']:.6f}  rel_error {r['rel_error']:.3e}  reference implicit")
-    for k, v in r["per_param"].items():
-        print(f"  {k:<8} cosine {v['cosine']:.6f}  rel_error {v['rel_error']:.3e}")
-    return 0
+
+    def header(r):
+        return (
+            f"engine brian2 ({r['neuron']}, {r['input']} input)  {r['estimator']}  rule "
+            f"{r['rule']}  beta {r['beta']}  batch {r['batch']}  {r['biological_s']:g} s per sample"
+        )
+
+    return _spiking_gradcheck(args, "brian2", ESTIMATORS, run, header)
 
 
 def _gradcheck_snntorch(args, model) -> int:
     from .snn.estimators import ESTIMATORS
     from .snn.gradcheck import gradcheck
 
-    if args.estimator not in ESTIMATORS:
-        raise UsageError(
-            f"--estimator: the snntorch engine has {list(ESTIMATORS)}, not {args.estimator!r}"
-        )
-    try:
-        r = gradcheck(
+    def run():
+        return gradcheck(
             model,
             args.estimator,
             args.beta,
@@ -447,15 +433,33 @@ def _gradcheck_snntorch(args, model) -> int:
             warmup=args.warmup,
             free_steps=args.free_steps,
         )
-    except ValueError as err:  # e.g. an activation no integrate-and-fire neuron has
+
+    def header(r):
+        return (
+            f"engine snntorch ({r['input']} input, tau {r['tau']:g} steps)  {r['estimator']}  "
+            f"beta {r['beta']}  batch {r['batch']}  {r['time_steps']} steps per "
+            f"{'period' if r['steps_per_period'] else 'phase'}"
+        )
+
+    return _spiking_gradcheck(args, "snntorch", ESTIMATORS, run, header)
+
+
+def _spiking_gradcheck(args, engine: str, estimators_of_engine, run, header) -> int:
+    """A spiking engine's gradcheck: refuse its missing estimators, run, print JSON or text."""
+    if args.estimator not in estimators_of_engine:
+        raise UsageError(
+            f"--estimator: the {engine} engine has {list(estimators_of_engine)}, "
+            f"not {args.estimator!r}"
+        )
+    try:
+        r = run()
+    except ValueError as err:  # e.g. no [spiking] section, an activation no neuron has
         raise UsageError(str(err)) from None
     if args.json:
         print(_json(r))
         return 0
     print(
-        f"model {r['model']}  engine snntorch ({r['input']} input, tau {r['tau']:g} steps)  "
-        f"{r['estimator']}  beta {r['beta']}  batch {r['batch']}  {r['time_steps']} steps per "
-        f"{'period' if r['steps_per_period'] else 'phase'}  {r['spikes']:.0f} spikes per sample  "
+        f"model {r['model']}  {header(r)}  {r['spikes']:.0f} spikes per sample  "
         f"{r['wall_s']:.2f} s wall"
     )
     print(f"cosine {r['cosine']:.6f}  rel_error {r['rel_error']:.3e}  reference implicit")
