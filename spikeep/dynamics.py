@@ -61,6 +61,7 @@ __all__ = [
     "prepare",
     "add_noise",
     "check_noise",
+    "stepper",
     "cast_params",
 ]
 
@@ -210,6 +211,18 @@ def check_noise(noise, generator=False) -> float:
     return float(noise)
 
 
+def stepper(dyn: Dynamics, noise: float = 0.0, generator: torch.Generator | None = None):
+    """``step(net, params, s, static, y, beta)`` of ``dyn``: the plain step when ``noise`` is 0
+    (no draws), else :meth:`Dynamics.noisy_step` with ``noise`` and ``generator``."""
+    if not noise:
+        return dyn.step
+
+    def noisy(net, params, s, static, y, beta):
+        return dyn.noisy_step(net, params, s, static, y, beta, noise, generator)
+
+    return noisy
+
+
 def relax(
     net,
     params: dict[str, Tensor],
@@ -251,17 +264,10 @@ def relax(
     params, x, y, static, s0 = prepare(net, params, x, y, beta, s, static)
     dyn = net.dynamics
     state, prev = s0, s0
-    if noise:
-        replay = generator.get_state()  # to replay the same draws if the phase diverges
-        for _ in range(steps):
-            prev, state = (
-                state,
-                dyn.noisy_step(net, params, state, static, y, beta, noise, generator),
-            )
-    else:
-        replay = None
-        for _ in range(steps):
-            prev, state = state, dyn.step(net, params, state, static, y, beta)
+    replay = generator.get_state() if noise else None  # to replay the draws if it diverges
+    step = stepper(dyn, noise, generator)
+    for _ in range(steps):
+        prev, state = state, step(net, params, state, static, y, beta)
     # One synchronisation at the end: the largest state magnitude (NaN propagates through amax)
     # and the last step's change. On failure, replay the phase to name the layer and step.
     stats = torch.stack(
@@ -277,12 +283,10 @@ def _locate(net, params, s0, static, y, beta, steps, max_abs, noise, generator, 
     if noise:
         generator = torch.Generator(device=generator.device)
         generator.set_state(replay)
+    step = stepper(net.dynamics, noise, generator)
     s = s0
     for t in range(1, steps + 1):
-        if noise:
-            s = net.dynamics.noisy_step(net, params, s, static, y, beta, noise, generator)
-        else:
-            s = net.dynamics.step(net, params, s, static, y, beta)
+        s = step(net, params, s, static, y, beta)
         for layer, si in zip(net.spec.dynamic_layers, s, strict=True):
             finite = bool(torch.isfinite(si).all())
             if not finite or bool(si.abs().max() > max_abs):

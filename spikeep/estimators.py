@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from . import oscillation
-from .dynamics import Relaxed, check_noise, relax
+from .dynamics import Relaxed, check_noise, relax, stepper
 
 __all__ = [
     "Estimate",
@@ -240,13 +240,10 @@ class Continual(Estimator):
         s = free.s
         r_prev, beta_prev = net.dynamics.rates(net, s), 0.0
         prev = s
+        step = stepper(net.dynamics, self.noise, generator)
         for _ in range(self.steps):
             static = net.static_drive(theta, x)
-            prev = s
-            if self.noise:
-                s = net.dynamics.noisy_step(net, theta, s, static, y, b, self.noise, generator)
-            else:
-                s = net.dynamics.step(net, theta, s, static, y, b)
+            prev, s = s, step(net, theta, s, static, y, b)
             r = net.dynamics.rates(net, s)
             g = net.dF_dtheta(theta, x, y, [(r, b, 1 / b), (r_prev, beta_prev, -1 / b)])
             theta = {k: v - self._lr(k) * g[k] for k, v in theta.items()}

@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor
 
-from .dynamics import DivergenceError, check_noise, prepare
+from .dynamics import DivergenceError, check_noise, prepare, stepper
 
 __all__ = ["Demodulator", "teaching_signal", "oscillate"]
 
@@ -150,15 +150,13 @@ def oscillate(
     p, _, ys, static, s = prepare(net, params, x, y, a if real else complex(a), s, static)
     dyn = net.dynamics
     gain = 2.0 if real else 1.0
+    step = stepper(dyn, noise, generator)
     demod = Demodulator()
     window = []
     start = s
     for t in range((warmup + periods) * K):
         phase, beta_t = teaching_signal(a, K, t, real)
-        if noise:
-            s = dyn.noisy_step(net, p, s, static, ys, beta_t, noise, generator)
-        else:
-            s = dyn.step(net, p, s, static, ys, beta_t)
+        s = step(net, p, s, static, ys, beta_t)
         if t >= warmup * K:
             w = demod.reference(phase)  # a real g_t needs only Re(w) = cos(phi_t)
             window.append((dyn.rates(net, s), beta_t, gain * (w.real if real else w) / a))
