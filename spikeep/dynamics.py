@@ -157,9 +157,9 @@ def _state_dtype(net, params, x, beta, s) -> torch.dtype:
     if not complex_run:
         return real
     if not net.holomorphic:
-        bad = net.spec.activation if not net.act.holomorphic else "max pooling"
         raise ValueError(
-            f"complex beta={beta} needs a holomorphic network, but {net.spec.source} uses {bad}; "
+            f"complex beta={beta} needs a holomorphic network, but {net.spec.source} uses "
+            f"{net.not_holomorphic}; "
             f"use sigmoid4, holotanh or tanh, and softmax or avg pooling"
         )
     return COMPLEX_OF.get(real, real)

@@ -55,6 +55,14 @@ class Network:
         self.dynamics = dynamics.for_spec(spec)
         self._weights = [f"W{i}" for i in range(1, len(spec.layers))]
 
+    @property
+    def not_holomorphic(self) -> str | None:
+        """What keeps the network from being holomorphic (its activation, or "max pooling"),
+        named for error messages; None when it is holomorphic."""
+        if self.holomorphic:
+            return None
+        return self.spec.activation if not self.act.holomorphic else "max pooling"
+
     # -- parameters -------------------------------------------------------------------------
 
     def param_names(self) -> list[str]:

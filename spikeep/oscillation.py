@@ -141,11 +141,10 @@ def oscillate(
     K, a = steps_per_period, abs(beta)
     check_noise(noise, generator)
     if not (real or net.holomorphic):
-        bad = net.spec.activation if not net.act.holomorphic else "max pooling"
         raise ValueError(
             f"the complex oscillation needs a holomorphic network, but {net.spec.source} uses "
-            f"{bad}; use real=True (--real: the cosine teaching signal with real states), or "
-            f"sigmoid4, holotanh or tanh with softmax or avg pooling"
+            f"{net.not_holomorphic}; use real=True (--real: the cosine teaching signal with real "
+            f"states), or sigmoid4, holotanh or tanh with softmax or avg pooling"
         )
     p, _, ys, static, s = prepare(net, params, x, y, a if real else complex(a), s, static)
     dyn = net.dynamics

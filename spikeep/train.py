@@ -461,12 +461,11 @@ def _check_complex(protocol: Protocol, net: Network):
         est.name == "oscillation" and not est.real
     )
     if complex_states and not net.holomorphic:
-        bad = net.spec.activation if not net.act.holomorphic else "max pooling"
         fix = "points = 2" if est.name == "holomorphic" else "real = true"
         raise ProtocolError(
             f"{protocol.source}: estimator.name: {est.name!r} needs complex states, but model "
-            f"{protocol.model.name} uses {bad}; set estimator.{fix} or use a holomorphic model "
-            f"(sigmoid4, holotanh or tanh; softmax or avg pooling)"
+            f"{protocol.model.name} uses {net.not_holomorphic}; set estimator.{fix} or use a "
+            f"holomorphic model (sigmoid4, holotanh or tanh; softmax or avg pooling)"
         )
 
 
