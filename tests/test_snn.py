@@ -188,8 +188,14 @@ def test_bad_input():
         phase(net, params, x, beta=0.1, config=SNNConfig(window=5))
     with pytest.raises(ValueError, match="beta must be"):
         snn_estimators.one_sided(net, params, x, y, 0.0, SNNConfig(window=5))
-    half = variant("spiking_small", activation="hard_sigmoid_half")  # accepted: current s / 2
-    assert phase(half, params, x, config=SNNConfig(window=5)).spikes >= 0
+    energy_half = variant("spiking_small", activation="hard_sigmoid_half")
+    with pytest.raises(ValueError, match="prototypical fixed point"):
+        phase(energy_half, params, x, config=SNNConfig(window=5))
+    # accepted with the prototypical dynamics (current s / 2): the same fixed point as the rates
+    half = variant("spiking_small", activation="hard_sigmoid_half", dynamics="prototypical")
+    r_ref = half.dynamics.rates(half, relax(half, params, x, steps=500).s)
+    free = phase(half, params, x, config=SNNConfig(settle=200, window=1000))
+    assert max(float((a - b).abs().max()) for a, b in zip(free.rates, r_ref)) <= 3 / 1000
     tiny = load("tiny")  # sigmoid4: no integrate-and-fire neuron fires at that rate
     with pytest.raises(ValueError, match="hard-sigmoid activation"):
         phase(tiny, *setup(tiny)[:2], config=SNNConfig(window=5))
