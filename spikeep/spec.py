@@ -201,7 +201,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> ModelSpec:
     spiking = None
     if "spiking" in data:
         spiking = _spiking(ctx, data["spiking"])
-        _check_spiking_network(ctx, layers, cost, activation)
+        _check_spiking_network(ctx, layers, cost, activation, dynamics)
     return ModelSpec(
         name, layers, activation, cost, dynamics, dt, dtype, init, source, spiking=spiking
     )
@@ -291,7 +291,7 @@ def _spiking(ctx: _Ctx, raw: Any) -> Spiking:
     return out
 
 
-def _check_spiking_network(ctx: _Ctx, layers, cost: str, activation: str):
+def _check_spiking_network(ctx: _Ctx, layers, cost: str, activation: str, dynamics: str):
     if cost != "mse":
         ctx.fail("cost", f"a [spiking] network needs cost 'mse' (a teaching current), got {cost!r}")
     for i, layer in enumerate(layers[1:], start=1):
@@ -307,6 +307,15 @@ def _check_spiking_network(ctx: _Ctx, layers, cost: str, activation: str):
             "activation",
             f"a [spiking] network needs a non-negative rate function, one of "
             f"{list(SPIKING_ACTIVATIONS)}, got {activation!r}",
+        )
+    if dynamics != "prototypical" and activation != "hard_sigmoid":
+        # spiking rates settle at r = rho(dPhi/dr(r)); the gradient flow's fixed point,
+        # r = rho(rho' dPhi/dr(r)), is the same only where rho' = 1 (spikeep.dynamics)
+        ctx.fail(
+            "dynamics",
+            f"spiking rates settle at the prototypical fixed point, which the {dynamics!r} "
+            f"dynamics share only with hard_sigmoid, not {activation!r}; set dynamics = "
+            f"'prototypical'",
         )
 
 

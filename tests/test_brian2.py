@@ -62,6 +62,7 @@ BAD_SPECS = [
     ("window-under-two-steps", _spiking(window=1e-4), "spiking.window: expected at least two"),
     ("tanh", {**_spiking(), "activation": "tanh"}, "needs a non-negative rate function"),
     ("cross-entropy", {**_spiking(), "cost": "cross_entropy"}, "needs cost 'mse'"),
+    ("sigmoid4-gradient-flow", {**_spiking(), "activation": "sigmoid4"}, "dynamics: spiking rates"),
 ]
 
 

@@ -18,6 +18,7 @@ from spikeep.snn import estimators as snn_estimators
 from spikeep.snn.gradcheck import gradcheck
 from spikeep.snn.neuron import V_MAX, Neuron, NeuronState
 from spikeep.snn.rate import dtransfer, leaky_activation, measure, transfer
+from spikeep.spec import SpecError
 
 SMALL = ["spiking_small", "spiking_small_conv"]
 
@@ -188,9 +189,12 @@ def test_bad_input():
         phase(net, params, x, beta=0.1, config=SNNConfig(window=5))
     with pytest.raises(ValueError, match="beta must be"):
         snn_estimators.one_sided(net, params, x, y, 0.0, SNNConfig(window=5))
-    energy_half = variant("spiking_small", activation="hard_sigmoid_half")
+    with pytest.raises(SpecError, match="prototypical fixed point"):  # its [spiking] section
+        variant("spiking_small", activation="hard_sigmoid_half")
+    conv_half = variant("spiking_small_conv", activation="hard_sigmoid_half")  # no [spiking]
+    conv_params, conv_x, _ = setup(conv_half, batch=2)
     with pytest.raises(ValueError, match="prototypical fixed point"):
-        phase(energy_half, params, x, config=SNNConfig(window=5))
+        phase(conv_half, conv_params, conv_x, config=SNNConfig(window=5))
     # accepted with the prototypical dynamics (current s / 2): the same fixed point as the rates
     half = variant("spiking_small", activation="hard_sigmoid_half", dynamics="prototypical")
     r_ref = half.dynamics.rates(half, relax(half, params, x, steps=500).s)
