@@ -14,6 +14,8 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
                   cosine, t_max, eta_min
     [train]       epochs, batch_size, seed, persistent, checkpoint_every, device, engine
     [brian2]      rule, chunk                     (read only when engine = "brian2")
+    [snntorch]    tau, decay, settle, window, input, eval_settle, eval_window
+                                                    (read only when engine = "snntorch")
     [paper]       source, test_error, note          (reported numbers, for the record)
 
 ``noise`` is the std of the Gaussian noise on every neuron at every relaxation step of training
@@ -25,7 +27,9 @@ Zenke's code reports). ``steps_per_period``, ``periods``, ``warmup`` and ``real`
 
 ``engine`` picks what trains the model: ``"rate"`` (the default, :mod:`spikeep.train`) or
 ``"brian2"`` (spiking neurons in a compiled Brian2 simulation, :mod:`spikeep.brian2.train`, which
-reads ``[brian2]``: the learning ``rule`` and the samples per compiled ``chunk``).
+reads ``[brian2]``: the learning ``rule`` and the samples per compiled ``chunk``) or
+``"snntorch"`` (batched discrete-time spiking neurons, :mod:`spikeep.snn.train`, which reads
+``[snntorch]``: the :class:`spikeep.snn.config.SNNConfig` of its phases, times in steps).
 
 ``with_overrides`` applies ``--set section.key=value`` pairs (values in TOML syntax) before
 validation, so an override is checked like the file itself.
@@ -52,8 +56,9 @@ __all__ = [
 ]
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-embedded", "cifar10")
-ENGINES = ("rate", "brian2")
+ENGINES = ("rate", "brian2", "snntorch")
 BRIAN2_RULES = ("endpoint", "stdp")  # spikeep.brian2.rules.RULES (not imported: no brian2 here)
+SNN_INPUTS = ("current", "rate")  # spikeep.snn.config.INPUTS (not imported: no snntorch here)
 
 
 class ProtocolError(ValueError):
@@ -119,6 +124,20 @@ class Brian2:
 
 
 @dataclass(frozen=True)
+class Snntorch:
+    """The snntorch engine's training settings (ignored by the other engines): the fields of
+    :class:`spikeep.snn.config.SNNConfig`, times in steps."""
+
+    tau: float = 10.0  # spike traces' time constant
+    decay: float = 1.0  # membrane decay per step, (0, 1]; 1: integrate-and-fire
+    settle: int = 200  # steps of each phase before its spikes are counted
+    window: int = 800  # steps whose spikes give the phase's rates
+    input: str = "current"  # one of SNN_INPUTS
+    eval_settle: int = 0  # the spiking test pass; 0: settle
+    eval_window: int = 0  # 0: window
+
+
+@dataclass(frozen=True)
 class Protocol:
     name: str
     model: Path
@@ -127,6 +146,7 @@ class Protocol:
     optimizer: Optimizer = field(default_factory=Optimizer)
     train: Train = field(default_factory=Train)
     brian2: Brian2 = field(default_factory=Brian2)
+    snntorch: Snntorch = field(default_factory=Snntorch)
     paper: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -138,6 +158,7 @@ _SECTIONS = {
     "optimizer": Optimizer,
     "train": Train,
     "brian2": Brian2,
+    "snntorch": Snntorch,
 }
 _TOP = {"name", "description", "model", "paper", *_SECTIONS}
 
@@ -336,6 +357,19 @@ def _check(fail, p: Protocol):
     _choice(fail, "brian2.rule", p.brian2.rule, BRIAN2_RULES)
     if p.brian2.chunk < 1:
         fail("brian2.chunk", f"expected a positive integer, got {p.brian2.chunk}")
+    _check_snntorch(fail, p.snntorch)
+
+
+def _check_snntorch(fail, s: Snntorch):
+    if s.tau < 1:
+        fail("snntorch.tau", f"expected a trace time constant of at least 1 step, got {s.tau}")
+    if not 0 < s.decay <= 1:
+        fail(
+            "snntorch.decay", f"expected a number in (0, 1] (1: integrate-and-fire), got {s.decay}"
+        )
+    if s.window < 1:
+        fail("snntorch.window", f"expected a positive number of steps, got {s.window}")
+    _choice(fail, "snntorch.input", s.input, SNN_INPUTS)
 
 
 def check_against_model(p: Protocol, n_couplings: int):

@@ -23,6 +23,12 @@ Gaussian noise to the states at every step, drawn from a generator seeded per ba
 epoch's generator (:func:`_noise_generator`), so a resumed run draws the same noise. Evaluation
 uses ``eval_noise`` (default: ``noise``) from a generator seeded by the seed and the epoch. With
 several processes each rank draws its own noise (statistically the same run, not bit-for-bit).
+
+The loop is the same for every batched engine: an :class:`Engine` supplies each batch's free
+rates and gradient estimate (:meth:`Engine.step`) and the test metrics (:meth:`Engine.evaluate`).
+:class:`RateEngine` relaxes the rate dynamics; ``[train] engine = "snntorch"`` plugs in
+:class:`spikeep.snn.train.SNNEngine` (spiking phases). ``"brian2"`` has its own online loop
+(:mod:`spikeep.brian2.train`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -46,8 +53,12 @@ from .protocol import Protocol, ProtocolError, check_against_model
 __all__ = [
     "TrainingError",
     "TrainState",
+    "Engine",
+    "RateEngine",
+    "Step",
     "train",
     "evaluate",
+    "score",
     "prepare_batch",
     "normalization",
 ]
@@ -170,6 +181,26 @@ def evaluate(
 ) -> dict:
     """Error (%) and mean cost of the free phase's predictions on ``ds`` (or a shard of it),
     with state noise ``noise`` drawn from ``generator`` (none by default)."""
+
+    def free(x):
+        relaxed = relax(net, params, x, steps=free_steps, noise=noise, generator=generator)
+        return net.dynamics.rates(net, relaxed.s)
+
+    return score(net, params, ds, free, normalize, batch_size, shard)
+
+
+@torch.no_grad()
+def score(
+    net: Network,
+    params,
+    ds: data.Dataset,
+    free,
+    normalize=None,
+    batch_size: int = 1000,
+    shard: tuple[int, int] = (0, 1),
+) -> dict:
+    """Error (%) and mean cost on ``ds`` (or a shard of it) of the free rates that ``free(x)``
+    gives for each batch of inputs ``x`` (any engine's free phase)."""
     dtype = next(iter(params.values())).dtype
     device = next(iter(params.values())).device
     rank, world = shard
@@ -178,13 +209,99 @@ def evaluate(
     for start in range(0, len(idx), batch_size):
         i = idx[start : start + batch_size]
         x, y = prepare_batch(net, ds.images[i], ds.labels[i], ds.classes, normalize, dtype, device)
-        free = relax(net, params, x, steps=free_steps, noise=noise, generator=generator)
-        rates = net.dynamics.rates(net, free.s)
+        rates = free(x)
         wrong += float((net.output(params, rates).argmax(1) != ds.labels[i].to(device)).sum())
         cost += float(net.cost(params, rates, y).sum())
         count += len(i)
     totals = _all_reduce([wrong, cost, float(count)], world)
     return {"error": 100.0 * totals[0] / totals[2], "loss": totals[1] / totals[2]}
+
+
+# -- engines ------------------------------------------------------------------------------
+
+
+class Step(NamedTuple):
+    """One batch's work: the free phase's ``rates`` (per dynamic layer, for the loss and the
+    training error), the estimate ``grads`` of ``+dL/dtheta``, the free states ``s`` (kept for
+    persistent training; ``None`` when the engine has none) and ``extra``: per-batch means that
+    the epoch's metrics average over batches, under these names."""
+
+    rates: tuple[torch.Tensor, ...]
+    grads: dict[str, torch.Tensor]
+    s: tuple[torch.Tensor, ...] | None
+    extra: dict[str, float]
+
+
+class Engine:
+    """What the training loop asks of an engine, per batch and per epoch."""
+
+    tag: dict = {}  # keys written into every metrics line
+
+    def step(self, net, params, x, y, s0, g: torch.Generator, rank: int) -> Step:
+        """The free phase (from ``s0``, or zeros) and the gradient estimate on ``(x, y)``;
+        random draws come from ``g``, the epoch's generator (checkpointed)."""
+        raise NotImplementedError
+
+    def evaluate(self, net, params, ds, normalize, shard, epoch: int) -> dict:
+        """``test_error``, ``test_loss`` and any further test metrics after ``epoch``."""
+        raise NotImplementedError
+
+
+class RateEngine(Engine):
+    """The rate dynamics: ``relax`` and a registered estimator (:mod:`spikeep.estimators`)."""
+
+    def __init__(self, protocol: Protocol, net: Network):
+        cfg = protocol.estimator
+        _check_complex(protocol, net)
+        self.est = estimators.make(
+            cfg.name,
+            cfg.beta,
+            cfg.nudged_steps,
+            points=cfg.points,
+            # C-EP moves the weights inside the estimator, at the protocol's initial learning rates
+            lr={k: _layer_lr(protocol.optimizer.lr, k) for k in net.param_names()},
+            noise=cfg.noise,
+            steps_per_period=cfg.steps_per_period,
+            periods=cfg.periods,
+            warmup=cfg.warmup,
+            real=cfg.real,
+        )
+        self.free_steps, self.noise = cfg.free_steps, cfg.noise
+        self.eval_steps = cfg.eval_free_steps or cfg.free_steps
+        self.eval_noise = cfg.noise if cfg.eval_noise is None else cfg.eval_noise
+        self.seed = protocol.train.seed
+
+    def step(self, net, params, x, y, s0, g, rank) -> Step:
+        noise = self.noise
+        # noise-free runs draw as they always did
+        gen = _noise_generator(g, x.device, rank) if noise else g
+        free = relax(net, params, x, steps=self.free_steps, s=s0, noise=noise, generator=gen)
+        rates = net.dynamics.rates(net, free.s)
+        grads = self.est.estimate(net, params, x, y, free, generator=gen).grads
+        return Step(rates, grads, free.s, {"free_residual": float(free.residual)})
+
+    def evaluate(self, net, params, ds, normalize, shard, epoch) -> dict:
+        dev = next(iter(params.values())).device
+        gen = _eval_generator(self.seed, epoch, dev, shard[0]) if self.eval_noise else None
+        e = evaluate(
+            net,
+            params,
+            ds,
+            self.eval_steps,
+            normalize,
+            shard=shard,
+            noise=self.eval_noise,
+            generator=gen,
+        )
+        return {"test_error": e["error"], "test_loss": e["loss"]}
+
+
+def _engine(protocol: Protocol, net: Network) -> Engine:
+    if protocol.train.engine == "snntorch":  # spiking phases: spikeep/snn/train.py
+        from .snn.train import SNNEngine
+
+        return SNNEngine(protocol, net)
+    return RateEngine(protocol, net)
 
 
 # -- the loop ----------------------------------------------------------------------------
@@ -290,23 +407,7 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
     check_against_model(protocol, len(net.couplings))
     dev = _device(protocol, device)
     dtype = DTYPES[net.spec.dtype]
-    est_cfg = protocol.estimator
-    _check_complex(protocol, net)
-    est = estimators.make(
-        est_cfg.name,
-        est_cfg.beta,
-        est_cfg.nudged_steps,
-        points=est_cfg.points,
-        # C-EP moves the weights inside the estimator, at the protocol's initial learning rates
-        lr={k: _layer_lr(protocol.optimizer.lr, k) for k in net.param_names()},
-        noise=est_cfg.noise,
-        steps_per_period=est_cfg.steps_per_period,
-        periods=est_cfg.periods,
-        warmup=est_cfg.warmup,
-        real=est_cfg.real,
-    )
-    eval_steps = est_cfg.eval_free_steps or est_cfg.free_steps
-    eval_noise = est_cfg.noise if est_cfg.eval_noise is None else est_cfg.eval_noise
+    engine = _engine(protocol, net)
     data_dir = data_dir or protocol.data.dir
     train_set = _subset(
         data.load(protocol.data.name, "train", data_dir), protocol.data.train_subset
@@ -342,14 +443,16 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
         perm = torch.randperm(len(train_set.labels), generator=g)
         if state.batch > 0 and state.generator is not None:
             g.set_state(state.generator)
-        sums = state.sums or {"loss": 0.0, "wrong": 0.0, "count": 0.0, "residual": 0.0}
+        sums = state.sums or {"loss": 0.0, "wrong": 0.0, "count": 0.0}
+        if "residual" in sums:  # a mid-epoch checkpoint of an older spikeep
+            sums["free_residual"] = sums.pop("residual")
         bar = show(range(state.batch, n_batches), epoch, protocol.train.epochs, n_batches)
         for b in bar:
             batch_idx = perm[b * B : (b + 1) * B]
             _train_step(
                 net,
                 state,
-                est,
+                engine,
                 protocol,
                 train_set,
                 batch_idx,
@@ -370,39 +473,43 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
                 t_epoch = time.perf_counter()
                 if main_process:
                     checkpoint.save(state.to_checkpoint(protocol), out / CHECKPOINT)
-        evaluation = evaluate(
-            net,
-            state.params,
-            test_set,
-            eval_steps,
-            normalize,
-            shard=(rank, world),
-            noise=eval_noise,
-            generator=_eval_generator(protocol.train.seed, epoch, dev, rank)
-            if eval_noise
-            else None,
-        )
-        totals = _all_reduce([sums["loss"], sums["wrong"], sums["count"], sums["residual"]], world)
+        evaluation = engine.evaluate(net, state.params, test_set, normalize, (rank, world), epoch)
+        keys = sorted(sums)  # the same keys on every rank
+        totals = dict(zip(keys, _all_reduce([sums[k] for k in keys], world), strict=True))
         state.wall_s += time.perf_counter() - t_epoch
+        n = totals["count"]
+        extra = {
+            k: totals[k] / max(1.0, n / B) for k in keys if k not in ("loss", "wrong", "count")
+        }
         last = {
             "epoch": epoch + 1,
-            "loss": totals[0] / totals[2],
-            "train_error": 100.0 * totals[1] / totals[2],
-            "test_error": evaluation["error"],
-            "test_loss": evaluation["loss"],
-            "free_residual": totals[3] / max(1.0, totals[2] / B),
+            **engine.tag,
+            "loss": totals["loss"] / n,
+            "train_error": 100.0 * totals["wrong"] / n,
+            **evaluation,
+            **extra,
             "lr": list(lrs),
             "wall_s": state.wall_s,
         }
         state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
         if main_process:
             _record_epoch(protocol, state, out, last)
-            log(
-                f"epoch {epoch + 1}/{protocol.train.epochs}  loss {last['loss']:.4f}  "
-                f"train error {last['train_error']:.2f}%  test error {last['test_error']:.2f}%  "
-                f"residual {last['free_residual']:.1e}  {state.wall_s:.1f} s"
-            )
+            log(_epoch_line(protocol, last))
     return _summary(protocol, state, out, last)
+
+
+def _epoch_line(protocol: Protocol, m: dict) -> str:
+    line = (
+        f"epoch {m['epoch']}/{protocol.train.epochs}  loss {m['loss']:.4f}  "
+        f"train error {m['train_error']:.2f}%  test error {m['test_error']:.2f}%"
+    )
+    if "test_error_rate" in m:
+        line += f" (spiking), {m['test_error_rate']:.2f}% (rate)"
+    if "free_residual" in m:
+        line += f"  residual {m['free_residual']:.1e}"
+    if "spikes_per_sample" in m:
+        line += f"  {m['spikes_per_sample']:.3g} spikes/sample"
+    return line + f"  {m['wall_s']:.1f} s"
 
 
 def _default_log():
@@ -470,7 +577,7 @@ def _check_complex(protocol: Protocol, net: Network):
 
 
 def _train_step(
-    net, state, est, protocol, train_set, idx, g, lrs, normalize, dtype, dev, sums, rank, world
+    net, state, engine, protocol, train_set, idx, g, lrs, normalize, dtype, dev, sums, rank, world
 ):
     p = state.params
     B = len(idx)
@@ -486,16 +593,11 @@ def _train_step(
     s0 = None
     if state.persistent is not None:
         s0 = tuple(t[shard].to(dev) for t in state.persistent)
-    noise = protocol.estimator.noise
-    gen = _noise_generator(g, dev, rank) if noise else g  # noise-free runs draw as they always did
     with torch.no_grad():
         try:
-            steps = protocol.estimator.free_steps
-            free = relax(net, p, x, steps=steps, s=s0, noise=noise, generator=gen)
-            rates = net.dynamics.rates(net, free.s)
+            rates, grads, s, extra = engine.step(net, p, x, y, s0, g, rank)
             cost = net.cost(p, rates, y)
             wrong = (net.output(p, rates).argmax(1) != train_set.labels[shard].to(dev)).sum()
-            grads = est.estimate(net, p, x, y, free, generator=gen).grads
         except DivergenceError as err:
             raise TrainingError(
                 f"epoch {state.epoch + 1}, batch {state.batch + 1}: {err}"
@@ -520,12 +622,13 @@ def _train_step(
             buf.mul_(mu).add_(d) if mu else buf.copy_(d)
             v.add_(buf, alpha=-_layer_lr(lrs, k))
     if state.persistent is not None:
-        for table, si in zip(state.persistent, free.s):
+        for table, si in zip(state.persistent, s):
             table[shard] = si.to(table.device, table.dtype)
     sums["loss"] += loss
     sums["wrong"] += float(wrong)
     sums["count"] += len(shard)
-    sums["residual"] += float(free.residual) * len(shard) / B
+    for k, v in extra.items():  # batch means, averaged over the epoch's batches
+        sums[k] = sums.get(k, 0.0) + v * len(shard) / B
 
 
 def _progress_bar(progress: bool | None, main_process: bool, unit: str = "batch"):

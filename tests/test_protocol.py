@@ -112,7 +112,8 @@ def test_engine_defaults_to_rate_and_a_misspelling_gets_a_suggestion(tmp_path):
     assert proto.load(_write(tmp_path, "[train]\nengine = 'brian2'\n")).train.engine == "brian2"
     path = _write(tmp_path, "[train]\nengine = 'brain2'\n")
     expected = (
-        "train.engine: expected one of ['rate', 'brian2'], got 'brain2'; did you mean 'brian2'?"
+        "train.engine: expected one of ['rate', 'brian2', 'snntorch'], got 'brain2'; "
+        "did you mean 'brian2'?"
     )
     with pytest.raises(proto.ProtocolError, match=re.escape(f"{path}: {expected}")):
         proto.load(path)

@@ -1,0 +1,139 @@
+r"""Training with the snntorch engine: a protocol with ``[train] engine = "snntorch"``.
+
+The rate engine's loop (:mod:`spikeep.train`: batches, augmentation, momentum SGD, per-layer and
+cosine learning rates, checkpoints, ``--resume``, several processes) with the spiking phases of
+:mod:`spikeep.snn.estimators` in place of ``relax`` and the rate estimators: per batch
+
+    free, nudged = spiking phases of [snntorch] settle + window steps   (free from zeros)
+    g            = EP estimate of +dL/dtheta from their spike rates
+    theta        = theta - lr_l (momentum v + g + weight_decay theta)   (as the rate engine)
+
+``[snntorch]`` gives the :class:`~spikeep.snn.config.SNNConfig` (``tau``, ``decay``, ``settle``,
+``window``, ``input``; times in steps) and the spiking test pass's ``eval_settle`` and
+``eval_window`` (0: the training values). Estimators: ``one-sided``, ``random-sign`` (one-sided
+with the sign of ``beta`` drawn per batch from the epoch's generator), ``symmetric`` (both nudged
+phases from the free state) and ``oscillation`` (``real = true``: the cosine teaching current,
+``[estimator] steps_per_period``, ``periods``, ``warmup``), which here starts after a free phase,
+whose rates give the training loss and error. Input spike trains (``input = "rate"``) are drawn
+from a generator seeded per batch from the epoch's generator, so a resumed run draws the same
+spikes and reaches the weights of an uninterrupted one (CPU).
+
+Metrics per epoch (``metrics.jsonl``), from the spiking network unless named ``_rate``:
+
+- ``loss``, ``train_error``: the free phase's output rates of each training batch;
+- ``test_error``, ``test_loss``: a spiking free phase (``eval_settle + eval_window`` steps) on the
+  test set, in batches of 1000;
+- ``test_error_rate``, ``test_loss_rate``: the rate engine's free phase on the same parameters
+  (``[estimator] eval_free_steps``), which is what ``spikeep eval`` measures;
+- ``spikes_per_sample`` (all layers, all phases of a training step), ``ms_per_sample`` (wall time
+  of the spiking phases per training sample), ``lr``, ``wall_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from .. import train as rate
+from ..protocol import Protocol, ProtocolError
+from . import estimators
+from .config import SNNConfig
+from .phases import gain, phase
+
+__all__ = ["SNNEngine", "check", "ESTIMATORS"]
+
+ESTIMATORS = ("one-sided", "random-sign", "symmetric", "oscillation")
+
+
+def check(protocol: Protocol, net) -> None:
+    """Refuse, in one line, what the snntorch engine cannot train."""
+    src, est = protocol.source, protocol.estimator
+
+    def fail(key: str, msg: str):
+        raise ProtocolError(f"{src}: {key}: {msg}")
+
+    try:
+        gain(net)
+    except ValueError as err:
+        fail("train.engine", f"'snntorch': {err}")
+    if est.name not in ESTIMATORS:
+        fail("estimator.name", f"the snntorch engine has {list(ESTIMATORS)}, not {est.name!r}")
+    if est.name == "oscillation" and not est.real:
+        fail("estimator.real", "the snntorch oscillation is the real beta cos(wt): set real = true")
+    refused = {
+        "train.persistent": (protocol.train.persistent, "has no stored free states: set false"),
+        "estimator.noise": (est.noise != 0, "spikes are its noise: set 0"),
+        "data.normalize": (
+            protocol.data.normalize and protocol.snntorch.input == "rate",
+            "codes x as spike probabilities with input = 'rate': set false",
+        ),
+    }
+    for key, (bad, why) in refused.items():
+        if bad:
+            section, name = key.split(".")
+            value = getattr(getattr(protocol, section), name)
+            fail(key, f"the snntorch engine {why}, got {json.dumps(value)}")
+
+
+class SNNEngine(rate.Engine):
+    """Spiking phases for :mod:`spikeep.train`'s loop (module docstring)."""
+
+    tag = {"engine": "snntorch"}
+
+    def __init__(self, protocol: Protocol, net):
+        check(protocol, net)
+        s, est = protocol.snntorch, protocol.estimator
+        self.config = SNNConfig(s.decay, s.tau, s.settle, s.window, s.input)
+        self.eval_config = SNNConfig(
+            s.decay, s.tau, s.eval_settle or s.settle, s.eval_window or s.window, s.input
+        )
+        self.name, self.beta = est.name, est.beta
+        self.options = (
+            {
+                "steps_per_period": est.steps_per_period,
+                "periods": est.periods,
+                "warmup": est.warmup,
+                "from_free": True,
+            }
+            if est.name == "oscillation"
+            else {}
+        )
+        self.eval_steps = est.eval_free_steps or est.free_steps
+        self.seed = protocol.train.seed
+
+    def _input_generator(self, g: torch.Generator, salt: int) -> torch.Generator | None:
+        """A CPU generator for the input spike trains, seeded by a draw from ``g`` (nothing is
+        drawn with current input, so such runs use ``g`` only for the batch order)."""
+        if self.config.input != "rate":
+            return None
+        return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)) + salt)
+
+    def step(self, net, params, x, y, s0, g, rank) -> rate.Step:
+        name, beta = self.name, self.beta
+        if name == "random-sign":
+            name = "one-sided"
+            beta = beta if int(torch.randint(0, 2, (1,), generator=g)) else -beta
+        gen = self._input_generator(g, rank)
+        start = time.perf_counter()
+        out = estimators.estimate(name, net, params, x, y, beta, self.config, gen, **self.options)
+        ms = 1e3 * (time.perf_counter() - start) / x.shape[0]
+        extra = {"spikes_per_sample": out.spikes, "ms_per_sample": ms}
+        return rate.Step(out.free.rates, out.grads, None, extra)
+
+    def evaluate(self, net, params, ds, normalize, shard, epoch) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        cfg = self.eval_config
+
+        def free(x):
+            return phase(net, params, x, config=cfg, generator=self._input_generator(g, 0)).rates
+
+        spiking = rate.score(net, params, ds, free, normalize, shard=shard)
+        rated = rate.evaluate(net, params, ds, self.eval_steps, normalize, shard=shard)
+        return {
+            "test_error": spiking["error"],
+            "test_loss": spiking["loss"],
+            "test_error_rate": rated["error"],
+            "test_loss_rate": rated["loss"],
+        }
