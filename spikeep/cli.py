@@ -11,6 +11,7 @@
     spikeep gdu --model PATH [--beta 1e-4] [--steps 10] [--free-steps 300] [--json]
     spikeep bench ep-step --model PATH [--batch 100] [--free-steps 20] [--nudged-steps 4] [--json]
     spikeep train PROTOCOL [--set section.key=value ...] [--out DIR] [--resume] [--json]
+    spikeep fidelity PROTOCOL [--set key=value ...] --out DIR [--jobs N] [--json]
     spikeep eval CHECKPOINT [--data NAME] [--data-dir DIR] [--noise SIGMA] [--json]
     spikeep plot OUT
     spikeep data fetch NAME --to DIR
@@ -184,6 +185,23 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
     tr.add_argument("--json", action="store_true", help="end with one JSON line of results")
 
+    fi = sub.add_parser(
+        "fidelity", help="every engine's and estimator's gradient against the exact one"
+    )
+    fi.add_argument("protocol", help="fidelity protocol file (TOML), e.g. protocols/fidelity_quick")
+    fi.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a protocol value (TOML syntax), e.g. rate.sweep.beta=[0.01, 0.1]",
+    )
+    fi.add_argument("--out", required=True, help="output folder (results.csv, .json, figures)")
+    fi.add_argument(
+        "--jobs", type=_positive_int, default=None, help="worker processes (default min(2, cores))"
+    )
+    fi.add_argument("--json", action="store_true", help="end with one JSON line of results")
+
     ev = sub.add_parser("eval", help="test error of a checkpoint")
     ev.add_argument("checkpoint")
     ev.add_argument("--data", default=None, help="dataset (default: the protocol's)")
@@ -232,6 +250,27 @@ def _train(args) -> int:
             f"{p.name}: test error {summary['test_error']:.2f}%  train error "
             f"{summary['train_error']:.2f}%  {summary['epochs']} epochs  "
             f"{summary['wall_s']:.1f} s  -> {summary['out']}"
+        )
+    return 0
+
+
+def _fidelity(args) -> int:
+    from . import fidelity
+    from . import protocol as proto
+    from .fidelity.sweep import default_jobs, progress_printer
+
+    try:
+        p = fidelity.load(args.protocol, proto.parse_overrides(args.set))
+    except (proto.ProtocolError, spec.SpecError) as err:
+        raise UsageError(str(err)) from None
+    summary = fidelity.study(p, args.out, args.jobs or default_jobs(), progress_printer())
+    line = {k: summary[k] for k in ("out", "rows", "ok", "errors", "na", "wall_s")}
+    if args.json:
+        print(_json(line))
+    else:
+        print(
+            f"{p.name}: {summary['rows']} points ({summary['ok']} ok, {summary['errors']} "
+            f"errors, {summary['na']} n/a) in {summary['wall_s']:.1f} s -> {summary['out']}"
         )
     return 0
 
@@ -541,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         "gdu": _gdu,
         "bench": _bench,
         "train": _train,
+        "fidelity": _fidelity,
         "eval": _eval,
         "plot": _plot,
         "data": _data,

@@ -2,28 +2,49 @@
 
 ``gradcheck(...)`` returns the dict that ``spikeep gradcheck --json`` prints: ``model``,
 ``estimator``, ``beta``, ``points``, ``reference``, ``cosine``, ``rel_error``
-(``|g - g_ref| / |g_ref|`` over all parameters), ``per_param`` (name -> cosine, rel_error),
-``free_residual``, ``nudged_residuals``, ``bias_order``, ``noise``, and the oscillation's
-``steps_per_period``, ``periods``, ``warmup``, ``real``, ``from_free`` (``None`` for the other
-estimators; for ``oscillation`` ``nudged_residuals`` holds the state's change over the last period).
+(``|g - g_ref| / |g_ref|`` over all parameters), ``sign_agreement`` (the fraction of entries
+whose sign matches the reference's, the reference's exact zeros left out), ``per_param``
+(name -> cosine, rel_error, sign_agreement), ``free_residual``, ``nudged_residuals``,
+``bias_order``, ``noise``, and the oscillation's ``steps_per_period``, ``periods``, ``warmup``,
+``real``, ``from_free`` (``None`` for the other estimators; for ``oscillation``
+``nudged_residuals`` holds the state's change over the last period), and the cost: ``wall_s``
+(free phase and estimate, seconds) and ``relaxation_steps`` (dynamics steps per sample, free
+phase included).
 
 With ``noise > 0`` the free phase and the estimator's phases are noisy (one generator, seeded with
 ``seed``); the reference is the noise-free system's gradient.
+
+:func:`problem` computes what every engine's check compares against, once: the parameters, the
+batch, the free fixed point and the implicit gradient, all float64 (a :class:`Problem`); each
+``gradcheck`` (rate, :mod:`spikeep.brian2.gradcheck`, :mod:`spikeep.snn.gradcheck`) takes one
+through ``problem=`` instead of recomputing it.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import estimators, reference, spec
 from ._dtypes import DTYPES
-from .dynamics import relax
+from .dynamics import Relaxed, relax
 from .energy import Network
 
-__all__ = ["cosine", "rel_error", "compare", "random_batch", "gradcheck", "spiking_record"]
+__all__ = [
+    "cosine",
+    "rel_error",
+    "sign_agreement",
+    "compare",
+    "random_batch",
+    "Problem",
+    "problem",
+    "gradcheck",
+    "spiking_record",
+]
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -44,16 +65,29 @@ def rel_error(a: Tensor, b: Tensor) -> float:
     return nd / nb
 
 
+def sign_agreement(a: Tensor, b: Tensor) -> float:
+    """The fraction of entries of ``a`` whose sign is that of ``b``, over the entries where ``b``
+    is not exactly zero (1.0 when ``b`` is all zeros)."""
+    a, b = a.flatten().double(), b.flatten().double()
+    nonzero = b != 0
+    n = int(nonzero.sum())
+    if n == 0:
+        return 1.0
+    return int((torch.sign(a[nonzero]) == torch.sign(b[nonzero])).sum()) / n
+
+
 def compare(g: dict[str, Tensor], ref: dict[str, Tensor]) -> dict:
-    """Cosine and relative error overall and per parameter."""
+    """Cosine, relative error and sign agreement overall and per parameter."""
     flat = lambda d: torch.cat([d[k].flatten() for k in ref])  # noqa: E731
-    return {
-        "cosine": cosine(flat(g), flat(ref)),
-        "rel_error": rel_error(flat(g), flat(ref)),
-        "per_param": {
-            k: {"cosine": cosine(g[k], ref[k]), "rel_error": rel_error(g[k], ref[k])} for k in ref
-        },
-    }
+
+    def metrics(a, b):
+        return {
+            "cosine": cosine(a, b),
+            "rel_error": rel_error(a, b),
+            "sign_agreement": sign_agreement(a, b),
+        }
+
+    return {**metrics(flat(g), flat(ref)), "per_param": {k: metrics(g[k], ref[k]) for k in ref}}
 
 
 def random_batch(net: Network, batch: int, seed: int, dtype=torch.float64):
@@ -64,6 +98,28 @@ def random_batch(net: Network, batch: int, seed: int, dtype=torch.float64):
     labels = torch.randint(0, n_out, (batch,), generator=g)
     y = torch.nn.functional.one_hot(labels, n_out).to(torch.float64)
     return x.to(dtype), y.to(dtype)
+
+
+class Problem(NamedTuple):
+    """One model's check, float64: parameters ``params`` (``init_params(seed)``), the batch ``x``
+    ``(B, *input shape)`` and one-hot ``y`` ``(B, n_out)``, the free fixed point ``free`` and the
+    implicit gradient ``grads`` (name -> tensor, shapes of ``params``)."""
+
+    params: dict[str, Tensor]
+    x: Tensor
+    y: Tensor
+    free: Relaxed
+    grads: dict[str, Tensor]
+
+
+def problem(net: Network, batch: int, seed: int, free_steps: int = 300) -> Problem:
+    """Parameters, a random batch (:func:`random_batch`), the free fixed point after
+    ``free_steps`` steps and :func:`spikeep.reference.implicit_gradient` there, all float64."""
+    params = net.init_params(seed, dtype=torch.float64)
+    x, y = random_batch(net, batch, seed)
+    free = relax(net, params, x, steps=free_steps)
+    grads = reference.implicit_gradient(net, params, x, y, s_star=free.s)
+    return Problem(params, x, y, free, grads)
 
 
 def gradcheck(
@@ -83,17 +139,23 @@ def gradcheck(
     warmup: int = 1,
     real: bool = False,
     from_free: bool = True,
+    problem: Problem | None = None,
 ) -> dict:
     """Run ``estimator`` once on a random batch and compare it with the implicit gradient.
 
-    The reference is always computed in float64 from the same parameters and batch.
+    The reference is always computed in float64 from the same parameters and batch; pass
+    ``problem`` (:func:`problem`, for the same ``batch`` and ``seed``) to reuse one. The
+    estimator's own free phase always relaxes here, for ``free_steps`` steps.
     """
     model_spec = model if isinstance(model, spec.ModelSpec) else spec.load(model)
     net = Network(model_spec)
     dtype = dtype or model_spec.dtype
-    params64 = net.init_params(seed, dtype=torch.float64)
-    x64, y64 = random_batch(net, batch, seed)
-    ref = reference.implicit_gradient(net, params64, x64, y64, steps=free_steps)
+    if problem is None:
+        params64 = net.init_params(seed, dtype=torch.float64)
+        x64, y64 = random_batch(net, batch, seed)
+        ref = reference.implicit_gradient(net, params64, x64, y64, steps=free_steps)
+    else:
+        params64, x64, y64, _, ref = problem
 
     torch_dtype = DTYPES[dtype]
     params = {k: v.to(torch_dtype) for k, v in params64.items()}
@@ -113,9 +175,15 @@ def gradcheck(
         free=from_free,
     )
     g = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
     free = relax(net, params, x, steps=free_steps, noise=noise, generator=g)
     out = est.estimate(net, params, x, y, free, generator=g)
+    wall = time.perf_counter() - start
     result = compare(out.grads, ref)
+    if oscillating:
+        steps = free_steps + steps_per_period * (periods + warmup)
+    else:
+        steps = free_steps + nudged_steps * len(out.betas)
     return {
         "model": model_spec.source,
         "estimator": estimator,
@@ -135,6 +203,8 @@ def gradcheck(
         **result,
         "free_residual": float(free.residual),
         "nudged_residuals": out.residuals,
+        "wall_s": wall,
+        "relaxation_steps": steps,
     }
 
 

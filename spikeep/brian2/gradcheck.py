@@ -23,7 +23,7 @@ import torch
 from .. import reference, spec
 from ..dynamics import relax
 from ..energy import Network
-from ..gradcheck import random_batch, spiking_record
+from ..gradcheck import Problem, random_batch, spiking_record
 from . import phases
 from .lowering import build
 
@@ -46,6 +46,7 @@ def gradcheck(
     warmup: int = 1,
     free_steps: int = 300,
     target: str = "numpy",
+    problem: Problem | None = None,
 ) -> dict:
     """Run the spiking estimator once and compare it with the implicit gradient.
 
@@ -57,6 +58,9 @@ def gradcheck(
         settle, window: seconds per phase (default: the spec's).
         period, periods, warmup: the oscillation's period (s), demodulated and discarded periods.
         free_steps: rate-engine steps for the reference's fixed point.
+        problem: a precomputed :class:`~spikeep.gradcheck.Problem` (parameters, batch, free
+            fixed point, implicit gradient; same ``batch`` and ``seed``), reused instead of
+            recomputed.
         target: Brian2 runtime code generation target, ``numpy`` or ``cython``.
     """
     model_spec = model if isinstance(model, spec.ModelSpec) else spec.load(model)
@@ -67,10 +71,13 @@ def gradcheck(
     cfg = model_spec.spiking
     schedule = phases.for_estimator(estimator, beta, cfg, settle, window, periods, warmup, period)
     net = Network(model_spec)
-    params = net.init_params(seed, dtype=torch.float64)
-    x, y = random_batch(net, batch, seed)
-    free = relax(net, params, x, steps=free_steps)
-    ref = reference.implicit_gradient(net, params, x, y, s_star=free.s)
+    if problem is None:
+        params = net.init_params(seed, dtype=torch.float64)
+        x, y = random_batch(net, batch, seed)
+        free = relax(net, params, x, steps=free_steps)
+        ref = reference.implicit_gradient(net, params, x, y, s_star=free.s)
+    else:
+        params, x, y, free, ref = problem
 
     b2.prefs.codegen.target = target
     start = time.perf_counter()

@@ -23,7 +23,7 @@ import torch
 from .. import reference, spec
 from ..dynamics import relax
 from ..energy import Network
-from ..gradcheck import random_batch, spiking_record
+from ..gradcheck import Problem, random_batch, spiking_record
 from .config import SNNConfig
 from .estimators import BIAS_ORDER, estimate
 from .phases import gain
@@ -44,6 +44,7 @@ def gradcheck(
     periods: int = 2,
     warmup: int = 1,
     free_steps: int = 500,
+    problem: Problem | None = None,
 ) -> dict:
     """Run the spiking estimator once and compare it with the implicit gradient (float64).
 
@@ -56,6 +57,9 @@ def gradcheck(
             spiking fixed point to be the rate engine's).
         periods, warmup: the oscillation's demodulated and discarded periods.
         free_steps: rate-engine steps for the reference's fixed point.
+        problem: a precomputed :class:`~spikeep.gradcheck.Problem` (parameters, batch, free
+            fixed point, implicit gradient; same ``batch`` and ``seed``), reused instead of
+            recomputed.
     """
     if estimator not in BIAS_ORDER:
         raise ValueError(
@@ -69,10 +73,13 @@ def gradcheck(
     oscillating = estimator == "oscillation"
     settle = time_steps // 5
     config = SNNConfig(decay, tau, settle, time_steps - settle, input, seed)
-    params = net.init_params(seed, dtype=torch.float64)
-    x, y = random_batch(net, batch, seed)
-    free = relax(net, params, x, steps=free_steps)
-    ref = reference.implicit_gradient(net, params, x, y, s_star=free.s)
+    if problem is None:
+        params = net.init_params(seed, dtype=torch.float64)
+        x, y = random_batch(net, batch, seed)
+        free = relax(net, params, x, steps=free_steps)
+        ref = reference.implicit_gradient(net, params, x, y, s_star=free.s)
+    else:
+        params, x, y, free, ref = problem
 
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
