@@ -255,10 +255,77 @@ def test_nir_round_trip(tmp_path, decay):
         torch.testing.assert_close(a, b)
 
 
-def test_nir_refuses_conv():
+def _graph_currents(graph, x, r):
+    """The current into every neuron node of a NIR graph: the sum over its incoming edges of
+    the edge's node (Affine, Linear or Conv2d) applied to its source (the input ``x`` or a
+    layer's trace, here the rates ``r`` reshaped to the graph's shapes)."""
+    import nir
+    import numpy as np
+
+    meta = graph.metadata["spikeep"]
+    layers = [str(n) for n in meta["layers"]]
+    value = {"x": x}
+    for name, ri, shape in zip(layers, r, meta["nir_shape"], strict=True):
+        value[f"{name}.trace"] = ri.reshape(ri.shape[0], *shape)
+    into = {name: 0 for name in layers}
+    for src, op in graph.edges:
+        node = graph.nodes[op]
+        if op in into or src not in value:
+            continue
+        (target,) = [t for s, t in graph.edges if s == op]
+        v = value[src]
+        w = torch.as_tensor(np.asarray(node.weight))
+        if isinstance(node, nir.Conv2d):
+            pad = tuple(int(p) for p in np.broadcast_to(node.padding, (2,)))
+            out = torch.nn.functional.conv2d(v, w, torch.as_tensor(node.bias), padding=pad)
+        else:
+            out = v @ w.T + (torch.as_tensor(node.bias) if isinstance(node, nir.Affine) else 0)
+        into[target] = into[target] + out
+    return [into[name] for name in layers]
+
+
+def test_nir_conv_graph_computes_the_engines_currents(tmp_path):
+    nir = pytest.importorskip("nir")
+    from spikeep.snn import export
+    from spikeep.snn.phases import gain
+
+    net = variant("spiking_small_conv", layers={1: {"pool": "none"}})  # conv3 pad 1, then dense
+    params, x, _ = setup(net, batch=3)
+    graph = export.to_nir(net, params, SNNConfig(tau=5.0))
+    assert isinstance(graph.nodes["W1"], nir.Conv2d) and isinstance(graph.nodes["W2.T"], nir.Conv2d)
+    g = torch.Generator().manual_seed(0)
+    r = tuple(
+        torch.rand(3, *layer.shape, generator=g, dtype=x.dtype) for layer in net.spec.dynamic_layers
+    )
+    expected = net.dphi(params, r, net.static_drive(params, x), None, 0.0)
+    for got, want in zip(_graph_currents(graph, x, r), expected, strict=True):
+        torch.testing.assert_close(got.reshape(want.shape), gain(net) * want, rtol=0, atol=1e-12)
+    path = tmp_path / "conv.nir"
+    export.write(path, net, params, SNNConfig(tau=5.0))
+    back, fields = export.read(path)
+    assert fields["tau"] == pytest.approx(5.0)
+    for k in params:
+        torch.testing.assert_close(back[k], params[k], rtol=0, atol=1e-15)
+    cfg = SNNConfig(tau=5.0, settle=10, window=50)
+    for a, b in zip(phase(net, params, x, config=cfg).rates, phase(net, back, x, config=cfg).rates):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "layers,match",
+    [
+        (None, "pool 'max', stride 1"),
+        ({1: {"pool": "avg"}}, "pool 'avg', stride 1"),
+        ({1: {"pool": "none", "stride": 2}}, "pool 'none', stride 2"),
+    ],
+)
+def test_nir_refuses_conv_feedback_it_cannot_express(layers, match):
     pytest.importorskip("nir")
     from spikeep.snn import export
 
-    net = load("spiking_small_conv")
-    with pytest.raises(ValueError, match="NIR export needs dense couplings"):
+    net = variant("spiking_small_conv", layers=layers)
+    with pytest.raises(
+        ValueError, match=r"NIR export needs conv couplings of stride 1 without pooling.*" + match
+    ) as err:
         export.to_nir(net, net.init_params(0))
+    assert "\n" not in str(err.value)

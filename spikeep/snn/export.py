@@ -14,11 +14,23 @@ are read as Euler steps of ``DT`` seconds, snntorch's own convention
 - ``decay < 1``: ``nir.LIF`` with ``tau = DT / (1 - decay)``, ``r = tau / DT``, ``v_leak = 0``;
 - trace: ``nir.LI`` with ``tau = tau_steps DT``, ``r = 1``, ``v_leak = 0``.
 
+Convolutional specs. A conv coupling ``W_i`` (stride 1, no pooling) is a ``nir.Conv2d`` forward
+(``W_i``, per-channel ``b_i``, the spec's padding ``p``) and a ``nir.Conv2d`` feedback: the
+transposed convolution, which at stride 1 is exactly the convolution with the kernel flipped in
+space and its channel axes swapped, padding ``k - 1 - p``. A dense coupling that reads a conv
+layer (``C, H, W``) is the convolution whose kernel covers the whole image (``W_i`` reshaped to
+``(n, C, H, W)``, output ``(n, 1, 1)``), with the feedback a ``Conv2d`` of the flipped kernel,
+padding ``H - 1, W - 1``: NIR has no reshape between a flat vector and an image, so such a layer's
+nodes have shape ``(n, 1, 1)`` (its ``nir_shape`` in the metadata). Refused, in one line: conv
+couplings with pooling or stride > 1 (their feedback is an upsampling, or the pool's adjoint,
+followed by a transposed convolution; NIR 1.0 has ``Conv2d``, ``AvgPool2d`` and ``SumPool2d`` but no
+transposed convolution, upsampling or max-unpooling, so that feedback has no faithful NIR form),
+and the cross-entropy readout (a softmax; NIR has none).
+
 The teaching current is not part of the graph (a trained network runs free). The membrane clip
 to [0, 2] and the delayed subtractive reset have no NIR field: they are recorded in the graph's
-metadata (``spikeep`` key) with ``tau``, ``decay``, the activation's gain and the layer names.
-NIR has no transposed convolution or max-unpooling, so conv specs are refused (weights are
-exported multiplied by the activation's gain).
+metadata (``spikeep`` key) with ``tau``, ``decay``, the activation's gain and the layer names
+(weights are exported multiplied by the activation's gain).
 :func:`from_nir` reads the parameters (the rate engine's ``params`` dict) and the
 :class:`~spikeep.snn.config.SNNConfig` fields back.
 """
@@ -48,11 +60,13 @@ def to_nir(net, params: dict[str, Tensor], config: SNNConfig | None = None) -> n
     config = config or SNNConfig()
     g = gain(net)
     for layer in net.spec.layers[1:]:
-        if layer.coupling.kind != "dense":
+        c = layer.coupling
+        if c.kind == "conv" and (c.pool != "none" or c.stride != 1):
             raise ValueError(
-                f"NIR export needs dense couplings (NIR has no transposed convolution or "
-                f"max-unpooling for the feedback), but layer {layer.name!r} of {net.spec.source} "
-                f"is {layer.coupling.kind!r}"
+                f"NIR export needs conv couplings of stride 1 without pooling (their feedback, "
+                f"the pool's adjoint then a transposed conv, has no NIR node: NIR has no "
+                f"transposed conv, upsampling or max-unpooling), but layer {layer.name!r} of "
+                f"{net.spec.source} has pool {c.pool!r}, stride {c.stride}"
             )
     if net.readout:
         raise ValueError(f"NIR export needs cost 'mse' (no readout), {net.spec.source} has one")
@@ -61,34 +75,34 @@ def to_nir(net, params: dict[str, Tensor], config: SNNConfig | None = None) -> n
     x_name = net.spec.layers[0].name
     nodes: dict = {x_name: nir.Input({"input": np.array(net.spec.layers[0].shape)})}
     edges: list[tuple[str, str]] = []
+    shapes = [tuple(net.spec.layers[0].shape)]  # each layer's shape in the graph
     for i, layer in enumerate(dynamic, start=1):
-        n = layer.size
+        W, b = params[f"W{i}"], params[f"b{i}"]
+        fwd, back, shape = _coupling(layer.coupling, g * W, g * b, shapes[-1], layer.shape)
+        shapes.append(shape)
+        n = np.zeros(shape)
         if config.decay == 1.0:
-            nodes[layer.name] = nir.IF(r=np.full(n, 1 / DT), v_threshold=np.ones(n))
+            nodes[layer.name] = nir.IF(r=n + 1 / DT, v_threshold=n + 1)
         else:
             tau = DT / (1 - config.decay)
-            nodes[layer.name] = nir.LIF(
-                tau=np.full(n, tau),
-                r=np.full(n, tau / DT),
-                v_leak=np.zeros(n),
-                v_threshold=np.ones(n),
-            )
+            nodes[layer.name] = nir.LIF(tau=n + tau, r=n + tau / DT, v_leak=n, v_threshold=n + 1)
         trace = f"{layer.name}.trace"
-        nodes[trace] = nir.LI(tau=np.full(n, config.tau * DT), r=np.ones(n), v_leak=np.zeros(n))
+        nodes[trace] = nir.LI(tau=n + config.tau * DT, r=n + 1, v_leak=n.copy())
         edges.append((layer.name, trace))
-        W, b = params[f"W{i}"], params[f"b{i}"]
-        nodes[f"W{i}"] = nir.Affine(weight=_np(g * W), bias=_np(g * b))
+        nodes[f"W{i}"] = fwd
         below = x_name if i == 1 else f"{names[i - 2]}.trace"
         edges += [(below, f"W{i}"), (f"W{i}", layer.name)]
         if i >= 2:
-            nodes[f"W{i}.T"] = nir.Linear(weight=_np(g * W.T))
+            nodes[f"W{i}.T"] = back
             edges += [(trace, f"W{i}.T"), (f"W{i}.T", names[i - 2])]
-    nodes["y"] = nir.Output({"output": np.array(dynamic[-1].shape)})
+    nodes["y"] = nir.Output({"output": np.array(shapes[-1])})
     edges.append((f"{names[-1]}.trace", "y"))
     metadata = {
         "spikeep": {
             "model": net.spec.source,
             "layers": names,
+            "kinds": [layer.coupling.kind for layer in dynamic],
+            "nir_shape": [list(s) for s in shapes[1:]],
             "tau_steps": config.tau,
             "decay": config.decay,
             "gain": g,
@@ -98,6 +112,27 @@ def to_nir(net, params: dict[str, Tensor], config: SNNConfig | None = None) -> n
         }
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
+
+
+def _coupling(c, W: Tensor, b: Tensor, prev: tuple, shape: tuple):
+    """``(forward, feedback, shape)``: the NIR nodes of a coupling (gain applied to ``W``, ``b``)
+    from a layer of graph shape ``prev`` to one of spec shape ``shape``, and the graph shape of the
+    layer it feeds (module docstring)."""
+    if len(prev) == 1:  # dense from a vector
+        return nir.Affine(weight=_np(W), bias=_np(b)), nir.Linear(weight=_np(W.T)), tuple(shape)
+    if c.kind == "dense":  # dense from an image: the conv whose kernel covers it
+        W = W.reshape(W.shape[0], *prev)
+        shape, padding = (W.shape[0], 1, 1), 0
+    else:
+        padding = c.padding
+    k = np.array(W.shape[2:])
+    fwd = nir.Conv2d(prev[1:], _np(W), 1, padding, 1, 1, _np(b))
+    W_t = W.flip(2, 3).transpose(0, 1)  # the stride-1 transposed conv (spikeep.couplings)
+    zero = np.zeros(W_t.shape[0])
+    back = nir.Conv2d(
+        tuple(shape[1:]), _np(W_t), 1, tuple(int(p) for p in k - 1 - padding), 1, 1, zero
+    )
+    return fwd, back, tuple(shape)
 
 
 def from_nir(graph: nir.NIRGraph, dtype=torch.float64) -> tuple[dict[str, Tensor], dict]:
@@ -110,17 +145,23 @@ def from_nir(graph: nir.NIRGraph, dtype=torch.float64) -> tuple[dict[str, Tensor
         raise ValueError("not a spikeep graph: its metadata has no 'spikeep' entry")
     layers = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["layers"]]
     g = float(meta["gain"])
+    kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in meta.get("kinds", [])]
     params = {}
     for i in range(1, len(layers) + 1):
         node = nodes.get(f"W{i}")
-        if not isinstance(node, nir.Affine):
-            raise ValueError(f"node 'W{i}' must be a nir.Affine, got {type(node).__name__}")
-        params[f"W{i}"] = torch.as_tensor(np.asarray(node.weight), dtype=dtype) / g
+        if not isinstance(node, nir.Affine | nir.Conv2d):
+            raise ValueError(
+                f"node 'W{i}' must be a nir.Affine or nir.Conv2d, got {type(node).__name__}"
+            )
+        W = torch.as_tensor(np.asarray(node.weight), dtype=dtype) / g
+        if isinstance(node, nir.Conv2d) and kinds and kinds[i - 1] == "dense":
+            W = W.reshape(W.shape[0], -1)  # the image-wide kernel of a dense coupling
+        params[f"W{i}"] = W
         params[f"b{i}"] = torch.as_tensor(np.asarray(node.bias), dtype=dtype) / g
     neuron = nodes[layers[0]]
-    decay = 1.0 if isinstance(neuron, nir.IF) else 1 - DT / float(np.asarray(neuron.tau)[0])
+    decay = 1.0 if isinstance(neuron, nir.IF) else 1 - DT / float(np.asarray(neuron.tau).flat[0])
     trace = nodes[f"{layers[0]}.trace"]
-    tau = float(np.asarray(trace.tau)[0]) / DT
+    tau = float(np.asarray(trace.tau).flat[0]) / DT
     return params, {"decay": decay, "tau": tau}
 
 
