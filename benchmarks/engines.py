@@ -35,7 +35,6 @@ Prints the ladder, then a table: engine, settings, cosine, samples/s, ratio to t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -63,10 +62,14 @@ BRIAN2_LADDER = [(25.0, 10.0), (55.0, 20.0)]  # ms: settle, window per phase
 
 
 class Engine:
-    """One engine at one setting: ``run()`` returns the gradient estimate and its wall time."""
+    """One engine at one setting: ``run()`` returns the gradient estimate and its wall time;
+    ``open()`` and ``close()`` bracket the runs (Brian2's standalone device holds one project at
+    a time, so its chunks are opened one after the other)."""
 
-    def __init__(self, name: str, label: str, run):
+    def __init__(self, name: str, label: str, run, open=None, close=None):
         self.name, self.label, self.run = name, label, run
+        self.open = open or (lambda: None)
+        self.close = close or (lambda: None)
 
 
 def _rate(net, params, x, y, estimator, beta, free_steps, nudged_steps) -> Engine:
@@ -92,34 +95,27 @@ def _snn(net, params, x, y, estimator, beta, tau, settle, window) -> Engine:
     return Engine("snntorch", f"tau {tau:g}, {settle} + {window} steps per phase", run)
 
 
-def _brian2(model, x, y, params, estimator, beta, settle_ms, window_ms, stack) -> Engine:
+def _brian2(model, x, y, params, estimator, beta, settle_ms, window_ms) -> Engine:
     from spikeep.brian2 import phases
     from spikeep.brian2.standalone import Chunk
 
     schedule = phases.for_estimator(
         estimator, beta, model.spiking, settle_ms / 1e3, window_ms / 1e3
     )
-    n = x.shape[0]
-    chunk = stack(Chunk(model, schedule, n, rule="endpoint"))
-    dt = model.spiking.dt * 1e3
+    held = {}
+
+    def open_():  # compiled once, from the cache afterwards
+        held["chunk"] = Chunk(model, schedule, x.shape[0], rule="endpoint")
+
+    def close():
+        held.pop("chunk").close()
 
     def run():
-        out = chunk.run(x, y, params, eta=0.0)
+        out = held["chunk"].run(x, y, params, eta=0.0)
         return out["gradient"], out["run_s"]
 
-    label = f"{settle_ms:g} + {window_ms:g} ms per phase, dt {dt:g} ms"
-    return Engine("brian2", label, run)
-
-
-class _Chunks:
-    """Keeps Brian2 chunks open until the end (each is its own compiled project)."""
-
-    def __init__(self):
-        self.open = []
-
-    def __call__(self, chunk):
-        self.open.append(chunk)
-        return chunk
+    label = f"{settle_ms:g} + {window_ms:g} ms per phase, dt {model.spiking.dt * 1e3:g} ms"
+    return Engine("brian2", label, run, open_, close)
 
 
 def main(argv=None) -> int:
@@ -152,20 +148,22 @@ def main(argv=None) -> int:
         "rate": [_rate(net, params, x, y, args.estimator, args.beta, *s) for s in RATE_LADDER],
         "snntorch": [_snn(net, params, x, y, args.estimator, args.beta, *s) for s in SNN_LADDER],
     }
-    chunks = _Chunks()
     if not args.no_brian2:
-        b2model = dataclasses.replace(model, spiking=dataclasses.replace(model.spiking))
         ladders["brian2"] = [
-            _brian2(b2model, x64, y64, params64, args.estimator, args.beta, *s, chunks)
-            for s in BRIAN2_LADDER
+            _brian2(model, x64, y64, params64, args.estimator, args.beta, *s) for s in BRIAN2_LADDER
         ]
+    held = None
     try:
         measured = {}
         for name, ladder in ladders.items():
             rows = []
             for engine in ladder:
+                engine.open()
+                held = engine
                 engine.run()  # warm-up
                 grads, wall = engine.run()
+                engine.close()
+                held = None
                 g64 = {k: v.double() for k, v in grads.items()}
                 cos = compare(g64, ref)["cosine"]
                 rows.append((engine, cos, wall, compare(g64, true)["cosine"]))
@@ -183,12 +181,15 @@ def main(argv=None) -> int:
             ok = [r for r in rows if r[1] >= target - 1e-4]
             chosen[name] = min(ok, key=lambda r: r[2]) if ok else max(rows, key=lambda r: r[1])
         times = {name: [] for name in chosen}
+        if "brian2" in chosen:
+            held = chosen["brian2"][0]
+            held.open()
         for _ in range(args.repeats):  # interleaved, round by round
             for name, (engine, *_) in chosen.items():
                 times[name].append(engine.run()[1])
     finally:
-        for chunk in chunks.open:
-            chunk.close()
+        if held is not None:
+            held.close()
 
     sps = {name: args.batch / statistics.median(t) for name, t in times.items()}
     table = [
