@@ -225,7 +225,8 @@ def spiking_record(
     """The keys of :func:`gradcheck`'s dict for a spiking engine's estimate ``grads`` against the
     float64 implicit reference ``ref``. ``oscillation`` holds ``steps_per_period``, ``periods``
     and ``warmup`` when the estimate came from the real cosine teaching signal (no free phase);
-    ``rate_error`` is the largest gap between the spiking free rates and the rate engine's."""
+    ``rate_error`` is the largest gap between the spiking free rates and the rate engine's.
+    ``relaxation_steps`` is None (a spiking engine's cost is its spikes and simulated time)."""
     osc = oscillation or {}
     return {
         "model": model_spec.source,
@@ -248,4 +249,6 @@ def spiking_record(
         "free_residual": free_residual,
         "nudged_residuals": [],
         "rate_error": rate_error,
+        "wall_s": None,  # the engine's gradcheck sets its own
+        "relaxation_steps": None,  # a rate-engine count: spiking engines count spikes and time
     }
