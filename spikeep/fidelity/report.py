@@ -6,8 +6,10 @@ flattened into ``cosine:W1``, ``rel_error:W1``, ``sign_agreement:W1``, ... colum
 (:mod:`spikeep.fidelity.reference`), the fitted slopes, and the rows with ``per_param`` nested.
 
 :func:`slopes` fits ``log rel_error = p log |beta| + c`` per model and line (engine, estimator,
-rule) over the base point and the ``beta`` sweep (ok rows, at least 3 betas): ``p`` near 1 is an
-O(beta) bias, near 2 O(beta^2), near 0 an error that beta does not set (noise, finite windows).
+rule) over the base point and the ``beta`` sweep (ok rows, at least 3 betas), keeping only the
+asymptotic range ``1e-9 <= rel_error <= 0.2`` (:data:`FIT_RANGE`: below, float64 rounding of the
+estimate; above, the bias is no longer small): ``p`` near 1 is an O(beta) bias, near 2
+O(beta^2), near 0 an error that beta does not set (noise, finite windows, the oscillation's lag).
 
 Figures (matplotlib, Agg), each a panel per model:
 
@@ -32,6 +34,7 @@ import numpy as np
 __all__ = ["write_csv", "write_json", "slopes", "figures", "clean"]
 
 _METRICS = ("cosine", "rel_error", "sign_agreement")
+FIT_RANGE = (1e-9, 0.2)  # relative errors the slope is fitted over (module docstring)
 _ENGINE_STYLE = {"rate": "-", "snntorch": "--", "brian2": ":"}
 _ESTIMATOR_COLOUR = {
     "one-sided": "tab:blue",
@@ -104,7 +107,10 @@ def slopes(rows: list[dict]) -> list[dict]:
     """The fitted order ``p`` of the relative error in ``|beta|`` per model and line."""
     out = []
     for (model, label), group in _lines(rows, ("beta",)).items():
-        pts = sorted((abs(r["beta"]), r["rel_error"]) for r in group if r["rel_error"] > 0)
+        pts = sorted(
+            (abs(r["beta"]), r["rel_error"]) for r in group if FIT_RANGE[0] <= r["rel_error"]
+        )
+        pts = [p for p in pts if p[1] <= FIT_RANGE[1]]
         if len({b for b, _ in pts}) < 3:
             continue
         b, e = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
