@@ -43,19 +43,26 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--chunks", type=int, default=3)
     p.add_argument("--beta", type=float, default=0.5)
+    p.add_argument("--estimator", choices=["symmetric", "one-sided"], default="symmetric")
     p.add_argument("--dt", type=float, default=None, help="simulation step in s (the model's)")
+    p.add_argument("--rate-max", type=float, default=None, help="Hz (the model's)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
     model = spec.load(args.model)
-    cfg = dataclasses.replace(model.spiking, input=args.input, dt=args.dt or model.spiking.dt)
+    cfg = dataclasses.replace(
+        model.spiking,
+        input=args.input,
+        dt=args.dt or model.spiking.dt,
+        rate_max=args.rate_max or model.spiking.rate_max,
+    )
     model = dataclasses.replace(model, spiking=cfg)
     cfg = model.spiking
     net = Network(model)
     params = net.init_params(0, dtype=torch.float64)
     train = data.load("mnist-embedded", "train")
     n = args.samples
-    schedule = phases.one_sided(args.beta, cfg)
+    schedule = phases.for_estimator(args.estimator, args.beta, cfg)
     eta = {"W1": 0.1 / 20, "b1": 0.1 / 20, "W2": 0.05 / 20, "b2": 0.05 / 20}
     times, spikes = [], []
     with Chunk(model, schedule, n, rule=args.rule) as chunk:
@@ -71,6 +78,8 @@ def main(argv=None) -> int:
         "model": model.source,
         "input": args.input,
         "rule": args.rule,
+        "estimator": args.estimator,
+        "rate_max_hz": cfg.rate_max,
         "samples_per_chunk": n,
         "chunks": args.chunks,
         "biological_ms_per_sample": round(schedule.duration * 1e3, 3),
@@ -85,7 +94,8 @@ def main(argv=None) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"{result['model']}  input {args.input}  rule {args.rule}  "
+            f"{result['model']}  input {args.input}  rule {args.rule}  {args.estimator}  "
+            f"rate_max {cfg.rate_max:g} Hz  "
             f"{result['biological_ms_per_sample']:g} ms per sample at dt {result['dt_ms']:g} ms"
         )
         print(
