@@ -22,7 +22,7 @@ from spikeep import spec as spec_mod
 from spikeep.brian2 import build, neurons, phases, rules
 from spikeep.brian2.calibrate import transfer
 from spikeep.brian2.gradcheck import gradcheck
-from spikeep.brian2.lowering import layer_equations
+from spikeep.brian2.lowering import closing_time, layer_equations
 from spikeep.cli import main
 from spikeep.dynamics import relax
 from spikeep.energy import Network
@@ -176,6 +176,14 @@ def test_free_rates_approach_the_fixed_point_as_the_window_grows(small):
     # measured: 0.018 and 0.0024; one spike in a 0.1 s window at 500 Hz is 0.02
     assert long < 0.5 * short
     assert long < 0.01
+
+
+def test_a_sample_of_two_seconds_or_more_is_closed(small):
+    # Brian2 ignores a run's last 0.2 ms step on a once-per-sample clock of dt >= 2 s
+    # (Clock.epsilon_dt): the sample was never closed and every rate read 0
+    assert closing_time(2e-4, 2.0) > b2.Clock.epsilon_dt * 2.0
+    assert closing_time(2e-4, 0.15) == 2e-4
+    assert _free_rate_error(small, 1.8, batch=2) < 0.01  # 0.2 + 1.8 s: measured 0.0018
 
 
 def test_poisson_input_rates_near_the_fixed_point(small):

@@ -29,6 +29,7 @@ column per neuron of all copies), so a run of many samples is one simulation.
 from __future__ import annotations
 
 import gc
+import math
 from dataclasses import dataclass, field
 
 import brian2 as b2
@@ -110,13 +111,14 @@ class SpikingNetwork:
 
     def run(self, samples: int | None = None, **kwargs) -> None:
         """Simulate ``samples`` more samples (default: all that were lowered). The first run adds
-        one step, at which the last sample is closed (its rates stored, its update applied)."""
+        :func:`closing_time`, at whose start the last sample is closed (its rates stored, its update
+        applied)."""
         n = self.samples - self.done if samples is None else samples
         if n < 1 or self.done + n > self.samples:
             raise ValueError(
                 f"{self.done} of {self.samples} lowered samples are done; cannot run {n} more"
             )
-        extra = self.cfg.dt if self.done == 0 else 0.0
+        extra = closing_time(self.cfg.dt, self.schedule.duration) if self.done == 0 else 0.0
         kwargs.setdefault("namespace", {})  # every object has its own: never the caller's locals
         self.network.run((n * self.schedule.duration + extra) * b2.second, **kwargs)
         self.done += n
@@ -157,6 +159,18 @@ class SpikingNetwork:
                 np.asarray(self.groups[layer].b[:]).reshape(self.copies, n_post)[0].copy()
             )
         return out
+
+
+def closing_time(dt: float, duration: float) -> float:
+    """The time (s, whole steps ``dt``) a run adds after its last sample, so that the
+    once-per-sample clocks (``dt = duration``) tick once more and close that sample.
+
+    Brian2 rounds a run's end down to a clock's last step when it lies within
+    ``Clock.epsilon_dt`` (1e-4) of that clock's ``dt``: one step of 0.2 ms after a sample of 2 s
+    or more would not count, the last sample would never be closed, and its rates and update
+    would read zero."""
+    steps = max(1, math.ceil(2 * b2.Clock.epsilon_dt * duration / dt))
+    return steps * dt
 
 
 def _as_numpy(a) -> np.ndarray:
