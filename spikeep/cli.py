@@ -213,6 +213,20 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="state noise while evaluating (default: the protocol's eval_noise, else its noise)",
     )
+    ev.add_argument(
+        "--engine",
+        choices=["rate", "brian2"],
+        default="rate",
+        help="whose free phase classifies: rate (default) or brian2 (spiking, compiled)",
+    )
+    for flag in ("settle", "window"):
+        ev.add_argument(
+            f"--{flag}",
+            type=_seconds,
+            default=None,
+            help=f"brian2: the free phase's {flag} (s; default: [brian2] eval_{flag}, else the "
+            "model's)",
+        )
     ev.add_argument("--json", action="store_true")
 
     pl = sub.add_parser("plot", help="training curves of an output folder (PNG)")
@@ -299,28 +313,61 @@ def _eval(args) -> int:
     normalize = normalization(
         name, raw_data.get("normalize", False), raw_data.get("std_scale", 1.0)
     )
-    noise = args.noise
-    if noise is None:  # as training evaluated it
-        noise = est.get("eval_noise", est.get("noise", 0.0))
-    gen = torch.Generator().manual_seed(0) if noise else None
-    result = evaluate(net, ckpt["params"], ds, steps, normalize, noise=noise, generator=gen)
+    if args.engine == "brian2":
+        result, noise = _eval_brian2(args, net, ckpt, ds, normalize), 0.0
+    elif args.settle or args.window:
+        raise UsageError("--settle/--window set the brian2 engine's free phase: add --engine brian2")
+    else:
+        noise = args.noise
+        if noise is None:  # as training evaluated it
+            noise = est.get("eval_noise", est.get("noise", 0.0))
+        gen = torch.Generator().manual_seed(0) if noise else None
+        result = evaluate(net, ckpt["params"], ds, steps, normalize, noise=noise, generator=gen)
     out = {
         "checkpoint": args.checkpoint,
-        "engine": "rate",  # the rate engine's free phase, whichever engine trained the weights
+        "engine": args.engine,  # whose free phase classified, whichever engine trained
         "data": name,
         "split": args.split,
         "epoch": ckpt["epoch"],
         "error": result["error"],
         "loss": result["loss"],
         "noise": noise,
+        **{k: result[k] for k in ("settle", "window") if k in result},
     }
     print(
         _json(out)
         if args.json
         else f"{args.checkpoint}: {name} {args.split} error {out['error']:.2f}%  "
-        f"loss {out['loss']:.4f}" + (f"  noise {noise}" if noise else "")
+        f"loss {out['loss']:.4f}  ({args.engine} engine)" + (f"  noise {noise}" if noise else "")
     )
     return 0
+
+
+def _eval_brian2(args, net, ckpt, ds, normalize) -> dict:
+    """The spiking free phase's error on ``ds``: a compiled free schedule of ``--settle`` +
+    ``--window`` seconds (default: the protocol's ``[brian2] eval_*``, else the model's)."""
+    import torch
+
+    if args.noise:
+        raise UsageError("--noise: the brian2 engine has none (spikes are its noise)")
+    if net.spec.spiking is None:
+        raise UsageError(f"--engine brian2: {net.spec.source} has no [spiking] section")
+    from .brian2 import phases
+    from .brian2.train import spiking_test
+
+    b = ckpt["protocol"].get("brian2", {})
+    cfg = net.spec.spiking
+    settle = args.settle or b.get("eval_settle") or cfg.settle
+    window = args.window or b.get("eval_window") or cfg.window
+    try:
+        schedule = phases.free(cfg, settle, window)
+        schedule.grid(cfg.dt)
+    except ValueError as err:
+        raise UsageError(f"--settle/--window: {err}") from None
+    params = {k: v.to(torch.float64) for k, v in ckpt["params"].items()}
+    chunk = max(1, min(int(b.get("chunk", 100)), len(ds.labels)))
+    result = spiking_test(net.spec, params, ds, normalize, schedule, chunk)
+    return {**result, "settle": settle, "window": window}
 
 
 def _plot(args) -> int:

@@ -13,7 +13,7 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
     [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
                   cosine, t_max, eta_min
     [train]       epochs, batch_size, seed, persistent, checkpoint_every, device, engine
-    [brian2]      rule, chunk                     (read only when engine = "brian2")
+    [brian2]      rule, chunk, eval_settle, eval_window   (read only when engine = "brian2")
     [snntorch]    tau, decay, settle, window, input, eval_settle, eval_window
                                                     (read only when engine = "snntorch")
     [paper]       source, test_error, note          (reported numbers, for the record)
@@ -27,7 +27,8 @@ Zenke's code reports). ``steps_per_period``, ``periods``, ``warmup`` and ``real`
 
 ``engine`` picks what trains the model: ``"rate"`` (the default, :mod:`spikeep.train`) or
 ``"brian2"`` (spiking neurons in a compiled Brian2 simulation, :mod:`spikeep.brian2.train`, which
-reads ``[brian2]``: the learning ``rule`` and the samples per compiled ``chunk``) or
+reads ``[brian2]``: the learning ``rule``, the samples per compiled ``chunk``, and the spiking test
+pass's free phase ``eval_settle`` + ``eval_window`` in seconds, 0 for the training schedule) or
 ``"snntorch"`` (batched discrete-time spiking neurons, :mod:`spikeep.snn.train`, which reads
 ``[snntorch]``: the :class:`spikeep.snn.config.SNNConfig` of its phases, times in steps).
 
@@ -121,6 +122,8 @@ class Brian2:
 
     rule: str = "endpoint"  # one of BRIAN2_RULES
     chunk: int = 100  # training samples per run of the compiled simulation
+    eval_settle: float = 0.0  # s: the spiking test pass's free phase; 0: the training schedule
+    eval_window: float = 0.0  # s
 
 
 @dataclass(frozen=True)
@@ -357,6 +360,16 @@ def _check(fail, p: Protocol):
     _choice(fail, "brian2.rule", p.brian2.rule, BRIAN2_RULES)
     if p.brian2.chunk < 1:
         fail("brian2.chunk", f"expected a positive integer, got {p.brian2.chunk}")
+    b = p.brian2
+    for key, v in (("eval_settle", b.eval_settle), ("eval_window", b.eval_window)):
+        if not (math.isfinite(v) and v >= 0):
+            fail(f"brian2.{key}", f"expected seconds >= 0 (0: the training schedule), got {v}")
+    if (b.eval_settle > 0) != (b.eval_window > 0):
+        fail(
+            "brian2.eval_window" if b.eval_settle > 0 else "brian2.eval_settle",
+            f"set both eval_settle and eval_window (s), or neither; got {b.eval_settle} and "
+            f"{b.eval_window}",
+        )
     _check_snntorch(fail, p.snntorch)
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeep import checkpoint
+from spikeep import checkpoint, data
 from spikeep import protocol as proto
 from spikeep import train as train_mod
-from spikeep.brian2 import rules
+from spikeep.brian2 import phases, rules
 from spikeep.brian2 import train as b2train
 from spikeep.cli import main
 
@@ -105,6 +105,12 @@ REFUSED = [
     (["train.engine=brain2"], "did you mean 'brian2'?"),
     (["brian2.rule=hebb"], "brian2.rule: expected one of ['endpoint', 'stdp'], got 'hebb'"),
     (["brian2.chunk=13"], "brian2.chunk: 13 is larger than the 12 training examples"),
+    (["brian2.eval_window=-0.1"], "brian2.eval_window: expected seconds >= 0"),
+    (["brian2.eval_settle=0.01"], "brian2.eval_window: set both eval_settle and eval_window"),
+    (
+        ["brian2.eval_settle=0.0102", "brian2.eval_window=0.01"],
+        "brian2.eval_settle: duration 0.0102 s is not a whole number of steps",
+    ),
 ]
 
 
@@ -166,6 +172,50 @@ def test_cli_train_writes_metrics_and_a_checkpoint_that_eval_and_plot_read(tiny,
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["engine"] == "rate" and 0 <= result["error"] <= 100
     assert main(["plot", str(out)]) == 0
+
+
+@pytest.mark.slow
+def test_a_test_pass_of_its_own_free_phase_and_spiking_eval(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = ["brian2.eval_settle=0.02", "brian2.eval_window=0.03", "train.epochs=1"]
+    argv = ["train", str(tiny), "--out", str(out), "--json", *[f"--set={s}" for s in sets]]
+    assert main(argv) == 0
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    # the same compiled free phase on the same 8 test images: the same error, bit for bit
+    test = train_mod._subset(data.load("mnist-embedded", "test"), 8)
+    model = train_mod.spec.load(tiny.parent / "model.toml")
+    ckpt = checkpoint.load(out / "checkpoint.pt")
+    again = b2train.spiking_test(
+        model, ckpt["params"], test, None, phases.free(model.spiking, 0.02, 0.03), 4
+    )
+    assert again["error"] == row["test_error"] and again["loss"] == row["test_loss"]
+    capsys.readouterr()
+    assert main(["eval", str(out / "checkpoint.pt"), "--engine", "brian2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["engine"] == "brian2" and 0 <= result["error"] <= 100
+    assert (result["settle"], result["window"]) == (0.02, 0.03)  # the protocol's eval_*
+
+
+def test_spiking_eval_refuses_bad_flags_in_one_line(tiny, tmp_path, capsys):
+    out = tmp_path / "run"  # a rate-engine checkpoint of the spiking model: nothing compiles
+    argv = [
+        "train",
+        str(tiny),
+        "--out",
+        str(out),
+        "--set=train.engine=rate",
+        "--set=train.epochs=1",
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    for bad, match in [
+        (["--engine", "brian2", "--noise", "0.1"], "--noise: the brian2 engine has none"),
+        (["--window", "0.1"], "add --engine brian2"),
+        (["--engine", "brian2", "--window", "0.0102"], "not a whole number of steps"),
+    ]:
+        assert main(["eval", str(out / "checkpoint.pt"), *bad]) == 2
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 @pytest.mark.slow

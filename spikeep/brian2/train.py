@@ -46,7 +46,7 @@ from ..protocol import Protocol, ProtocolError, check_against_model
 from . import phases
 from .standalone import Chunk
 
-__all__ = ["train", "check"]
+__all__ = ["train", "check", "eval_schedule", "spiking_test"]
 
 
 def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) -> None:
@@ -88,6 +88,12 @@ def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) 
         fail("train.device", f"the brian2 engine runs on the CPU: set auto or cpu, got {name!r}")
     if rate._world() > 1:
         fail("train.engine", "the brian2 engine runs in one process, not under torchrun")
+    test = eval_schedule(protocol, model.spiking)
+    if test is not None:
+        try:
+            test.grid(model.spiking.dt)
+        except ValueError as err:
+            fail("brian2.eval_settle", str(err))
 
 
 def _schedule(protocol: Protocol, cfg) -> phases.Schedule:
@@ -116,9 +122,25 @@ def _score(net, params, rates, labels, y) -> tuple[float, float]:
     return cost, wrong
 
 
+def eval_schedule(protocol: Protocol, cfg) -> phases.Schedule | None:
+    """The spiking test pass's free phase (``[brian2] eval_settle``, ``eval_window``), or
+    ``None``: the test runs the training schedule."""
+    b = protocol.brian2
+    return phases.free(cfg, b.eval_settle, b.eval_window) if b.eval_window > 0 else None
+
+
+def spiking_test(
+    model: spec.ModelSpec, params, ds, normalize, schedule: phases.Schedule, chunk: int = 100
+) -> dict:
+    """Error (%) and mean cost on ``ds`` of the spiking free phase of ``schedule`` (a free
+    schedule, :func:`spikeep.brian2.phases.free`), in compiled chunks of ``chunk`` samples."""
+    with Chunk(model, schedule, chunk) as c:
+        return _spiking_test(Network(model), c, params, ds, normalize)
+
+
 def _spiking_test(net, chunk: Chunk, params, ds, normalize) -> dict:
-    """Error (%) and mean cost of the spiking free phase on ``ds``: the training chunk with
-    ``eta = 0`` and targets 0; the nudged windows run but nothing learns."""
+    """Error (%) and mean cost of the spiking free phase on ``ds``: ``chunk`` with ``eta = 0`` and
+    targets 0 (the training chunk: its nudged windows run but nothing learns)."""
     C = chunk.samples
     cost, wrong = 0.0, 0.0
     for start in range(0, len(ds.labels), C):
@@ -185,80 +207,106 @@ def train(
     rate._truncate_metrics(out / rate.METRICS, state.epoch)
 
     schedule = _schedule(protocol, model.spiking)
-    t_build = time.perf_counter()
-    with Chunk(model, schedule, C, rule=protocol.brian2.rule, seed=protocol.train.seed) as chunk:
+
+    def open_chunk() -> Chunk:
+        t_build = time.perf_counter()
+        chunk = Chunk(model, schedule, C, rule=protocol.brian2.rule, seed=protocol.train.seed)
         how = "compiled" if chunk.compiled else "from the cache"
         log(
             f"brian2: {schedule.name} EP, {protocol.brian2.rule} rule, "
             f"{schedule.duration * 1e3:g} ms per sample, chunks of {C}: {how} in "
             f"{time.perf_counter() - t_build:.1f} s ({chunk.directory})"
         )
-        last = _epochs(
-            protocol,
-            net,
-            chunk,
-            state,
-            train_set,
-            test_set,
-            normalize,
-            n_chunks,
-            out,
-            progress,
-            log,
-        )
+        return chunk
+
+    last = _epochs(
+        protocol,
+        net,
+        open_chunk,
+        state,
+        train_set,
+        test_set,
+        normalize,
+        n_chunks,
+        out,
+        progress,
+        log,
+    )
     return rate._summary(protocol, state, out, last)
 
 
 def _epochs(
-    protocol, net, chunk, state, train_set, test_set, normalize, n_chunks, out, progress, log
+    protocol, net, open_chunk, state, train_set, test_set, normalize, n_chunks, out, progress, log
 ):
-    C = chunk.samples
+    """The epochs from ``state`` on. ``open_chunk()`` opens the compiled training chunk; with an
+    eval schedule it is closed for each test pass (one standalone project at a time)."""
+    C = protocol.brian2.chunk
+    test_schedule = eval_schedule(protocol, net.spec.spiking)
+    chunk = None
     eval_steps = protocol.estimator.eval_free_steps or protocol.estimator.free_steps
     show = rate._progress_bar(progress, True, unit="chunk")
     last = None
-    for epoch in range(state.epoch, protocol.train.epochs):
-        t_epoch = time.perf_counter()
-        lrs = rate._lr(protocol, epoch)
-        eta = {k: rate._layer_lr(lrs, k) for k in state.params}
-        perm = torch.randperm(
-            len(train_set.labels), generator=rate._epoch_generator(protocol.train.seed, epoch)
-        )
-        sums = state.sums or {"loss": 0.0, "wrong": 0.0, "count": 0.0, "spikes": 0.0, "run_s": 0.0}
-        for c in show(range(state.batch, n_chunks), epoch, protocol.train.epochs, n_chunks):
-            _train_chunk(
-                net, chunk, state, train_set, perm[c * C : (c + 1) * C], normalize, eta, sums
+    try:
+        for epoch in range(state.epoch, protocol.train.epochs):
+            t_epoch = time.perf_counter()
+            lrs = rate._lr(protocol, epoch)
+            eta = {k: rate._layer_lr(lrs, k) for k in state.params}
+            perm = torch.randperm(
+                len(train_set.labels), generator=rate._epoch_generator(protocol.train.seed, epoch)
             )
-            state.batch = c + 1
-            every = protocol.train.checkpoint_every
-            if every and state.batch % every == 0 and state.batch < n_chunks:
-                state.sums = dict(sums)
-                state.wall_s += time.perf_counter() - t_epoch
-                t_epoch = time.perf_counter()
-                checkpoint.save(state.to_checkpoint(protocol), out / rate.CHECKPOINT)
-        spiking = _spiking_test(net, chunk, state.params, test_set, normalize)
-        rated = rate.evaluate(net, state.params, test_set, eval_steps, normalize)
-        state.wall_s += time.perf_counter() - t_epoch
-        n = sums["count"]
-        last = {
-            "epoch": epoch + 1,
-            "engine": "brian2",
-            "loss": sums["loss"] / n,
-            "train_error": 100.0 * sums["wrong"] / n,
-            "test_error": spiking["error"],
-            "test_loss": spiking["loss"],
-            "test_error_rate": rated["error"],
-            "test_loss_rate": rated["loss"],
-            "spikes_per_sample": sums["spikes"] / n,
-            "ms_per_sample": 1e3 * sums["run_s"] / n,
-            "lr": list(lrs),
-            "wall_s": state.wall_s,
-        }
-        state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
-        rate._record_epoch(protocol, state, out, last)
-        log(
-            f"epoch {epoch + 1}/{protocol.train.epochs}  loss {last['loss']:.4f}  train error "
-            f"{last['train_error']:.2f}%  test error {last['test_error']:.2f}% (spiking), "
-            f"{last['test_error_rate']:.2f}% (rate)  {last['ms_per_sample']:.1f} ms/sample  "
-            f"{state.wall_s:.1f} s"
-        )
+            sums = state.sums or {
+                "loss": 0.0,
+                "wrong": 0.0,
+                "count": 0.0,
+                "spikes": 0.0,
+                "run_s": 0.0,
+            }
+            chunk = chunk or open_chunk()
+            for c in show(range(state.batch, n_chunks), epoch, protocol.train.epochs, n_chunks):
+                _train_chunk(
+                    net, chunk, state, train_set, perm[c * C : (c + 1) * C], normalize, eta, sums
+                )
+                state.batch = c + 1
+                every = protocol.train.checkpoint_every
+                if every and state.batch % every == 0 and state.batch < n_chunks:
+                    state.sums = dict(sums)
+                    state.wall_s += time.perf_counter() - t_epoch
+                    t_epoch = time.perf_counter()
+                    checkpoint.save(state.to_checkpoint(protocol), out / rate.CHECKPOINT)
+            if test_schedule is None:
+                spiking = _spiking_test(net, chunk, state.params, test_set, normalize)
+            else:
+                chunk.close()
+                chunk = None
+                spiking = spiking_test(
+                    net.spec, state.params, test_set, normalize, test_schedule, C
+                )
+            rated = rate.evaluate(net, state.params, test_set, eval_steps, normalize)
+            state.wall_s += time.perf_counter() - t_epoch
+            n = sums["count"]
+            last = {
+                "epoch": epoch + 1,
+                "engine": "brian2",
+                "loss": sums["loss"] / n,
+                "train_error": 100.0 * sums["wrong"] / n,
+                "test_error": spiking["error"],
+                "test_loss": spiking["loss"],
+                "test_error_rate": rated["error"],
+                "test_loss_rate": rated["loss"],
+                "spikes_per_sample": sums["spikes"] / n,
+                "ms_per_sample": 1e3 * sums["run_s"] / n,
+                "lr": list(lrs),
+                "wall_s": state.wall_s,
+            }
+            state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
+            rate._record_epoch(protocol, state, out, last)
+            log(
+                f"epoch {epoch + 1}/{protocol.train.epochs}  loss {last['loss']:.4f}  train error "
+                f"{last['train_error']:.2f}%  test error {last['test_error']:.2f}% (spiking), "
+                f"{last['test_error_rate']:.2f}% (rate)  {last['ms_per_sample']:.1f} ms/sample  "
+                f"{state.wall_s:.1f} s"
+            )
+    finally:
+        if chunk is not None:
+            chunk.close()
     return last
