@@ -316,7 +316,7 @@ def _eval(args) -> int:
     if args.engine == "brian2":
         result, noise = _eval_brian2(args, net, ckpt, ds, normalize), 0.0
     elif args.settle or args.window:
-        raise UsageError("--settle/--window set the brian2 engine's free phase: add --engine brian2")
+        raise UsageError("--settle/--window are the brian2 free phase's: add --engine brian2")
     else:
         noise = args.noise
         if noise is None:  # as training evaluated it

@@ -18,12 +18,11 @@ import time
 
 import brian2 as b2
 import numpy as np
-import torch
 
-from .. import reference, spec
-from ..dynamics import relax
+from .. import spec
 from ..energy import Network
-from ..gradcheck import Problem, random_batch, spiking_record
+from ..gradcheck import Problem, spiking_record
+from ..gradcheck import problem as make_problem
 from . import phases
 from .lowering import build
 
@@ -71,13 +70,7 @@ def gradcheck(
     cfg = model_spec.spiking
     schedule = phases.for_estimator(estimator, beta, cfg, settle, window, periods, warmup, period)
     net = Network(model_spec)
-    if problem is None:
-        params = net.init_params(seed, dtype=torch.float64)
-        x, y = random_batch(net, batch, seed)
-        free = relax(net, params, x, steps=free_steps)
-        ref = reference.implicit_gradient(net, params, x, y, s_star=free.s)
-    else:
-        params, x, y, free, ref = problem
+    params, x, y, free, ref = problem or make_problem(net, batch, seed, free_steps)
 
     b2.prefs.codegen.target = target
     start = time.perf_counter()

@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from .. import reference, spec
-from ..dynamics import relax
+from .. import spec
 from ..energy import Network
-from ..gradcheck import Problem, random_batch, spiking_record
+from ..gradcheck import Problem, spiking_record
+from ..gradcheck import problem as make_problem
 from .config import SNNConfig
 from .estimators import BIAS_ORDER, estimate
 from .phases import gain
@@ -73,13 +73,7 @@ def gradcheck(
     oscillating = estimator == "oscillation"
     settle = time_steps // 5
     config = SNNConfig(decay, tau, settle, time_steps - settle, input, seed)
-    if problem is None:
-        params = net.init_params(seed, dtype=torch.float64)
-        x, y = random_batch(net, batch, seed)
-        free = relax(net, params, x, steps=free_steps)
-        ref = reference.implicit_gradient(net, params, x, y, s_star=free.s)
-    else:
-        params, x, y, free, ref = problem
+    params, x, y, free, ref = problem or make_problem(net, batch, seed, free_steps)
 
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
