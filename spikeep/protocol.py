@@ -39,6 +39,7 @@ validation, so an override is checked like the file itself.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from . import _toml, estimators
 
 __all__ = [
     "ProtocolError",
+    "refuse",
     "Protocol",
     "load",
     "from_dict",
@@ -64,6 +66,16 @@ SNN_INPUTS = ("current", "rate")  # spikeep.snn.config.INPUTS (not imported: no 
 
 class ProtocolError(ValueError):
     """A protocol that cannot run; the message names the file and the key."""
+
+
+def refuse(protocol: Protocol, engine: str, refused: dict[str, tuple[bool, str]]) -> None:
+    """Raise a :class:`ProtocolError` for the first ``"section.key": (bad, why)`` that is
+    ``bad``: ``"<file>: section.key: the <engine> engine <why>, got <value>"``."""
+    for key, (bad, why) in refused.items():
+        if bad:
+            section, name = key.split(".")
+            value = json.dumps(getattr(getattr(protocol, section), name))
+            raise ProtocolError(f"{protocol.source}: {key}: the {engine} engine {why}, got {value}")
 
 
 @dataclass(frozen=True)

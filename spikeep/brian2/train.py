@@ -32,7 +32,6 @@ Metrics per epoch (``metrics.jsonl``), from the spiking network unless named ``_
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from .. import checkpoint, data, spec
 from .. import train as rate
 from .._dtypes import DTYPES
 from ..energy import Network
-from ..protocol import Protocol, ProtocolError, check_against_model
+from ..protocol import Protocol, ProtocolError, check_against_model, refuse
 from . import phases
 from .standalone import Chunk
 
@@ -78,11 +77,7 @@ def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) 
             "Poisson input needs rates in [0, 1]: set false",
         ),
     }
-    for key, (bad, why) in refused.items():
-        if bad:
-            section, name = key.split(".")
-            value = getattr(getattr(protocol, section), name)
-            fail(key, f"the brian2 engine {why}, got {json.dumps(value)}")
+    refuse(protocol, "brian2", refused)
     name = device or protocol.train.device
     if name not in ("auto", "cpu"):
         fail("train.device", f"the brian2 engine runs on the CPU: set auto or cpu, got {name!r}")

@@ -31,13 +31,12 @@ Metrics per epoch (``metrics.jsonl``), from the spiking network unless named ``_
 
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 
 from .. import train as rate
-from ..protocol import Protocol, ProtocolError
+from ..protocol import Protocol, ProtocolError, refuse
 from . import estimators
 from .config import SNNConfig
 from .phases import gain, phase
@@ -70,11 +69,7 @@ def check(protocol: Protocol, net) -> None:
             "codes x as spike probabilities with input = 'rate': set false",
         ),
     }
-    for key, (bad, why) in refused.items():
-        if bad:
-            section, name = key.split(".")
-            value = getattr(getattr(protocol, section), name)
-            fail(key, f"the snntorch engine {why}, got {json.dumps(value)}")
+    refuse(protocol, "snntorch", refused)
 
 
 class SNNEngine(rate.Engine):
