@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import run
 
-from spikeep.cli import main
 from spikeep.fidelity import points, protocol
 from spikeep.fidelity.report import slopes
 
@@ -184,15 +184,6 @@ def test_spiking_error_falls_with_simulation_length(study):
 
 
 # -- bad input: one line on stderr, exit status 2 -----------------------------------------------
-
-
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _write(tmp_path, text: str) -> Path:
