@@ -73,6 +73,17 @@ _time_steps = _number(int, lambda v: v >= 5, "an integer number of steps >= 5")
 _trace_tau = _number(float, lambda v: math.isfinite(v) and v >= 1, "a number of steps >= 1")
 
 
+def _add_set(parser: argparse.ArgumentParser, metavar: str, example: str) -> None:
+    """``--set`` (repeatable): a protocol value overridden in TOML syntax."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar=metavar,
+        help=f"override a protocol value (TOML syntax), e.g. {example}",
+    )
+
+
 def _load(path: str) -> spec.ModelSpec:
     try:
         return spec.load(path)
@@ -172,13 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     tr = sub.add_parser("train", help="train with EP as a protocol describes")
     tr.add_argument("protocol", help="protocol file (TOML)")
-    tr.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a protocol value (TOML syntax), e.g. train.epochs=2",
-    )
+    _add_set(tr, "SECTION.KEY=VALUE", "train.epochs=2")
     tr.add_argument("--out", default=None, help="output folder (default out/<protocol name>)")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     tr.add_argument("--data-dir", default=None, help="where the datasets are")
@@ -189,13 +194,7 @@ def _parser() -> argparse.ArgumentParser:
         "fidelity", help="every engine's and estimator's gradient against the exact one"
     )
     fi.add_argument("protocol", help="fidelity protocol file (TOML), e.g. protocols/fidelity_quick")
-    fi.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a protocol value (TOML syntax), e.g. rate.sweep.beta=[0.01, 0.1]",
-    )
+    _add_set(fi, "KEY=VALUE", "rate.sweep.beta=[0.01, 0.1]")
     fi.add_argument("--out", required=True, help="output folder (results.csv, .json, figures)")
     fi.add_argument(
         "--jobs", type=_positive_int, default=None, help="worker processes (default min(2, cores))"
