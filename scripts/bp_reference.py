@@ -1,0 +1,121 @@
+"""The backprop ceiling of a protocol's architecture: its feedforward twin trained by backprop.
+
+An EP network at its free fixed point is not a feedforward network (the feedback couplings pull on
+every layer), but its feedforward twin -- the same couplings from input to readout, each followed
+by ``rho``, with no feedback -- trained by exact backprop on the same data, batch size, learning
+rates, momentum and cosine schedule tells what the architecture can reach in the protocol's
+epochs. When the twin cannot reach a protocol's target, no EP estimator will: the architecture,
+not the gradient, is the limit.
+
+Supports the hard-sigmoid dense and conv couplings of ``models/`` (conv with ``max`` or ``avg``
+pooling) and a cross-entropy readout. PyTorch's default initialisation; one thread recommended.
+Prints one line per epoch (test error on the whole test split, training error on its first 5,000
+images in evaluation mode). Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bp_reference.py protocols/fmnist_conv.toml \
+        [--set data.normalize=false --set train.epochs=6 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikeep import data, protocol, spec
+from spikeep.train import _lr, normalization
+
+
+class Twin(nn.Module):
+    """The feedforward twin of a hard-sigmoid spec with a cross-entropy readout."""
+
+    def __init__(self, model: spec.ModelSpec):
+        super().__init__()
+        if model.activation != "hard_sigmoid" or not model.readout:
+            raise SystemExit(
+                f"{model.source}: the twin needs activation 'hard_sigmoid' and a cross_entropy "
+                f"readout, got {model.activation!r} and {model.cost!r}"
+            )
+        self.couplings, self.pools = nn.ModuleList(), []
+        for prev, layer in zip(model.layers, model.layers[1:]):
+            c = layer.coupling
+            if c.kind == "conv":
+                self.couplings.append(
+                    nn.Conv2d(prev.shape[0], layer.shape[0], c.kernel, c.stride, c.padding)
+                )
+                self.pools.append((c.pool, c.pool_size))
+            else:
+                self.couplings.append(nn.Linear(prev.size, layer.size))
+                self.pools.append(("none", 1))
+            if self.pools[-1][0] not in ("none", "max", "avg"):
+                raise SystemExit(f"{model.source}: pool {c.pool!r} has no twin here (max or avg)")
+
+    def forward(self, x):
+        last = len(self.couplings) - 1
+        for i, (w, (pool, k)) in enumerate(zip(self.couplings, self.pools)):
+            x = w(x.flatten(1) if isinstance(w, nn.Linear) else x)
+            if pool == "max":
+                x = F.max_pool2d(x, k)
+            elif pool == "avg":
+                x = F.avg_pool2d(x, k)
+            if i < last:
+                x = x.clamp(0.0, 1.0)  # rho = hard sigmoid
+        return x
+
+
+@torch.no_grad()
+def error(net, images, labels, normalize, shape) -> float:
+    wrong = 0
+    for i in range(0, len(labels), 1000):
+        x = data.to_float(images[i : i + 1000], normalize).reshape(-1, *shape)
+        wrong += int((net(x).argmax(1) != labels[i : i + 1000]).sum())
+    return 100.0 * wrong / len(labels)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("protocol")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    p = protocol.load(args.protocol, protocol.parse_overrides(args.set))
+    model = spec.load(p.model)
+    torch.manual_seed(p.train.seed)
+    g = torch.Generator().manual_seed(p.train.seed)
+    train_set = data.load(p.data.name, "train", p.data.dir)
+    test_set = data.load(p.data.name, "test", p.data.dir)
+    normalize = normalization(p.data.name, p.data.normalize, p.data.std_scale)
+    shape = model.layers[0].shape
+    net = Twin(model)
+    groups = [{"params": list(w.parameters())} for w in net.couplings]
+    opt = torch.optim.SGD(
+        groups, lr=0.0, momentum=p.optimizer.momentum, weight_decay=p.optimizer.weight_decay
+    )
+    B, n = p.train.batch_size, len(train_set.labels)
+    print(f"{p.name}: backprop twin of {model.source}, {p.train.epochs} epochs", flush=True)
+    for epoch in range(p.train.epochs):
+        lrs = _lr(p, epoch)
+        for i, group in enumerate(opt.param_groups):
+            group["lr"] = lrs[0] if len(lrs) == 1 else lrs[i]
+        net.train()
+        perm = torch.randperm(n, generator=g)
+        for b in range(n // B):
+            idx = perm[b * B : (b + 1) * B]
+            x = data.to_float(train_set.images[idx], normalize)
+            if p.data.augment:
+                x = data.augment(x, g, p.data.crop_padding, p.data.flip)
+            loss = F.cross_entropy(net(x.reshape(-1, *shape)), train_set.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        net.eval()
+        test = error(net, test_set.images, test_set.labels, normalize, shape)
+        train = error(net, train_set.images[:5000], train_set.labels[:5000], normalize, shape)
+        print(f"epoch {epoch + 1}  test error {test:.2f}%  train error {train:.2f}%", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
