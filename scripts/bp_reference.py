@@ -9,8 +9,8 @@ not the gradient, is the limit.
 
 Supports the hard-sigmoid dense and conv couplings of ``models/`` (conv with ``max`` or ``avg``
 pooling) and a cross-entropy readout. PyTorch's default initialisation; one thread recommended.
-Prints one line per epoch (test error on the whole test split, training error on its first 5,000
-images in evaluation mode). Usage::
+Prints one line per epoch: the test error (on ``test_subset`` images when set) and the training
+error on the first 5,000 training images, both in evaluation mode. Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bp_reference.py protocols/fmnist_conv.toml \
         [--set data.normalize=false --set train.epochs=6 ...]
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeep import data, protocol, spec
-from spikeep.train import _lr, normalization
+from spikeep.train import _lr, _subset, normalization
 
 
 class Twin(nn.Module):
@@ -84,8 +84,8 @@ def main(argv=None) -> int:
     model = spec.load(p.model)
     torch.manual_seed(p.train.seed)
     g = torch.Generator().manual_seed(p.train.seed)
-    train_set = data.load(p.data.name, "train", p.data.dir)
-    test_set = data.load(p.data.name, "test", p.data.dir)
+    train_set = _subset(data.load(p.data.name, "train", p.data.dir), p.data.train_subset)
+    test_set = _subset(data.load(p.data.name, "test", p.data.dir), p.data.test_subset)
     normalize = normalization(p.data.name, p.data.normalize, p.data.std_scale)
     shape = model.layers[0].shape
     net = Twin(model)
