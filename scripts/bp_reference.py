@@ -4,8 +4,9 @@ An EP network at its free fixed point is not a feedforward network (the feedback
 every layer), but its feedforward twin -- the same couplings from input to readout, each followed
 by ``rho``, with no feedback -- trained by exact backprop on the same data, batch size, learning
 rates, momentum and cosine schedule tells what the architecture can reach in the protocol's
-epochs. When the twin cannot reach a protocol's target, no EP estimator will: the architecture,
-not the gradient, is the limit.
+epochs. When the twin cannot reach a protocol's target, EP training is unlikely to: the
+architecture, not the gradient, is then the limit (a guide, not a bound: the EP network with its
+feedback computes a different function).
 
 Supports the hard-sigmoid dense and conv couplings of ``models/`` (conv with ``max`` or ``avg``
 pooling) and a cross-entropy readout. PyTorch's default initialisation; one thread recommended.
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeep import data, protocol, spec
-from spikeep.train import _lr, _subset, normalization
+from spikeep.train import _layer_lr, _lr, _subset, normalization
 
 
 class Twin(nn.Module):
@@ -43,6 +44,8 @@ class Twin(nn.Module):
         for prev, layer in zip(model.layers, model.layers[1:]):
             c = layer.coupling
             if c.kind == "conv":
+                if c.pool not in ("none", "max", "avg"):
+                    raise SystemExit(f"{model.source}: pool {c.pool!r} has no twin (max or avg)")
                 self.couplings.append(
                     nn.Conv2d(prev.shape[0], layer.shape[0], c.kernel, c.stride, c.padding)
                 )
@@ -50,8 +53,6 @@ class Twin(nn.Module):
             else:
                 self.couplings.append(nn.Linear(prev.size, layer.size))
                 self.pools.append(("none", 1))
-            if self.pools[-1][0] not in ("none", "max", "avg"):
-                raise SystemExit(f"{model.source}: pool {c.pool!r} has no twin here (max or avg)")
 
     def forward(self, x):
         last = len(self.couplings) - 1
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     for epoch in range(p.train.epochs):
         lrs = _lr(p, epoch)
         for i, group in enumerate(opt.param_groups):
-            group["lr"] = lrs[0] if len(lrs) == 1 else lrs[i]
+            group["lr"] = _layer_lr(lrs, f"W{i + 1}")  # coupling i + 1, as EP trains it
         net.train()
         perm = torch.randperm(n, generator=g)
         for b in range(n // B):

@@ -3,9 +3,11 @@
 For a checkpoint of a rate-engine run, on the first ``--batch`` training images of its protocol's
 data (normalised as it trained, float64), prints the cosine with the exact gradient of every
 weight's symmetric EP estimate, for each combination of free steps, beta and nudged steps given.
-The exact gradient is the implicit one at the free fixed point (``--ref-steps`` prototypical
-steps, then the adjoint solved iteratively, :func:`spikeep.reference.implicit_gradient`); the
-last-step residual of that free phase is printed, so an unsettled reference shows. Also printed:
+The exact gradient is the implicit one at the free fixed point (``--ref-steps`` steps of the
+model's dynamics, then the adjoint solved iteratively, :func:`spikeep.reference.implicit_gradient`).
+How settled that free phase is gets printed first, so an unsettled reference shows: its last-step
+residual, how many units still moved by more than 1e-3 in the last step, and the largest change
+over the last two steps (near 0 while the last step's is large: a period-2 cycle). Also printed:
 backprop through the first ``free`` steps (BPTT) against the same reference, which says how far
 the truncated free phase itself is from its fixed point. Usage::
 
@@ -28,7 +30,7 @@ from spikeep.dynamics import relax
 from spikeep.energy import Network
 from spikeep.gradcheck import cosine
 from spikeep.reference import bptt_gradient, implicit_gradient
-from spikeep.train import normalization, prepare_batch
+from spikeep.train import checkpoint_normalization, prepare_batch
 
 
 def cosines(g: dict, ref: dict) -> str:
@@ -46,23 +48,27 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     ckpt = checkpoint.load(args.checkpoint)
     net = Network(spec.load(ckpt["model_source"]))
-    raw = ckpt["protocol"].get("data", {})
-    name = raw.get("name", "mnist-embedded")
-    ds = data.load(name, "train", raw.get("dir"))
-    norm = normalization(name, raw.get("normalize", False), raw.get("std_scale", 1.0))
+    raw = ckpt["protocol"]
+    name = raw.get("data", {}).get("name", "mnist-embedded")
+    ds = data.load(name, "train", raw.get("data", {}).get("dir"))
+    norm = checkpoint_normalization(raw, name)
     params = {k: v.double() for k, v in ckpt["params"].items()}
     B = args.batch
     x, y = prepare_batch(net, ds.images[:B], ds.labels[:B], ds.classes, norm, torch.float64)
 
     t0 = time.perf_counter()
-    free = relax(net, params, x, steps=args.ref_steps)
+    before = relax(net, params, x, steps=args.ref_steps - 2)  # then two more, to see a cycle
+    last2 = relax(net, params, x, s=before.s, steps=1, static=before.static)
+    free = relax(net, params, x, s=last2.s, steps=1, static=before.static)
+    moving = sum(int(((a - b).abs() > 1e-3).sum()) for a, b in zip(free.s, last2.s))
+    two_step = max(float((a - b).abs().max()) for a, b in zip(free.s, before.s))
     ref = implicit_gradient(
         net, params, x, y, s_star=free.s, solver="iterative", tol=1e-8, max_iter=3000
     )
     print(
         f"{args.checkpoint} (epoch {ckpt['epoch']}), {B} {name} training images: reference "
-        f"after {args.ref_steps} free steps, residual {float(free.residual):.1e}, "
-        f"{time.perf_counter() - t0:.0f} s",
+        f"after {args.ref_steps} free steps, residual {float(free.residual):.1e}, {moving} "
+        f"units moving, change over two steps {two_step:.1e}; {time.perf_counter() - t0:.0f} s",
         flush=True,
     )
     for n_free in args.free:

@@ -293,7 +293,7 @@ def _eval(args) -> int:
 
     from . import checkpoint, data
     from .energy import Network
-    from .train import evaluate, normalization
+    from .train import checkpoint_normalization, evaluate
 
     try:
         ckpt = checkpoint.load(args.checkpoint)
@@ -308,10 +308,7 @@ def _eval(args) -> int:
         raise UsageError(str(err)) from None
     est = raw.get("estimator", {})
     steps = est.get("eval_free_steps") or est.get("free_steps", 20)
-    raw_data = raw.get("data", {})
-    normalize = normalization(
-        name, raw_data.get("normalize", False), raw_data.get("std_scale", 1.0)
-    )
+    normalize = checkpoint_normalization(raw, name)
     if args.engine == "brian2":
         result, noise = _eval_brian2(args, net, ckpt, ds, normalize), 0.0
     elif args.settle or args.window:

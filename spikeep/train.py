@@ -164,6 +164,13 @@ def normalization(name: str, normalize: bool, std_scale: float = 1.0):
     return mean, tuple(std_scale * s for s in std)
 
 
+def checkpoint_normalization(raw: dict, name: str):
+    """:func:`normalization` of dataset ``name`` as the run whose protocol table (a checkpoint's
+    ``"protocol"``) is ``raw`` normalised its inputs."""
+    d = raw.get("data", {})
+    return normalization(name, d.get("normalize", False), d.get("std_scale", 1.0))
+
+
 # -- evaluation --------------------------------------------------------------------------
 
 
