@@ -12,7 +12,11 @@ backprop through the first ``free`` steps (BPTT) against the same reference, whi
 the truncated free phase itself is from its fixed point. Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/checkpoint_cosines.py OUT/checkpoint.pt \
-        [--batch 32] [--free 30 60 200] [--beta 1 0.5 0.2] [--nudged 10 20]
+        [--batch 32] [--free 30 60 200] [--beta 1 0.5 0.2] [--nudged 10 20] \
+        [--dynamics alternating]
+
+``--dynamics`` replaces the model's dynamics for every phase and the reference, e.g. to see
+whether the alternating ones settle where the prototypical ones cycle (same fixed points).
 
 About 2.5 minutes for the reference of the Fashion-MNIST convnet on 32 images, one thread.
 """
@@ -20,6 +24,7 @@ About 2.5 minutes for the reference of the Fashion-MNIST convnet on 32 images, o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -45,9 +50,13 @@ def main(argv=None) -> int:
     ap.add_argument("--beta", type=float, nargs="+", default=[1.0, 0.5, 0.2])
     ap.add_argument("--nudged", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--ref-steps", type=int, default=1000)
+    ap.add_argument("--dynamics", choices=spec.DYNAMICS, help="default: the model's own")
     args = ap.parse_args(argv)
     ckpt = checkpoint.load(args.checkpoint)
-    net = Network(spec.load(ckpt["model_source"]))
+    model = spec.load(ckpt["model_source"])
+    if args.dynamics:
+        model = dataclasses.replace(model, dynamics=args.dynamics)
+    net = Network(model)
     raw = ckpt["protocol"]
     name = raw.get("data", {}).get("name", "mnist-embedded")
     ds = data.load(name, "train", raw.get("data", {}).get("dir"))
@@ -66,7 +75,8 @@ def main(argv=None) -> int:
         net, params, x, y, s_star=free.s, solver="iterative", tol=1e-8, max_iter=3000
     )
     print(
-        f"{args.checkpoint} (epoch {ckpt['epoch']}), {B} {name} training images: reference "
+        f"{args.checkpoint} (epoch {ckpt['epoch']}), {B} {name} training images, "
+        f"{model.dynamics} dynamics: reference "
         f"after {args.ref_steps} free steps, residual {float(free.residual):.1e}, {moving} "
         f"units moving, change over two steps {two_step:.1e}; {time.perf_counter() - t0:.0f} s",
         flush=True,

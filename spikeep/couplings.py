@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,12 @@ class Coupling(ABC):
         if r_next is None:
             return h_prev, h_next + self.forward(W, r_prev)
         return h_prev + self.feedback(W, r_prev, r_next), h_next + self.forward(W, r_prev)
+
+    def forward_with_feedback(self, W, r_prev) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``forward(W, r_prev)`` and the map ``r_next -> feedback(W, r_prev, r_next)``, which
+        reuses the forward pass's work where the feedback needs it (max or softmax pooling): the
+        alternating dynamics update the upper layer between the two."""
+        return self.forward(W, r_prev), lambda r_next: self.feedback(W, r_prev, r_next)
 
 
 class Dense(Coupling):
@@ -152,6 +159,13 @@ class Conv(Coupling):
         forward, g = pooling.pool_and_adjoint(z, r_next, sp.pool, sp.pool_size)
         # both results are fresh tensors: add the other drives in place, no new allocation
         return self._transpose(W, g).add_(h_prev), forward.add_(h_next)
+
+    def forward_with_feedback(self, W, r_prev):
+        sp = self.spec
+        forward, adjoint_at_z = pooling.pool_with_adjoint(
+            self._conv(W, r_prev), sp.pool, sp.pool_size
+        )
+        return forward, lambda r_next: self._transpose(W, adjoint_at_z(r_next))
 
     def _conv_hw(self):
         sp = self.spec

@@ -1,6 +1,6 @@
 r"""Relaxation dynamics: how states settle to a fixed point of the energy.
 
-Two dynamics, chosen by the spec's ``dynamics`` key; both are pure step functions
+Three dynamics, chosen by the spec's ``dynamics`` key; all are pure step functions
 ``s_next = step(net, params, s, static, y, beta)`` on an explicit tuple of layer states.
 
 ``prototypical`` (discrete time, Ernoult et al. 2019). The states *are* rates::
@@ -9,6 +9,23 @@ Two dynamics, chosen by the spec's ``dynamics`` key; both are pure step function
 
 Its fixed points ``s = rho(dPhi_beta/dr(s))`` are stationary points of an energy whose
 parameter derivative is ``-dPhi_beta/dtheta`` at rates ``r = s``.
+
+``alternating`` (discrete time). The prototypical update taken by half the layers at a time:
+first the top layer and every second layer below it, then the others from those new rates::
+
+    s_l <- rho(dPhi_beta/dr_l (s))    for l = L, L-2, ...;    then for l = L-1, L-3, ...
+
+A layer's drive involves only the layers next to it, so the fixed points are the prototypical
+ones, and so is the exact gradient (same ``s*(theta)``). What changes is that they are reached:
+on the box of a hard sigmoid, where ``E(r) = 1/2 |r|^2 - Phi(r)``, each half-step minimises over
+its layers a majorant of ``E`` that touches it at the current state (``Phi`` is linear in those
+layers, or convex through max pooling of non-negative rates), so ``E`` never rises and there are
+no cycles. The synchronous update has no such guarantee: on strongly coupled networks it falls
+into period-2 cycles, the two halves of the network flipping in turn, and never settles (a
+trained Fashion-MNIST convnet does, ``protocols/README.md``). Same cost per step: a conv
+coupling's pre-pool values serve both its forward drive and, after the upper layer has moved,
+its feedback (:meth:`spikeep.couplings.Coupling.forward_with_feedback`). The GDU comparison
+(:mod:`spikeep.gdu`) needs a synchronous step and refuses it.
 
 ``energy`` (continuous time, Scellier & Bengio 2017): Euler steps of the gradient flow
 ``ds/dt = -dF/ds`` with step ``dt``, projected onto the activation's box when it has one::
@@ -28,7 +45,8 @@ Noise (for robustness studies; Laborieux & Zenke 2022 use 0.04). At every step e
 input gets Gaussian noise ``noise xi``, ``xi ~ N(0, 1)`` i.i.d. per unit and step, drawn from an
 explicit, seeded ``torch.Generator`` (:meth:`Dynamics.noisy_step`, :func:`add_noise`):
 
-    prototypical:  s_{t+1} = rho(dPhi_beta/dr(s_t) + noise xi_t)        (on the drive, inside rho)
+    prototypical:  s_{t+1} = rho(dPhi_beta/dr(s_t) + noise xi_t)        (on the drive, inside rho;
+                                                                          alternating: per half)
     energy:        s_{t+1} = P_box(s_t + dt (...)) + noise xi_t          (on the state, per step)
 
 In both the noise sits on the neuron's state variable (the pre-activation, or synaptic current:
@@ -55,6 +73,7 @@ __all__ = [
     "Relaxed",
     "Dynamics",
     "Prototypical",
+    "Alternating",
     "GradientFlow",
     "for_spec",
     "relax",
@@ -113,6 +132,57 @@ class Prototypical(Dynamics):
         return tuple(net.act.rho_(hi) for hi in h)
 
 
+class Alternating(Prototypical):
+    """The prototypical update taken by half the layers at a time: first the layers of the top
+    layer's parity, then the others from those new rates (module docstring)."""
+
+    name = "alternating"
+
+    def step(self, net, params, s, static, y=None, beta=0.0):
+        return self._step(net, params, s, static, y, beta)
+
+    def noisy_step(self, net, params, s, static, y, beta, noise, generator):
+        return self._step(net, params, s, static, y, beta, noise, generator)
+
+    def _step(self, net, params, s, static, y, beta, noise=0.0, generator=None):
+        top, c = net.n_dynamic - 1, net.couplings  # c[i] links s[i-1] to s[i]; c[0] the input
+        first, second = range(top, -1, -2), range(top - 1, -1, -2)
+        new, feedback = list(s), {}
+        h = []
+        for i in first:
+            terms = [static[i]]
+            if i > 0:  # its feedback to s[i-1] waits for the new s[i], sharing this conv
+                forward, feedback[i] = c[i].forward_with_feedback(params[f"W{i + 1}"], s[i - 1])
+                terms.append(forward)
+            if i < top:
+                terms.append(c[i + 1].feedback(params[f"W{i + 2}"], s[i], s[i + 1]))
+            if i == top and beta != 0:
+                terms.append(-beta * net.dcost_dr(params, s[i], y))
+            h.append(_sum(terms))
+        for i, r in zip(first, self._rates(net, h, noise, generator), strict=True):
+            new[i] = r
+        h = []
+        for i in second:  # below the top: it always has a layer above
+            terms = [static[i], feedback[i + 1](new[i + 1])]
+            if i > 0:
+                terms.append(c[i].forward(params[f"W{i + 1}"], new[i - 1]))
+            h.append(_sum(terms))
+        for i, r in zip(second, self._rates(net, h, noise, generator), strict=True):
+            new[i] = r
+        return tuple(new)
+
+    @staticmethod
+    def _rates(net, h, noise, generator):
+        if noise:
+            add_noise(h, noise, generator)
+        return [net.act.rho_(hi) for hi in h]
+
+
+def _sum(terms: list[Tensor]) -> Tensor:
+    """A new tensor holding the sum of ``terms`` (never one of them: callers overwrite it)."""
+    return terms[0].clone() if len(terms) == 1 else sum(terms[1:], terms[0])
+
+
 class GradientFlow(Dynamics):
     """Euler steps of ``ds/dt = -dF/ds``, projected onto the activation's box."""
 
@@ -143,7 +213,9 @@ class GradientFlow(Dynamics):
 
 def for_spec(spec) -> Dynamics:
     """The dynamics a spec names."""
-    return GradientFlow(spec.dt) if spec.dynamics == "energy" else Prototypical()
+    if spec.dynamics == "energy":
+        return GradientFlow(spec.dt)
+    return Alternating() if spec.dynamics == "alternating" else Prototypical()
 
 
 def cast_params(params: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:

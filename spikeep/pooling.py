@@ -12,11 +12,13 @@ to ``z``: the feedback a pooled coupling sends to the layer below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pool", "adjoint", "pool_and_adjoint", "HOLOMORPHIC"]
+__all__ = ["pool", "adjoint", "pool_and_adjoint", "pool_with_adjoint", "HOLOMORPHIC"]
 
 HOLOMORPHIC = {"none": True, "avg": True, "softmax": True, "max": False}
 
@@ -81,15 +83,22 @@ def adjoint(g: Tensor, kind: str, k: int, z: Tensor | None = None, shape=None) -
 
 def pool_and_adjoint(z: Tensor, g: Tensor, kind: str, k: int) -> tuple[Tensor, Tensor]:
     """``(pool(z), adjoint(g, z))`` sharing the work both need (arg-max, softmax weights)."""
+    out, adjoint_at_z = pool_with_adjoint(z, kind, k)
+    return out, adjoint_at_z(g)
+
+
+def pool_with_adjoint(z: Tensor, kind: str, k: int) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """``pool(z)`` and the map ``g -> adjoint(g, z)``, which reuses the arg-max or softmax weights
+    (for a ``g`` known only later, as in the alternating dynamics)."""
     if kind == "max":
         out, idx = F.max_pool2d(z, k, return_indices=True)
-        return out, _unpool(g, idx, z, k)
+        return out, lambda g: _unpool(g, idx, z, k)
     if kind == "softmax":
         win = _windows(z, k)
         p = _softmax_weights(win)
         y = (p * win).sum(dim=-1, keepdim=True)
-        return y.squeeze(-1), _unwindows(g.unsqueeze(-1) * p * (1 + win - y), k, z.shape)
-    return pool(z, kind, k), adjoint(g, kind, k, z=z, shape=z.shape)
+        return y.squeeze(-1), lambda g: _unwindows(g.unsqueeze(-1) * p * (1 + win - y), k, z.shape)
+    return pool(z, kind, k), lambda g: adjoint(g, kind, k, z=z, shape=z.shape)
 
 
 def _unpool(g: Tensor, idx: Tensor, z: Tensor, k: int) -> Tensor:

@@ -7,7 +7,8 @@ with the one weight. Example (``models/tiny_conv.toml`` has the full set of keys
     name = "tiny"
     activation = "sigmoid4"      # see spikeep.activations
     cost = "mse"                 # or "cross_entropy": the last layer becomes a readout
-    dynamics = "prototypical"    # or "energy" (continuous-time gradient flow, step dt)
+    dynamics = "prototypical"    # or "alternating" (half the layers at a time), or "energy"
+                                 # (continuous-time gradient flow, step dt)
     dtype = "float64"
 
     [[layers]]
@@ -40,7 +41,7 @@ from . import _toml, activations
 __all__ = ["SpecError", "Coupling", "Layer", "Init", "Spiking", "ModelSpec", "load", "from_dict"]
 
 COSTS = ("mse", "cross_entropy")
-DYNAMICS = ("prototypical", "energy")
+DYNAMICS = ("prototypical", "alternating", "energy")
 DTYPES = ("float32", "float64")
 POOLS = ("none", "max", "avg", "softmax")
 INIT_SCHEMES = ("glorot_uniform", "uniform_fan_in", "normal")
@@ -308,7 +309,7 @@ def _check_spiking_network(ctx: _Ctx, layers, cost: str, activation: str, dynami
             f"a [spiking] network needs a non-negative rate function, one of "
             f"{list(SPIKING_ACTIVATIONS)}, got {activation!r}",
         )
-    if dynamics != "prototypical" and activation != "hard_sigmoid":
+    if dynamics == "energy" and activation != "hard_sigmoid":
         # spiking rates settle at r = rho(dPhi/dr(r)); the gradient flow's fixed point,
         # r = rho(rho' dPhi/dr(r)), is the same only where rho' = 1 (spikeep.dynamics)
         ctx.fail(

@@ -7,7 +7,7 @@ from conftest import load, setup, variant
 from spikeep.dynamics import DivergenceError, relax
 
 
-@pytest.mark.parametrize("dynamics", ["prototypical", "energy"])
+@pytest.mark.parametrize("dynamics", ["prototypical", "alternating", "energy"])
 def test_residual_falls_and_fixed_point_is_stationary(exact_model, dynamics):
     net = variant(exact_model.spec.name, dynamics=dynamics)
     params, x, _ = setup(net)
@@ -117,3 +117,76 @@ def test_nudged_phase_needs_targets_and_positive_steps():
         relax(net, params, x, beta=0.1)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         relax(net, params, x, steps=0)
+
+
+def _strong_max_pool_net(dynamics: str):
+    """tiny_conv with max pooling, hard sigmoid and six times the initial weights: strong enough
+    that the synchronous update falls into a period-2 cycle."""
+    return variant(
+        "tiny_conv",
+        activation="hard_sigmoid",
+        dynamics=dynamics,
+        init={"scheme": "uniform_fan_in", "scale": 6.0},
+        layers={1: {"pool": "max"}, 2: {"pool": "max"}},
+    )
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_alternating_dynamics_share_the_prototypical_fixed_points(exact_model, beta):
+    alternating = variant(exact_model.spec.name, dynamics="alternating")
+    params, x, y = setup(exact_model)
+    a = relax(exact_model, params, x, y, beta, steps=400)
+    b = relax(alternating, params, x, y, beta, steps=400)
+    assert float(b.residual) < 1e-12
+    for u, v in zip(a.s, b.s, strict=True):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-12)
+
+
+def test_alternating_dynamics_settle_where_the_synchronous_ones_cycle():
+    sync, alternating = _strong_max_pool_net("prototypical"), _strong_max_pool_net("alternating")
+    params, x, _ = setup(sync, batch=16)
+    cycling = relax(sync, params, x, steps=500)
+    assert float(cycling.residual) == 1.0  # hard-sigmoid units flip between 0 and 1
+    two_more = relax(sync, params, x, s=cycling.s, steps=2, static=cycling.static)
+    for u, v in zip(two_more.s, cycling.s, strict=True):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-12)  # period 2
+    settled = relax(alternating, params, x, steps=500)
+    assert float(settled.residual) < 1e-12
+    again = sync.dynamics.step(sync, params, settled.s, settled.static)
+    for u, v in zip(again, settled.s, strict=True):  # a fixed point of the synchronous map too
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["tiny", "strong max-pool conv"])
+def test_alternating_half_steps_never_raise_the_energy(name):
+    # With hard-sigmoid rates, E(r) = 1/2 |r|^2 - Phi(r) on the box; each half-step minimises a
+    # majorant of E over half the layers (Phi is linear there, or convex through max pooling of
+    # non-negative rates), so E cannot rise, step by step.
+    if name == "tiny":
+        net = variant("tiny", activation="hard_sigmoid", dynamics="alternating")
+    else:
+        net = _strong_max_pool_net("alternating")
+    params, x, _ = setup(net, batch=16)
+    s, static = net.zeros(x), net.static_drive(params, x)
+    energies = [net.energy(params, s, x)]
+    for _ in range(40):
+        s = net.dynamics.step(net, params, s, static)
+        energies.append(net.energy(params, s, x))
+    rises = [float((b - a).max()) for a, b in zip(energies, energies[1:])]
+    assert max(rises) <= 1e-12
+    assert float(energies[-1].sum()) < float(energies[1].sum())
+
+
+def test_alternating_noise_is_reproducible_and_enters_every_layer():
+    net = variant("tiny_conv", dynamics="alternating")
+    params, x, y = setup(net)
+    runs = [
+        relax(
+            net, params, x, y, 0.2, steps=20, noise=0.05, generator=torch.Generator().manual_seed(3)
+        )
+        for _ in range(2)
+    ]
+    quiet = relax(net, params, x, y, 0.2, steps=20)
+    for a, b, q in zip(runs[0].s, runs[1].s, quiet.s, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert float((a - q).abs().max()) > 1e-3

@@ -5,6 +5,8 @@ import pytest
 import torch
 from conftest import load, setup, variant
 
+from spikeep.dynamics import Alternating
+
 POOLED = [
     ("tiny_conv", {}),
     ("tiny_conv", {1: {"pool": "max"}, 2: {"pool": "max"}}),
@@ -46,6 +48,24 @@ def test_closed_form_dphi_equals_autograd(net, beta):
     expected = torch.autograd.grad(phi, r)
     got = net.dphi(params, tuple(ri.detach() for ri in r), net.static_drive(params, x), y, beta)
     for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("net", NETS, ids=IDS)
+@pytest.mark.parametrize("beta", [0.0, 0.7])
+def test_alternating_step_is_two_half_steps_of_autograd_drives(net, beta):
+    # the alternating step shares each conv's pre-pool values between the forward drive and the
+    # later feedback (Coupling.forward_with_feedback): check it against autograd of Phi
+    params, x, y = setup(net)
+    r = list(_rates(net, x))
+    top = net.n_dynamic - 1
+    for half in (range(top, -1, -2), range(top - 1, -1, -2)):
+        leaves = tuple(ri.detach().requires_grad_(True) for ri in r)
+        drives = torch.autograd.grad(net.phi(params, leaves, x, y, beta).sum(), leaves)
+        for i in half:
+            r[i] = net.act.rho(drives[i])
+    got = Alternating().step(net, params, _rates(net, x), net.static_drive(params, x), y, beta)
+    for a, b in zip(got, r, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 

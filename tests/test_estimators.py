@@ -48,7 +48,7 @@ def test_every_estimator_is_registered_with_a_bias_order():
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 @pytest.mark.parametrize("activation", activations.names())
-@pytest.mark.parametrize("dynamics", ["prototypical", "energy"])
+@pytest.mark.parametrize("dynamics", ["prototypical", "alternating", "energy"])
 def test_every_estimator_activation_and_dynamics_approaches_the_reference(
     name, activation, dynamics
 ):
@@ -56,7 +56,7 @@ def test_every_estimator_activation_and_dynamics_approaches_the_reference(
     params, x, y, free, ref = _problem(net)
     beta = 1e-3
     est = estimators.make(
-        name, beta, STEPS if dynamics == "prototypical" else 2 * STEPS, points=3, lr=1e-9
+        name, beta, 2 * STEPS if dynamics == "energy" else STEPS, points=3, lr=1e-9
     )
     if name in ("holomorphic", "oscillation") and not net.holomorphic:
         with pytest.raises(ValueError, match="holomorphic"):

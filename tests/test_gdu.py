@@ -50,3 +50,10 @@ def test_gdu_rejects_more_nudged_than_free_steps():
     params, x, y = setup(net)
     with pytest.raises(ValueError, match="fewer than free_steps"):
         gdu(net, params, x, y, K=10, free_steps=10)
+
+
+def test_gdu_refuses_the_alternating_dynamics():
+    net = variant("tiny", dynamics="alternating")
+    params, x, y = setup(net)
+    with pytest.raises(ValueError, match="'alternating' dynamics"):
+        gdu(net, params, x, y)

@@ -62,7 +62,14 @@ def test_implicit_matches_central_finite_differences(exact_model):
 
 
 @pytest.mark.parametrize(
-    "overrides", [{"cost": "cross_entropy"}, {"dynamics": "energy"}, {"activation": "hard_sigmoid"}]
+    "overrides",
+    [
+        {"cost": "cross_entropy"},
+        {"dynamics": "energy"},
+        {"activation": "hard_sigmoid"},
+        {"dynamics": "alternating"},
+        {"dynamics": "alternating", "cost": "cross_entropy", "activation": "hard_sigmoid"},
+    ],
 )
 def test_references_agree_on_variants(overrides):
     net = variant("tiny", **overrides)
@@ -73,6 +80,16 @@ def test_references_agree_on_variants(overrides):
     v = {k: torch.ones_like(p) for k, p in params.items()}
     fd = _directional_fd(net, params, x, y, v, steps=800)
     assert fd == pytest.approx(float(flat(implicit) @ flat(v)), rel=1e-6)
+
+
+def test_alternating_dynamics_have_the_prototypical_gradient(exact_model):
+    # same fixed points as functions of theta, so the same dL/dtheta, though the step maps and
+    # their Jacobians differ
+    alternating = variant(exact_model.spec.name, dynamics="alternating")
+    params, x, y = setup(exact_model)
+    a = reference.implicit_gradient(exact_model, params, x, y, steps=400)
+    b = reference.implicit_gradient(alternating, params, x, y, steps=400)
+    assert rel(b, a) < 1e-10
 
 
 def test_unknown_solver_is_refused():

@@ -200,6 +200,7 @@ def test_bad_input():
     r_ref = half.dynamics.rates(half, relax(half, params, x, steps=500).s)
     free = phase(half, params, x, config=SNNConfig(settle=200, window=1000))
     assert max(float((a - b).abs().max()) for a, b in zip(free.rates, r_ref)) <= 3 / 1000
+    variant("spiking_small", activation="hard_sigmoid_half", dynamics="alternating")  # same point
     tiny = load("tiny")  # sigmoid4: no integrate-and-fire neuron fires at that rate
     with pytest.raises(ValueError, match="hard-sigmoid activation"):
         phase(tiny, *setup(tiny)[:2], config=SNNConfig(window=5))

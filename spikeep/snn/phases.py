@@ -73,9 +73,9 @@ def gain(net) -> float:
             f"fire neuron: hard_sigmoid or hard_sigmoid_half), but {net.spec.source} uses "
             f"{net.spec.activation!r}"
         )
-    if act.slope != 1 and net.spec.dynamics != "prototypical":
-        # spiking rates settle at r = rho(dPhi/dr(r)), the prototypical fixed point; the gradient
-        # flow's is r = rho(rho' dPhi/dr(r)), the same only for slope 1 (spikeep.dynamics)
+    if act.slope != 1 and net.spec.dynamics == "energy":
+        # spiking rates settle at r = rho(dPhi/dr(r)), the prototypical (and alternating) fixed
+        # point; the gradient flow's is r = rho(rho' dPhi/dr(r)), the same only for slope 1
         raise ValueError(
             f"the snntorch engine realises the prototypical fixed point r = rho(dPhi/dr(r)); "
             f"with {net.spec.activation!r} (slope {act.slope:g}) the {net.spec.dynamics!r} "
