@@ -12,7 +12,8 @@ Reports, for ``models/mlp_784_500_10.toml`` (batch 100, 20 free + 4 nudged steps
 SGD update): milliseconds per EP step and the speed-up, beside a hand-fused floor (the same
 prototypical step written out by hand for this one architecture, every operation fused or in
 place: what no general engine beats on this machine); and for ``models/conv_mnist.toml``
-(batch 100) milliseconds per dynamics step and the speed-up. The two are interleaved repeat by
+(batch 100) milliseconds per dynamics step and the speed-up, and the alternating dynamics' step
+beside the synchronous one (same model and states). The two are interleaved repeat by
 repeat, so drift in machine speed hits both alike; medians are reported.
 """
 
@@ -180,6 +181,15 @@ def bench_cnn(repeats: int, warmup: int = 2, steps: int = 5) -> dict:
         for _ in range(steps):
             s_ref = ref.step(x, s_ref)
 
+    alt = Network(spec.from_dict({**_raw(net.spec), "dynamics": "alternating"}, net.spec.source))
+    s_alt = s_ours
+
+    def alternating():
+        nonlocal s_alt
+        with torch.no_grad():
+            for _ in range(steps):
+                s_alt = alt.dynamics.step(alt, params, s_alt, static)
+
     # The floor: the coupling's two convolutions alone (forward, and its transpose for the feedback)
     coupling, W = net.couplings[1], params["W2"]
     r1 = s_ours[0].contiguous(memory_format=torch.channels_last)
@@ -190,9 +200,10 @@ def bench_cnn(repeats: int, warmup: int = 2, steps: int = 5) -> dict:
             F.conv2d(r1, W)
             coupling._transpose(W, g)
 
-    t_ours, t_ref, t_convs = _interleave([ours, theirs, convs], repeats, warmup)
+    t_ours, t_ref, t_convs, t_alt = _interleave([ours, theirs, convs, alternating], repeats, warmup)
     return {
         "ours_ms": t_ours / steps,
+        "alternating_ms": t_alt / steps,
         "two_convs_ms": t_convs / steps,
         "reference_ms": t_ref / steps,
         "speedup": t_ref / t_ours,
@@ -252,6 +263,10 @@ def main(argv=None) -> int:
     print(
         f"  its two convolutions alone (forward and transpose, oneDNN, channels-last): "
         f"{r['two_convs_ms']:.2f} ms ({r['reference_ms'] / r['two_convs_ms']:.1f}x)"
+    )
+    print(
+        f"  the same step with the alternating dynamics: {r['alternating_ms']:.2f} ms "
+        f"({r['alternating_ms'] / r['ours_ms']:.2f}x the synchronous step)"
     )
     return 0
 

@@ -35,6 +35,7 @@ class Coupling(ABC):
     """The coupling that drives ``layer`` from ``prev`` (per-sample shapes)."""
 
     holomorphic = True
+    feedback_needs_forward = False  # whether ``feedback`` recomputes the forward pass
 
     def __init__(self, prev: Layer, layer: Layer, spec: CouplingSpec):
         self.prev, self.layer, self.spec = prev, layer, spec
@@ -112,6 +113,7 @@ class Conv(Coupling):
     def __init__(self, prev, layer, spec):
         super().__init__(prev, layer, spec)
         self.holomorphic = pooling.HOLOMORPHIC[spec.pool]
+        self.feedback_needs_forward = spec.pool in ("max", "softmax")  # the pre-pool values
 
     @property
     def weight_shape(self):
@@ -127,7 +129,7 @@ class Conv(Coupling):
 
     def feedback(self, W, r_prev, r_next):
         sp = self.spec
-        if sp.pool in ("max", "softmax"):  # nonlinear pools need the pre-pool values
+        if self.feedback_needs_forward:
             _, g = pooling.pool_and_adjoint(self._conv(W, r_prev), r_next, sp.pool, sp.pool_size)
         else:
             shape = (*r_next.shape[:2], *self._conv_hw())

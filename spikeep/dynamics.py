@@ -11,9 +11,11 @@ Its fixed points ``s = rho(dPhi_beta/dr(s))`` are stationary points of an energy
 parameter derivative is ``-dPhi_beta/dtheta`` at rates ``r = s``.
 
 ``alternating`` (discrete time). The prototypical update taken by half the layers at a time:
-first the top layer and every second layer below it, then the others from those new rates::
+one half (every second layer), then the other from those new rates::
 
     s_l <- rho(dPhi_beta/dr_l (s))    for l = L, L-2, ...;    then for l = L-1, L-3, ...
+
+(or the other half first: :func:`halves` picks the order that runs each conv once).
 
 A layer's drive involves only the layers next to it, so the fixed points are the prototypical
 ones, and so is the exact gradient (same ``s*(theta)``). What changes is that they are reached:
@@ -22,9 +24,11 @@ its layers a majorant of ``E`` that touches it at the current state (``Phi`` is 
 layers, or convex through max pooling of non-negative rates), so ``E`` never rises and there are
 no cycles. The synchronous update has no such guarantee: on strongly coupled networks it falls
 into period-2 cycles, the two halves of the network flipping in turn, and never settles (a
-trained Fashion-MNIST convnet does, ``protocols/README.md``). Same cost per step: a conv
-coupling's pre-pool values serve both its forward drive and, after the upper layer has moved,
-its feedback (:meth:`spikeep.couplings.Coupling.forward_with_feedback`). The GDU comparison
+trained Fashion-MNIST convnet does, ``protocols/README.md``). The cost per step is the
+synchronous one where every max- or softmax-pooled conv coupling's upper layer is in the half
+that moves first: its pre-pool values then serve both its forward drive and, after the upper
+layer has moved, its feedback (:meth:`spikeep.couplings.Coupling.forward_with_feedback`); each
+coupling that is the other way round runs its conv twice. The GDU comparison
 (:mod:`spikeep.gdu`) needs a synchronous step and refuses it.
 
 ``energy`` (continuous time, Scellier & Bengio 2017): Euler steps of the gradient flow
@@ -82,6 +86,7 @@ __all__ = [
     "check_noise",
     "stepper",
     "cast_params",
+    "halves",
 ]
 
 
@@ -133,8 +138,8 @@ class Prototypical(Dynamics):
 
 
 class Alternating(Prototypical):
-    """The prototypical update taken by half the layers at a time: first the layers of the top
-    layer's parity, then the others from those new rates (module docstring)."""
+    """The prototypical update taken by half the layers at a time (:func:`halves`), the second
+    half from the first half's new rates (module docstring)."""
 
     name = "alternating"
 
@@ -146,29 +151,31 @@ class Alternating(Prototypical):
 
     def _step(self, net, params, s, static, y, beta, noise=0.0, generator=None):
         top, c = net.n_dynamic - 1, net.couplings  # c[i] links s[i-1] to s[i]; c[0] the input
-        first, second = range(top, -1, -2), range(top - 1, -1, -2)
+        first, second = halves(net)
         new, feedback = list(s), {}
-        h = []
-        for i in first:
-            terms = [static[i]]
-            if i > 0:  # its feedback to s[i-1] waits for the new s[i], sharing this conv
-                forward, feedback[i] = c[i].forward_with_feedback(params[f"W{i + 1}"], s[i - 1])
-                terms.append(forward)
-            if i < top:
-                terms.append(c[i + 1].feedback(params[f"W{i + 2}"], s[i], s[i + 1]))
-            if i == top and beta != 0:
-                terms.append(-beta * net.dcost_dr(params, s[i], y))
-            h.append(_sum(terms))
-        for i, r in zip(first, self._rates(net, h, noise, generator), strict=True):
-            new[i] = r
-        h = []
-        for i in second:  # below the top: it always has a layer above
-            terms = [static[i], feedback[i + 1](new[i + 1])]
-            if i > 0:
-                terms.append(c[i].forward(params[f"W{i + 1}"], new[i - 1]))
-            h.append(_sum(terms))
-        for i, r in zip(second, self._rates(net, h, noise, generator), strict=True):
-            new[i] = r
+        for half in (first, second):
+            h = []
+            for i in half:
+                terms = [static[i]]
+                if i > 0:
+                    W = params[f"W{i + 1}"]
+                    if half is first:  # s[i-1] moves next: its feedback can share this conv
+                        forward, feedback[i] = c[i].forward_with_feedback(W, new[i - 1])
+                    else:
+                        forward = c[i].forward(W, new[i - 1])
+                    terms.append(forward)
+                if i < top:
+                    shared = feedback.get(i + 1)
+                    terms.append(
+                        shared(new[i + 1])
+                        if shared
+                        else c[i + 1].feedback(params[f"W{i + 2}"], new[i], new[i + 1])
+                    )
+                if i == top and beta != 0:
+                    terms.append(-beta * net.dcost_dr(params, new[i], y))
+                h.append(_sum(terms))
+            for i, r in zip(half, self._rates(net, h, noise, generator), strict=True):
+                new[i] = r
         return tuple(new)
 
     @staticmethod
@@ -176,6 +183,19 @@ class Alternating(Prototypical):
         if noise:
             add_noise(h, noise, generator)
         return [net.act.rho_(hi) for hi in h]
+
+
+def halves(net) -> tuple[list[int], list[int]]:
+    """The alternating dynamics' two halves (indices into the dynamic layers), in update order:
+    the top layer's half first, unless more of the couplings whose feedback needs the forward
+    pass (max or softmax pooling) have their upper layer in the other half. A coupling's conv then
+    serves both halves; the other way round it runs twice."""
+    top = net.n_dynamic - 1
+    shared = [i for i in range(1, top + 1) if net.couplings[i].feedback_needs_forward]
+    with_top = sum((top - i) % 2 == 0 for i in shared)
+    start = top if 2 * with_top >= len(shared) else top - 1
+    first = [i for i in range(top, -1, -1) if (start - i) % 2 == 0]
+    return first, [i for i in range(top, -1, -1) if (start - i) % 2]
 
 
 def _sum(terms: list[Tensor]) -> Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import load, setup, variant
 
-from spikeep.dynamics import Alternating
+from spikeep.dynamics import Alternating, halves
 
 POOLED = [
     ("tiny_conv", {}),
@@ -58,8 +58,7 @@ def test_alternating_step_is_two_half_steps_of_autograd_drives(net, beta):
     # later feedback (Coupling.forward_with_feedback): check it against autograd of Phi
     params, x, y = setup(net)
     r = list(_rates(net, x))
-    top = net.n_dynamic - 1
-    for half in (range(top, -1, -2), range(top - 1, -1, -2)):
+    for half in halves(net):
         leaves = tuple(ri.detach().requires_grad_(True) for ri in r)
         drives = torch.autograd.grad(net.phi(params, leaves, x, y, beta).sum(), leaves)
         for i in half:
@@ -67,6 +66,15 @@ def test_alternating_step_is_two_half_steps_of_autograd_drives(net, beta):
     got = Alternating().step(net, params, _rates(net, x), net.static_drive(params, x), y, beta)
     for a, b in zip(got, r, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_alternating_halves_run_each_conv_once():
+    # the top layer's half first, unless a max- or softmax-pooled conv has its upper layer in the
+    # other half (then that half goes first, so the conv's pre-pool values serve both halves)
+    assert halves(load("tiny")) == ([2, 0], [1])  # dense: top first
+    assert halves(variant("tiny_conv", cost="cross_entropy")) == ([1], [0])  # c2 is the top
+    assert halves(load("tiny_conv")) == ([1], [2, 0])  # softmax-pooled c1 -> c2 below y
+    assert halves(variant("tiny_conv", {2: {"pool": "avg"}})) == ([2, 0], [1])  # avg needs no z
 
 
 @pytest.mark.parametrize("net", [n for n in NETS if n.holomorphic], ids=lambda n: n.spec.source)
