@@ -563,7 +563,13 @@ def _gdu(args) -> int:
     x, y = random_batch(net, args.batch, args.seed)
     if args.steps >= args.free_steps:
         raise UsageError(f"--steps {args.steps} must be fewer than --free-steps {args.free_steps}")
-    out = {"model": model.source, **gdu(net, params, x, y, args.beta, args.free_steps, args.steps)}
+    try:
+        out = {
+            "model": model.source,
+            **gdu(net, params, x, y, args.beta, args.free_steps, args.steps),
+        }
+    except ValueError as err:  # a model whose dynamics have no GDU property
+        raise UsageError(str(err)) from None
     if args.json:
         print(_json(out))
         return 0

@@ -142,6 +142,12 @@ def test_gdu_steps_not_fewer_than_free_steps(capsys):
     assert_usage_error(code, out, err, "--steps 400", "--free-steps 300")
 
 
+def test_gdu_refuses_the_alternating_dynamics(capsys):
+    argv = ["gdu", "--model", str(ROOT / "models" / "conv_ce_alternating.toml")]
+    code, out, err = run(argv, capsys)
+    assert_usage_error(code, out, err, "'alternating' dynamics", "conv_ce_alternating.toml")
+
+
 @pytest.mark.parametrize(
     ("argv", "names"),
     [
