@@ -9,7 +9,8 @@ How settled that free phase is gets printed first, so an unsettled reference sho
 residual, how many units still moved by more than 1e-3 in the last step, and the largest change
 over the last two steps (near 0 while the last step's is large: a period-2 cycle). Also printed:
 backprop through the first ``free`` steps (BPTT) against the same reference, which says how far
-the truncated free phase itself is from its fixed point. Usage::
+the truncated free phase itself is from its fixed point. Each cosine is followed by the norm of
+the estimate over the reference's (x1.00 when equal). Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/checkpoint_cosines.py OUT/checkpoint.pt \
         [--batch 32] [--free 30 60 200] [--beta 1 0.5 0.2] [--nudged 10 20] \
@@ -39,7 +40,12 @@ from spikeep.train import checkpoint_normalization, prepare_batch
 
 
 def cosines(g: dict, ref: dict) -> str:
-    return "  ".join(f"{k} {cosine(g[k], ref[k]):.3f}" for k in ref if k.startswith("W"))
+    """Each weight's cosine with the reference and, in brackets, its norm over the reference's."""
+    return "  ".join(
+        f"{k} {cosine(g[k], ref[k]):.3f} (x{float(g[k].norm() / ref[k].norm()):.2f})"
+        for k in ref
+        if k.startswith("W")
+    )
 
 
 def main(argv=None) -> int:
