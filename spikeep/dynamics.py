@@ -108,6 +108,7 @@ class Dynamics:
 
     name = ""
     dt = 1.0
+    gradient_step = True  # one step is the gradient map of a scalar function (spikeep.gdu)
 
     def rates(self, net, s: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         raise NotImplementedError
@@ -130,10 +131,16 @@ class Prototypical(Dynamics):
         return s
 
     def step(self, net, params, s, static, y=None, beta=0.0):
-        return tuple(net.act.rho_(h) for h in net.dphi(params, s, static, y, beta))
+        return self._rates(net, net.dphi(params, s, static, y, beta))
 
     def noisy_step(self, net, params, s, static, y, beta, noise, generator):
-        h = add_noise(net.dphi(params, s, static, y, beta), noise, generator)  # the drive
+        return self._rates(net, net.dphi(params, s, static, y, beta), noise, generator)
+
+    @staticmethod
+    def _rates(net, h, noise=0.0, generator=None) -> tuple[Tensor, ...]:
+        """``rho(h + noise xi)`` in place on the (fresh) drives ``h``: the noise on the drive."""
+        if noise:
+            add_noise(h, noise, generator)
         return tuple(net.act.rho_(hi) for hi in h)
 
 
@@ -142,6 +149,7 @@ class Alternating(Prototypical):
     half from the first half's new rates (module docstring)."""
 
     name = "alternating"
+    gradient_step = False
 
     def step(self, net, params, s, static, y=None, beta=0.0):
         return self._step(net, params, s, static, y, beta)
@@ -177,12 +185,6 @@ class Alternating(Prototypical):
             for i, r in zip(half, self._rates(net, h, noise, generator), strict=True):
                 new[i] = r
         return tuple(new)
-
-    @staticmethod
-    def _rates(net, h, noise, generator):
-        if noise:
-            add_noise(h, noise, generator)
-        return [net.act.rho_(hi) for hi in h]
 
 
 def halves(net) -> tuple[list[int], list[int]]:

@@ -36,11 +36,11 @@ def gdu_sequences(net, params, x, y, beta: float = 1e-4, free_steps: int = 300, 
     """The four sequences, each a list over steps: ``(ep_s, bptt_s, ep_theta, bptt_theta)``;
     states as flat ``(B, n)`` tensors, parameters as dicts. Also returns the free residual."""
     dyn = net.dynamics
-    if dyn.name == "alternating":
+    if not dyn.gradient_step:
         raise ValueError(
-            f"the GDU property needs a synchronous step (the gradient of a scalar function); "
-            f"the 'alternating' dynamics of {net.spec.source} update half the layers at a time: "
-            f"use dynamics = 'prototypical' (same fixed points) or 'energy'"
+            f"the GDU property needs a step that is the gradient map of a scalar function; "
+            f"the {dyn.name!r} dynamics of {net.spec.source} are not: use dynamics = "
+            f"'prototypical' (the same fixed points as 'alternating') or 'energy'"
         )
     if K >= free_steps:
         raise ValueError(f"K={K} nudged steps must be fewer than free_steps={free_steps}")
