@@ -207,6 +207,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--split", choices=["train", "test"], default="test")
     ev.add_argument(
+        "--free-steps",
+        type=_positive_int,
+        default=None,
+        help="rate engine: free steps to classify (default: the protocol's eval_free_steps, "
+        "else its free_steps)",
+    )
+    ev.add_argument(
         "--noise",
         type=_noise,
         default=None,
@@ -307,10 +314,12 @@ def _eval(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     est = raw.get("estimator", {})
-    steps = est.get("eval_free_steps") or est.get("free_steps", 20)
+    steps = args.free_steps or est.get("eval_free_steps") or est.get("free_steps", 20)
     normalize = checkpoint_normalization(raw, name)
     if args.engine == "brian2":
-        result, noise = _eval_brian2(args, net, ckpt, ds, normalize), 0.0
+        if args.free_steps:
+            raise UsageError("--free-steps is the rate engine's: brian2 takes --settle/--window")
+        result, noise, steps = _eval_brian2(args, net, ckpt, ds, normalize), 0.0, None
     elif args.settle or args.window:
         raise UsageError("--settle/--window are the brian2 free phase's: add --engine brian2")
     else:
@@ -328,13 +337,16 @@ def _eval(args) -> int:
         "error": result["error"],
         "loss": result["loss"],
         "noise": noise,
+        **({"free_steps": steps} if steps else {}),
         **{k: result[k] for k in ("settle", "window") if k in result},
     }
     print(
         _json(out)
         if args.json
         else f"{args.checkpoint}: {name} {args.split} error {out['error']:.2f}%  "
-        f"loss {out['loss']:.4f}  ({args.engine} engine)" + (f"  noise {noise}" if noise else "")
+        f"loss {out['loss']:.4f}  ({args.engine} engine"
+        + (f", {steps} free steps)" if steps else ")")
+        + (f"  noise {noise}" if noise else "")
     )
     return 0
 

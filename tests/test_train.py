@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import assert_usage_error, run
 
 from spikeep import checkpoint
 from spikeep import protocol as proto
@@ -116,6 +117,22 @@ def test_noise_changes_training_and_evaluation_uses_it_unless_told(tmp_path, cap
     quiet_eval = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert default["noise"] == 0.05 and quiet_eval["noise"] == 0.0
     assert default["loss"] != quiet_eval["loss"]
+
+
+def test_eval_free_steps_default_to_the_protocols_and_can_be_overridden(tmp_path, capsys):
+    train_mod.train(_protocol(**{"train.epochs": 1}), tmp_path, progress=False, log=lambda m: None)
+    ckpt = str(tmp_path / "checkpoint.pt")
+    rows = {}
+    own = _protocol().estimator.eval_free_steps or _protocol().estimator.free_steps
+    for steps in (None, own, 1):
+        argv = ["eval", ckpt, "--json"] + ([] if steps is None else ["--free-steps", str(steps)])
+        assert main(argv) == 0
+        rows[steps] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rows[None]["free_steps"] == own and rows[None]["loss"] == rows[own]["loss"]
+    assert rows[1]["free_steps"] == 1 and rows[1]["loss"] != rows[None]["loss"]
+    assert_usage_error(*run(["eval", ckpt, "--free-steps", "0"], capsys), "--free-steps")
+    brian2 = ["eval", ckpt, "--engine", "brian2", "--free-steps", "5"]
+    assert_usage_error(*run(brian2, capsys), "--free-steps", "--settle")
 
 
 def test_oscillation_trains_and_complex_states_need_a_holomorphic_model(tmp_path):
