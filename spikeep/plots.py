@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["PlotError", "read_metrics", "plot_run"]
+__all__ = ["PlotError", "read_metrics", "plot_run", "log_ticks"]
+
+# Mantissas for log-axis labels, sparsest first: the first set that labels enough values wins.
+_MANTISSAS = ((1,), (1, 2, 5), (1, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
 
 
 class PlotError(ValueError):
@@ -46,10 +49,12 @@ def plot_run(out: str | Path, title: str | None = None) -> Path:
     ax_err.plot(epochs, [r["train_error"] for r in rows], marker="o", label="train")
     ax_err.plot(epochs, [r["test_error"] for r in rows], marker="s", label="test")
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
-    ax_err.set_yscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    ax_err.yaxis.set_major_formatter(plain)
-    ax_err.yaxis.set_minor_formatter(plain)
+    errors = [r[k] for r in rows for k in ("train_error", "test_error")]
+    if min(errors) > 0:  # a log axis, labelled in plain numbers at least every few values
+        ax_err.set_yscale("log")
+        ax_err.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(log_ticks(errors)))
+        ax_err.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_err.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_err.legend()
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
@@ -58,3 +63,22 @@ def plot_run(out: str | Path, title: str | None = None) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def log_ticks(values: list[float], least: int = 4) -> list[float]:
+    """Values to label on a log axis spanning ``values`` (all positive): ``m * 10^k`` for the
+    sparsest mantissa set of ``_MANTISSAS`` that puts at least ``least`` labels in range, else the
+    densest; the range's ends when even that labels fewer than two. (matplotlib's own log
+    locator labels a range inside one decade, such as 8-18%, at a single value.)"""
+    import math
+
+    lo, hi = min(values), max(values)
+    decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    for mantissas in _MANTISSAS:
+        ticks = [m * 10.0**k for k in decades for m in mantissas]
+        ticks = [float(f"{t:.6g}") for t in ticks if lo <= t <= hi]
+        if len(ticks) >= least:
+            break
+    if len(ticks) < 2:  # a range too narrow for any set: label its ends
+        ticks = sorted({float(f"{lo:.4g}"), float(f"{hi:.4g}")})
+    return ticks

@@ -186,6 +186,21 @@ def test_cli_train_eval_plot(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "values,expected",
+    [
+        ([8.2, 17.9], [9, 10, 12, 15]),  # inside one decade: the densest set
+        ([0.9, 20.0], [1, 2, 5, 10, 20]),  # 1-2-5 suffices
+        ([0.01, 50.0], [0.01, 0.1, 1, 10]),  # decades suffice
+        ([10.46, 10.5], [10.46, 10.5]),  # too narrow: the ends
+    ],
+)
+def test_error_axis_labels_enough_values(values, expected):
+    from spikeep.plots import log_ticks
+
+    assert log_ticks(values) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
     "argv,match",
     [
         (["train", "nowhere.toml"], "no such protocol file"),
