@@ -25,6 +25,10 @@ every step of its nudged phases (:meth:`spikeep.dynamics.Dynamics.noisy_step`), 
 ``generator`` passed to :meth:`Estimator.estimate`. With noise the half-circle shortcut of
 ``holomorphic`` is a sampling choice (independent noise at each point), no longer an identity.
 
+``bptt`` (:class:`TruncatedBPTT`, in :data:`BASELINES`) is not EP: it backpropagates through
+free steps run on from the free state, so that training can set EP beside (close to) the exact
+gradient.
+
 Adding an estimator: subclass :class:`Estimator`, implement :meth:`~Estimator.estimate` and
 ``bias_order``, and add it to :data:`ESTIMATORS`; the parametrised tests then check it against the
 implicit reference and fit its bias order.
@@ -41,7 +45,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from . import oscillation
+from . import oscillation, reference
 from .dynamics import Relaxed, check_noise, relax, stepper
 
 __all__ = [
@@ -53,7 +57,9 @@ __all__ = [
     "Holomorphic",
     "Continual",
     "Oscillation",
+    "TruncatedBPTT",
     "ESTIMATORS",
+    "BASELINES",
     "make",
 ]
 
@@ -318,9 +324,35 @@ class Oscillation(Estimator):
         return Estimate(grads, [abs(self.beta)], [residual], s)
 
 
+class TruncatedBPTT:
+    """Not EP: ``dL/dtheta`` by backpropagation through ``steps`` free steps run on from the free
+    state (:func:`spikeep.reference.bptt_gradient`), the BPTT side of Ernoult et al. 2019's GDU
+    comparison. From a converged free phase it is recurrent backprop truncated at ``steps``
+    terms, so it tends to the implicit gradient as ``steps`` grows. No nudging and no noise: a
+    training baseline for what the network reaches with (close to) its exact gradient."""
+
+    name = "bptt"
+
+    def __init__(self, steps: int = 20, *, noise: float = 0.0):
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+            raise ValueError(f"bptt steps must be a positive integer, got {steps!r}")
+        if check_noise(noise):
+            raise ValueError(f"bptt backpropagates noise-free steps; noise must be 0, got {noise}")
+        self.steps = steps
+
+    def __repr__(self):
+        return f"TruncatedBPTT(steps={self.steps})"
+
+    def estimate(self, net, params, x, y, free, generator=None):
+        grads = reference.bptt_gradient(net, params, x, y, steps=self.steps, s0=free.s)
+        return Estimate(grads)
+
+
 ESTIMATORS: dict[str, type[Estimator]] = {
     cls.name: cls for cls in (OneSided, RandomSign, Symmetric, Holomorphic, Continual, Oscillation)
 }
+# Gradient methods that train beside the EP estimators but estimate nothing from nudged phases.
+BASELINES: dict[str, type] = {TruncatedBPTT.name: TruncatedBPTT}
 
 _OPTIONS = {
     "holomorphic": {"points"},
@@ -333,12 +365,16 @@ def make(name: str, beta: float, steps: int = 20, **options) -> Estimator:
     """Build the estimator ``name`` with ``steps`` nudged steps. Options (``None`` or not
     applicable: ignored): ``noise`` (all); ``points`` (holomorphic); ``lr`` (continual);
     ``steps_per_period`` (replaces ``steps``), ``periods``, ``warmup``, ``real``, ``free``
-    (oscillation)."""
+    (oscillation). A name in :data:`BASELINES` (``bptt``) builds that baseline, with ``steps``
+    unrolled steps; ``beta`` is unused."""
+    if name in BASELINES:
+        return BASELINES[name](steps, noise=options.get("noise") or 0.0)
     try:
         cls = ESTIMATORS[name]
     except KeyError:
         raise ValueError(
-            f"unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)}"
+            f"unknown estimator {name!r}; expected one of {sorted(ESTIMATORS)} or a baseline "
+            f"{sorted(BASELINES)}"
         ) from None
     if name == "oscillation" and options.get("steps_per_period") is not None:
         steps = options["steps_per_period"]

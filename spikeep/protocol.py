@@ -335,10 +335,12 @@ def _is_number(v) -> bool:
 def _check(fail, p: Protocol):
     if p.data.name not in DATASETS:
         fail("data.name", f"expected one of {list(DATASETS)}, got {p.data.name!r}")
-    if p.estimator.name not in estimators.ESTIMATORS:
+    names = [*estimators.ESTIMATORS, *estimators.BASELINES]
+    _choice(fail, "estimator.name", p.estimator.name, names)
+    if p.estimator.name in estimators.BASELINES and p.estimator.noise:
         fail(
-            "estimator.name",
-            f"expected one of {sorted(estimators.ESTIMATORS)}, got {p.estimator.name!r}",
+            "estimator.noise",
+            f"{p.estimator.name} runs without noise; expected 0, got {p.estimator.noise}",
         )
     if p.estimator.beta == 0:
         fail("estimator.beta", "expected a non-zero nudging strength")

@@ -205,3 +205,35 @@ def test_nudged_residuals_are_reported_per_point():
     out = estimators.Holomorphic(0.2, 5, points=6).estimate(net, params, x, y, free)
     assert len(out.residuals) == len(out.betas) == 4
     assert all(r > 1e-6 for r in out.residuals)  # 5 steps cannot converge: reported, not hidden
+
+
+def test_bptt_baseline_tends_to_the_implicit_gradient_as_it_unrolls(exact_model):
+    params, x, y, free, ref = _problem(exact_model)
+    errors = [
+        rel(_estimate(estimators.make("bptt", 0.5, K), exact_model, params, x, y, free).grads, ref)
+        for K in (1, 3, 10, STEPS)
+    ]
+    assert errors[0] > 0.1 and errors[0] > errors[1] > errors[2] and errors[-1] < 1e-10
+
+
+@pytest.mark.parametrize("dynamics", ["prototypical", "energy"])
+@pytest.mark.parametrize("K", [1, 3, 10])
+def test_bptt_baseline_is_one_sided_ep_in_the_small_beta_limit(dynamics, K):
+    """GDU summed over the nudged phase (Ernoult et al. 2019): one-sided EP with K nudged steps
+    and BPTT through K free steps agree up to O(beta) at any K, when the step is a gradient
+    map."""
+    net = variant("tiny", dynamics=dynamics)
+    params, x, y = setup(net)
+    free = relax(net, params, x, steps=2 * STEPS)
+    bptt = _estimate(estimators.make("bptt", 1.0, K), net, params, x, y, free).grads
+    ep = _estimate(estimators.OneSided(1e-6, K), net, params, x, y, free).grads
+    assert rel(ep, bptt) < 1e-4
+
+
+def test_bptt_baseline_refuses_noise_and_bad_steps():
+    assert repr(estimators.make("bptt", 0.3, 7)) == "TruncatedBPTT(steps=7)"
+    assert "bptt" not in ESTIMATORS  # not an EP estimator: no bias order in beta
+    with pytest.raises(ValueError, match="noise must be 0, got 0.1"):
+        estimators.make("bptt", 0.3, 7, noise=0.1)
+    with pytest.raises(ValueError, match="positive integer, got 0"):
+        estimators.make("bptt", 0.3, 0)

@@ -55,6 +55,7 @@ def _write(tmp_path, text, name="p.toml"):
         ("[optimizer]\nlr = [0.1, -0.2]\n", "optimizer.lr"),
         ("[optimizer]\nmomentum = 1.0\n", "optimizer.momentum"),
         ("[estimator]\nname = 'two-sided'\n", "estimator.name"),
+        ("[estimator]\nname = 'bptt'\nnoise = 0.1\n", "estimator.noise"),
         ("[estimator]\nbeta = 0\n", "estimator.beta"),
         ("[estimator]\npoints = 1\n", "estimator.points"),
         ("[data]\nname = 'imagenet'\n", "data.name"),

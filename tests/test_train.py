@@ -145,6 +145,17 @@ def test_oscillation_trains_and_complex_states_need_a_holomorphic_model(tmp_path
             train_mod.train(_protocol(**over), tmp_path / "x", progress=False, log=lambda m: None)
 
 
+def test_bptt_baseline_trains(tmp_path):
+    runs = {}
+    for name in ("symmetric", "bptt"):
+        over = {"estimator.name": name}
+        train_mod.train(_protocol(**over), tmp_path / name, progress=False, log=lambda m: None)
+        runs[name] = _params(tmp_path / name)
+    rows = [json.loads(r) for r in (tmp_path / "bptt" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["loss"] < rows[0]["loss"]
+    assert not torch.equal(runs["bptt"]["W1"], runs["symmetric"]["W1"])
+
+
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train_mod.train(_protocol(**{"train.epochs": 1}), tmp_path, progress=False, log=lambda m: None)
     good = _params(tmp_path)
