@@ -176,7 +176,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=_positive_int, default=100)
     e.add_argument("--free-steps", type=_positive_int, default=20)
     e.add_argument("--nudged-steps", type=_positive_int, default=4)
-    e.add_argument("--estimator", choices=list(estimators.ESTIMATORS), default="one-sided")
+    e.add_argument(
+        "--estimator",
+        choices=[*estimators.ESTIMATORS, *estimators.BASELINES],
+        default="one-sided",
+        help="an EP estimator, or the bptt baseline (through --nudged-steps free steps)",
+    )
     e.add_argument("--beta", type=_positive_beta, default=0.5)
     e.add_argument("--repeats", type=_positive_int, default=20)
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

@@ -253,7 +253,8 @@ def test_gdu_json(capsys):
         assert {"cosine", "rel_error"} <= set(row["params"])
 
 
-def test_bench_ep_step_json(capsys):
+@pytest.mark.parametrize("estimator", ["one-sided", "bptt"])
+def test_bench_ep_step_json(estimator, capsys):
     argv = [
         "bench",
         "ep-step",
@@ -267,12 +268,14 @@ def test_bench_ep_step_json(capsys):
         "2",
         "--repeats",
         "2",
+        "--estimator",
+        estimator,
         "--json",
     ]
     code, out, err = run(argv, capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert result["ms_per_batch"] > 0
+    assert result["estimator"] == estimator and result["ms_per_batch"] > 0
     assert result["samples_per_s"] > 0
     assert result["samples_per_s"] == pytest.approx(4 / (result["ms_per_batch"] / 1e3))
     assert (result["batch"], result["free_steps"], result["nudged_steps"]) == (4, 3, 2)
