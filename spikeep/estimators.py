@@ -361,7 +361,7 @@ _OPTIONS = {
 }
 
 
-def make(name: str, beta: float, steps: int = 20, **options) -> Estimator:
+def make(name: str, beta: float, steps: int = 20, **options) -> Estimator | TruncatedBPTT:
     """Build the estimator ``name`` with ``steps`` nudged steps. Options (``None`` or not
     applicable: ignored): ``noise`` (all); ``points`` (holomorphic); ``lr`` (continual);
     ``steps_per_period`` (replaces ``steps``), ``periods``, ``warmup``, ``real``, ``free``

@@ -7,6 +7,7 @@ per epoch; matplotlib with the Agg backend, so it works with no display.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 __all__ = ["PlotError", "read_metrics", "plot_run", "log_ticks"]
@@ -70,8 +71,6 @@ def log_ticks(values: list[float], least: int = 4) -> list[float]:
     sparsest mantissa set of ``_MANTISSAS`` that puts at least ``least`` labels in range, else the
     densest; the range's ends when even that labels fewer than two. (matplotlib's own log
     locator labels a range inside one decade, such as 8-18%, at a single value.)"""
-    import math
-
     lo, hi = min(values), max(values)
     decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
     for mantissas in _MANTISSAS:
