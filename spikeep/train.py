@@ -51,6 +51,7 @@ from .energy import Network
 from .protocol import Protocol, ProtocolError, check_against_model
 
 __all__ = [
+    "protocol_changes",
     "TrainingError",
     "TrainState",
     "Engine",
@@ -538,11 +539,27 @@ def _start(protocol: Protocol, net: Network, out: Path, resume: bool, dtype, dev
             )
         state = TrainState.from_checkpoint(ckpt, dev)
         log(f"resuming {ckpt_path} at epoch {state.epoch + 1}, batch {state.batch}")
+        changed = protocol_changes(ckpt["protocol"], protocol.raw)
+        if changed:  # allowed (e.g. more epochs), but never silent
+            log(f"the protocol differs from the checkpoint's: {'; '.join(changed)}")
         return state
     if resume:
         log(f"no checkpoint in {out}: starting afresh")
     params = net.init_params(protocol.train.seed, dtype=dtype, device=dev)
     return TrainState(params, {k: torch.zeros_like(v) for k, v in params.items()})
+
+
+def protocol_changes(old: dict, new: dict, where: str = "") -> list[str]:
+    """``"section.key: old -> new"`` for every value that differs between two raw protocols
+    (``None`` where a key is absent), in sorted key order."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{where}{key}"
+        if isinstance(a, dict) or isinstance(b, dict):
+            out += protocol_changes(a or {}, b or {}, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out
 
 
 def _record_epoch(protocol: Protocol, state: TrainState, out: Path, row: dict) -> None:

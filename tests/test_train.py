@@ -98,6 +98,25 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(
     assert strip(ma) == strip(mb)
 
 
+def test_resuming_with_a_changed_protocol_says_what_changed(tmp_path):
+    logged = []
+    train_mod.train(_protocol(**{"train.epochs": 1}), tmp_path, progress=False, log=logged.append)
+    assert not any("differs" in m for m in logged)
+    more = _protocol(**{"train.epochs": 2, "optimizer.momentum": 0.5})
+    train_mod.train(more, tmp_path, resume=True, progress=False, log=logged.append)
+    (line,) = [m for m in logged if "differs" in m]
+    assert "optimizer.momentum: 0.9 -> 0.5" in line and "train.epochs: 1 -> 2" in line
+    logged.clear()
+    train_mod.train(more, tmp_path, resume=True, progress=False, log=logged.append)
+    assert not any("differs" in m for m in logged)  # the same protocol again: nothing to say
+    old, new = {"a": {"x": 1}, "c": "s"}, {"a": {"x": 1, "y": [2]}, "b": {"z": 3}}
+    assert train_mod.protocol_changes(old, new) == [
+        "a.y: null -> [2]",
+        "b.z: null -> 3",
+        'c: "s" -> null',
+    ]
+
+
 def test_noise_changes_training_and_evaluation_uses_it_unless_told(tmp_path, capsys):
     def run(name, **over):
         train_mod.train(_protocol(**over), tmp_path / name, progress=False, log=lambda m: None)
