@@ -307,6 +307,10 @@ def _eval(args) -> int:
     from .energy import Network
     from .train import checkpoint_normalization, evaluate
 
+    if args.engine == "brian2" and args.free_steps:  # refused before any file is read
+        raise UsageError("--free-steps is the rate engine's: brian2 takes --settle/--window")
+    if args.engine != "brian2" and (args.settle or args.window):
+        raise UsageError("--settle/--window are the brian2 free phase's: add --engine brian2")
     try:
         ckpt = checkpoint.load(args.checkpoint)
         net = Network(spec.load(ckpt["model_source"]))
@@ -319,15 +323,11 @@ def _eval(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     est = raw.get("estimator", {})
-    steps = args.free_steps or est.get("eval_free_steps") or est.get("free_steps", 20)
     normalize = checkpoint_normalization(raw, name)
     if args.engine == "brian2":
-        if args.free_steps:
-            raise UsageError("--free-steps is the rate engine's: brian2 takes --settle/--window")
         result, noise, steps = _eval_brian2(args, net, ckpt, ds, normalize), 0.0, None
-    elif args.settle or args.window:
-        raise UsageError("--settle/--window are the brian2 free phase's: add --engine brian2")
     else:
+        steps = args.free_steps or est.get("eval_free_steps") or est.get("free_steps", 20)
         noise = args.noise
         if noise is None:  # as training evaluated it
             noise = est.get("eval_noise", est.get("noise", 0.0))

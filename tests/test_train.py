@@ -152,6 +152,8 @@ def test_eval_free_steps_default_to_the_protocols_and_can_be_overridden(tmp_path
     assert_usage_error(*run(["eval", ckpt, "--free-steps", "0"], capsys), "--free-steps")
     brian2 = ["eval", ckpt, "--engine", "brian2", "--free-steps", "5"]
     assert_usage_error(*run(brian2, capsys), "--free-steps", "--settle")
+    nowhere = ["eval", str(tmp_path / "nowhere.pt"), "--engine", "brian2", "--free-steps", "5"]
+    assert_usage_error(*run(nowhere, capsys), "--free-steps")  # before reading any file
 
 
 def test_oscillation_trains_and_complex_states_need_a_holomorphic_model(tmp_path):
