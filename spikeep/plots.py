@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["PlotError", "read_metrics", "plot_run", "log_ticks"]
+__all__ = ["PlotError", "read_metrics", "plot_run", "curves", "log_ticks"]
 
 # Mantissas for log-axis labels, sparsest first: the first set that labels enough values wins.
 _MANTISSAS = ((1,), (1, 2, 5), (1, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
@@ -33,13 +33,23 @@ def read_metrics(out: str | Path) -> list[dict]:
 
 def plot_run(out: str | Path, title: str | None = None) -> Path:
     """Write ``out/curves.png`` and return its path."""
+    import matplotlib.pyplot as plt
+
+    fig = curves(read_metrics(out), title or Path(out).name)
+    path = Path(out) / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def curves(rows: list[dict], title: str):
+    """The figure of ``plot_run``: loss, and train and test error, against whole epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    rows = read_metrics(out)
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
     ax_loss.plot(epochs, [r["loss"] for r in rows], marker="o", label="train (free phase)")
@@ -58,12 +68,10 @@ def plot_run(out: str | Path, title: str | None = None) -> Path:
         ax_err.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_err.legend()
     for ax in (ax_loss, ax_err):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no epoch 2.5
         ax.grid(alpha=0.3)
-    fig.suptitle(title or Path(out).name)
-    path = Path(out) / "curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fig.suptitle(title)
+    return fig
 
 
 def log_ticks(values: list[float], least: int = 4) -> list[float]:

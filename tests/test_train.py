@@ -232,6 +232,24 @@ def test_error_axis_labels_enough_values(values, expected):
     assert log_ticks(values) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("n_epochs", [3, 12, 20])
+def test_curves_label_whole_epochs_only(n_epochs):
+    import matplotlib.pyplot as plt
+
+    from spikeep.plots import curves
+
+    rows = [
+        {"epoch": e, "loss": 1 / e, "train_error": 20 / e, "test_error": 25 / e}
+        for e in range(1, n_epochs + 1)
+    ]
+    fig = curves(rows, "run")
+    fig.canvas.draw()
+    for ax in fig.axes:
+        shown = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert len(shown) >= 2 and all(t == round(t) for t in shown), shown
+    plt.close(fig)
+
+
 @pytest.mark.parametrize(
     "argv,match",
     [
