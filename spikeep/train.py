@@ -66,6 +66,7 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line at most this often within an epoch
 
 
 class TrainingError(RuntimeError):
@@ -383,7 +384,10 @@ def train(
     """Run ``protocol``, writing ``out/metrics.jsonl`` and ``out/checkpoint.pt``.
 
     Returns the summary dict (``test_error``, ``train_error``, ``epochs``, ``wall_s``, ``out``).
-    ``[train] engine = "brian2"`` hands the run to :func:`spikeep.brian2.train.train`.
+    ``log(line)`` gets one line per epoch (default: stderr); within an epoch ``progress`` picks a
+    tqdm bar (True; None on a terminal), a plain line through ``log`` every minute (None off a
+    terminal) or nothing (False). ``[train] engine = "brian2"`` hands the run to
+    :func:`spikeep.brian2.train.train`.
     """
     if protocol.train.engine == "brian2":  # spiking neurons: spikeep/brian2/train.py
         from .brian2.train import train as train_brian2
@@ -442,7 +446,7 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
         raise ProtocolError(
             f"batch_size {B} is larger than the {len(train_set.labels)} training examples"
         )
-    show = _progress_bar(progress, main_process)
+    show = _progress_bar(progress, main_process, log=log)
     last = None
     for epoch in range(state.epoch, protocol.train.epochs):
         t_epoch = time.perf_counter()
@@ -655,12 +659,38 @@ def _train_step(
         sums[k] = sums.get(k, 0.0) + v * len(shard) / B
 
 
-def _progress_bar(progress: bool | None, main_process: bool, unit: str = "batch"):
-    """tqdm on a terminal; plain per-epoch lines otherwise (the loop logs those)."""
+def _progress_bar(
+    progress: bool | None,
+    main_process: bool,
+    unit: str = "batch",
+    log=None,
+    every_s: float = PROGRESS_EVERY_S,
+    clock=time.monotonic,
+):
+    """How an epoch's loop shows its progress: a tqdm bar on a terminal (``progress`` None or
+    True); elsewhere (``progress`` None, not a terminal) a plain line through ``log`` at most every
+    ``every_s`` seconds with the rate and the time the epoch's training has left; nothing with
+    ``progress=False`` or off the first process. The loop logs one line per epoch either way."""
     if progress is None:
-        progress = sys.stderr.isatty()
-    if not (progress and main_process):
+        progress = True if sys.stderr.isatty() else "plain"
+    if not (progress and main_process) or (progress == "plain" and log is None):
         return lambda it, *a: it
+    if progress == "plain":
+
+        def lines(it, epoch, epochs, n):
+            t0 = last = clock()
+            for b in it:
+                yield b
+                now = clock()
+                if now - last >= every_s and b + 1 < n:
+                    per = (now - t0) / (b + 1 - it.start)
+                    log(
+                        f"epoch {epoch + 1}/{epochs}  {unit} {b + 1}/{n}  {per:.3g} s/{unit}  "
+                        f"about {_duration(per * (n - b - 1))} of training left in the epoch"
+                    )
+                    last = now
+
+        return lines
     from tqdm import tqdm
 
     def bar(it, epoch, epochs, n):
@@ -675,6 +705,16 @@ def _progress_bar(progress: bool | None, main_process: bool, unit: str = "batch"
         )
 
     return bar
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as ``1 h 05 min``, ``4 min 12 s`` or ``37 s``."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
 
 
 def _truncate_metrics(path: Path, epochs_done: int):

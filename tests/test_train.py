@@ -232,6 +232,30 @@ def test_error_axis_labels_enough_values(values, expected):
     assert log_ticks(values) == pytest.approx(expected)
 
 
+def test_progress_off_a_terminal_is_a_plain_line_a_minute_with_the_time_left():
+    ticks = iter(range(0, 1000, 25))  # a clock that advances 25 s per reading
+    lines = []
+    show = train_mod._progress_bar(None, True, log=lines.append, clock=lambda: next(ticks))
+    assert list(show(range(2, 10), 0, 3, 10)) == list(range(2, 10))  # resumed at batch 2
+    # 3 batches in 75 s, 5 left: then the next line 60 s later; none after the last batch
+    assert lines == [
+        "epoch 1/3  batch 5/10  25 s/batch  about 2 min 05 s of training left in the epoch",
+        "epoch 1/3  batch 8/10  25 s/batch  about 50 s of training left in the epoch",
+    ]
+    quiet = train_mod._progress_bar(False, True, log=lines.append, clock=lambda: next(ticks))
+    assert list(quiet(range(0, 10), 0, 3, 10)) == list(range(10)) and len(lines) == 2
+    other_rank = train_mod._progress_bar(None, False, log=lines.append)
+    assert list(other_rank(range(0, 3), 0, 3, 3)) == [0, 1, 2] and len(lines) == 2
+
+
+@pytest.mark.parametrize(
+    "seconds,text",
+    [(37.4, "37 s"), (252, "4 min 12 s"), (3900, "1 h 05 min"), (59.6, "1 min 00 s")],
+)
+def test_durations_read_plainly(seconds, text):
+    assert train_mod._duration(seconds) == text
+
+
 @pytest.mark.parametrize("n_epochs", [3, 12, 20])
 def test_curves_label_whole_epochs_only(n_epochs):
     import matplotlib.pyplot as plt
