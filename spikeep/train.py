@@ -670,7 +670,8 @@ def _progress_bar(
     """How an epoch's loop shows its progress: a tqdm bar on a terminal (``progress`` None or
     True); elsewhere (``progress`` None, not a terminal) a plain line through ``log`` at most every
     ``every_s`` seconds with the rate and the time the epoch's training has left; nothing with
-    ``progress=False`` or off the first process. The loop logs one line per epoch either way."""
+    ``progress=False`` or off the first process. The rate is the one since the last line, so a
+    change of load shows at once. The loop logs one line per epoch either way."""
     if progress is None:
         progress = True if sys.stderr.isatty() else "plain"
     if not (progress and main_process) or (progress == "plain" and log is None):
@@ -678,17 +679,17 @@ def _progress_bar(
     if progress == "plain":
 
         def lines(it, epoch, epochs, n):
-            t0 = last = clock()
+            last, done = clock(), it.start
             for b in it:
                 yield b
                 now = clock()
                 if now - last >= every_s and b + 1 < n:
-                    per = (now - t0) / (b + 1 - it.start)
+                    per = (now - last) / (b + 1 - done)  # the rate since the last line
                     log(
                         f"epoch {epoch + 1}/{epochs}  {unit} {b + 1}/{n}  {per:.3g} s/{unit}  "
                         f"about {_duration(per * (n - b - 1))} of training left in the epoch"
                     )
-                    last = now
+                    last, done = now, b + 1
 
         return lines
     from tqdm import tqdm

@@ -233,19 +233,21 @@ def test_error_axis_labels_enough_values(values, expected):
 
 
 def test_progress_off_a_terminal_is_a_plain_line_a_minute_with_the_time_left():
-    ticks = iter(range(0, 1000, 25))  # a clock that advances 25 s per reading
+    # a clock read once at the start and once per batch: 25 s per batch, then 40 from batch 5
+    ticks = iter([0, 25, 50, 75, 115, 155, 195, 235, 275, 315, 355])
     lines = []
     show = train_mod._progress_bar(None, True, log=lines.append, clock=lambda: next(ticks))
     assert list(show(range(2, 10), 0, 3, 10)) == list(range(2, 10))  # resumed at batch 2
-    # 3 batches in 75 s, 5 left: then the next line 60 s later; none after the last batch
+    # 3 batches in 75 s, 5 left; 60 s later, the rate since that line; none after the last batch
     assert lines == [
         "epoch 1/3  batch 5/10  25 s/batch  about 2 min 05 s of training left in the epoch",
-        "epoch 1/3  batch 8/10  25 s/batch  about 50 s of training left in the epoch",
+        "epoch 1/3  batch 7/10  40 s/batch  about 2 min 00 s of training left in the epoch",
+        "epoch 1/3  batch 9/10  40 s/batch  about 40 s of training left in the epoch",
     ]
     quiet = train_mod._progress_bar(False, True, log=lines.append, clock=lambda: next(ticks))
-    assert list(quiet(range(0, 10), 0, 3, 10)) == list(range(10)) and len(lines) == 2
+    assert list(quiet(range(0, 10), 0, 3, 10)) == list(range(10)) and len(lines) == 3
     other_rank = train_mod._progress_bar(None, False, log=lines.append)
-    assert list(other_rank(range(0, 3), 0, 3, 3)) == [0, 1, 2] and len(lines) == 2
+    assert list(other_rank(range(0, 3), 0, 3, 3)) == [0, 1, 2] and len(lines) == 3
 
 
 @pytest.mark.parametrize(
