@@ -446,7 +446,7 @@ def _train(protocol, out, resume, data_dir, device, progress, log) -> dict:
         raise ProtocolError(
             f"batch_size {B} is larger than the {len(train_set.labels)} training examples"
         )
-    show = _progress_bar(progress, main_process, log=log)
+    show = _progress_bar(progress, main_process, log)
     last = None
     for epoch in range(state.epoch, protocol.train.epochs):
         t_epoch = time.perf_counter()
@@ -662,8 +662,8 @@ def _train_step(
 def _progress_bar(
     progress: bool | None,
     main_process: bool,
+    log,
     unit: str = "batch",
-    log=None,
     every_s: float = PROGRESS_EVERY_S,
     clock=time.monotonic,
 ):
@@ -672,11 +672,9 @@ def _progress_bar(
     ``every_s`` seconds with the rate and the time the epoch's training has left; nothing with
     ``progress=False`` or off the first process. The rate is the one since the last line, so a
     change of load shows at once. The loop logs one line per epoch either way."""
-    if progress is None:
-        progress = True if sys.stderr.isatty() else "plain"
-    if not (progress and main_process) or (progress == "plain" and log is None):
+    if progress is False or not main_process:
         return lambda it, *a: it
-    if progress == "plain":
+    if progress is None and not sys.stderr.isatty():
 
         def lines(it, epoch, epochs, n):
             last, done = clock(), it.start

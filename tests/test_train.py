@@ -236,7 +236,7 @@ def test_progress_off_a_terminal_is_a_plain_line_a_minute_with_the_time_left():
     # a clock read once at the start and once per batch: 25 s per batch, then 40 from batch 5
     ticks = iter([0, 25, 50, 75, 115, 155, 195, 235, 275, 315, 355])
     lines = []
-    show = train_mod._progress_bar(None, True, log=lines.append, clock=lambda: next(ticks))
+    show = train_mod._progress_bar(None, True, lines.append, clock=lambda: next(ticks))
     assert list(show(range(2, 10), 0, 3, 10)) == list(range(2, 10))  # resumed at batch 2
     # 3 batches in 75 s, 5 left; 60 s later, the rate since that line; none after the last batch
     assert lines == [
@@ -244,9 +244,9 @@ def test_progress_off_a_terminal_is_a_plain_line_a_minute_with_the_time_left():
         "epoch 1/3  batch 7/10  40 s/batch  about 2 min 00 s of training left in the epoch",
         "epoch 1/3  batch 9/10  40 s/batch  about 40 s of training left in the epoch",
     ]
-    quiet = train_mod._progress_bar(False, True, log=lines.append, clock=lambda: next(ticks))
+    quiet = train_mod._progress_bar(False, True, lines.append, clock=lambda: next(ticks))
     assert list(quiet(range(0, 10), 0, 3, 10)) == list(range(10)) and len(lines) == 3
-    other_rank = train_mod._progress_bar(None, False, log=lines.append)
+    other_rank = train_mod._progress_bar(None, False, lines.append)
     assert list(other_rank(range(0, 3), 0, 3, 3)) == [0, 1, 2] and len(lines) == 3
 
 

@@ -239,7 +239,7 @@ def _epochs(
     test_schedule = eval_schedule(protocol, net.spec.spiking)
     chunk = None
     eval_steps = protocol.estimator.eval_free_steps or protocol.estimator.free_steps
-    show = rate._progress_bar(progress, True, unit="chunk", log=log)
+    show = rate._progress_bar(progress, True, log, unit="chunk")
     last = None
     try:
         for epoch in range(state.epoch, protocol.train.epochs):
