@@ -8,8 +8,9 @@ epochs. When the twin cannot reach a protocol's target, EP training is unlikely 
 architecture, not the gradient, is then the limit (a guide, not a bound: the EP network with its
 feedback computes a different function).
 
-Supports the hard-sigmoid dense and conv couplings of ``models/`` (conv with ``max`` or ``avg``
-pooling) and a cross-entropy readout. PyTorch's default initialisation; one thread recommended.
+Supports the hard-sigmoid (``hard_sigmoid``, ``hard_sigmoid_half``) dense and conv couplings of
+``models/`` (conv with ``max`` or ``avg`` pooling) and a cross-entropy readout. PyTorch's default
+initialisation; one thread recommended.
 Prints one line per epoch: the test error (on ``test_subset`` images when set) and the training
 error on the first 5,000 training images, both in evaluation mode. Usage::
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikeep import data, protocol, spec
+from spikeep import activations, data, protocol, spec
 from spikeep.train import _layer_lr, _lr, _subset, normalization
 
 
@@ -35,11 +36,12 @@ class Twin(nn.Module):
 
     def __init__(self, model: spec.ModelSpec):
         super().__init__()
-        if model.activation != "hard_sigmoid" or not model.readout:
+        if model.activation not in ("hard_sigmoid", "hard_sigmoid_half") or not model.readout:
             raise SystemExit(
-                f"{model.source}: the twin needs activation 'hard_sigmoid' and a cross_entropy "
-                f"readout, got {model.activation!r} and {model.cost!r}"
+                f"{model.source}: the twin needs activation 'hard_sigmoid' or 'hard_sigmoid_half' "
+                f"and a cross_entropy readout, got {model.activation!r} and {model.cost!r}"
             )
+        self.slope = activations.get(model.activation).slope  # rho(s) = clip(slope s, 0, 1)
         self.couplings, self.pools = nn.ModuleList(), []
         for prev, layer in zip(model.layers, model.layers[1:]):
             c = layer.coupling
@@ -63,7 +65,7 @@ class Twin(nn.Module):
             elif pool == "avg":
                 x = F.avg_pool2d(x, k)
             if i < last:
-                x = x.clamp(0.0, 1.0)  # rho = hard sigmoid
+                x = (self.slope * x).clamp(0.0, 1.0)  # rho = clip(slope s, 0, 1)
         return x
 
 
