@@ -1,0 +1,44 @@
+"""The diagnostic scripts' own logic (``scripts/``), on small networks with known answers."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import ROOT, variant
+
+
+def script(name: str):
+    found = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("activation, slope", [("hard_sigmoid", 1.0), ("hard_sigmoid_half", 0.5)])
+def test_saturation_counts_clipped_rates(activation, slope):
+    net = variant("tiny", activation=activation)  # 5-7-6-3, every layer but x dynamic
+    params = {k: torch.zeros_like(v) for k, v in net.init_params(0).items()}
+    x = torch.randn(8, 5, dtype=torch.float64)
+    x[:, 0] = torch.tensor([1.0, -1.0] * 4)
+    params["b1"][:3], params["b1"][3:] = 5.0, -5.0  # h1: units 0-2 at 1, 3-6 at 0 ...
+    params["W1"][3, 0] = 10.0  # ... but unit 3 at 1 for the 4 images with x_0 = 1
+    params["b2"][:] = -5.0  # h2 at 0 ...
+    params["W2"][0, 0] = 10.0  # ... but unit 0, driven by h1's unit 0, at 1
+    params["b3"][1:] = 0.5 / slope  # y: unit 0 at 0, units 1-2 at rate 0.5
+    h1, h2, y = script("saturation").saturation(net, params, x, steps=20)
+    assert h1["shape"] == (7,)
+    assert h1["high"] == pytest.approx(28 / 56) and h1["low"] == pytest.approx(28 / 56)
+    assert h1["dead_high"] == pytest.approx(3 / 7) and h1["dead_low"] == pytest.approx(3 / 7)
+    assert h2["high"] == pytest.approx(1 / 6) and h2["dead_high"] == pytest.approx(1 / 6)
+    assert h2["low"] == pytest.approx(5 / 6) and h2["dead_low"] == pytest.approx(5 / 6)
+    assert h1["inside"] == h2["inside"] == 0.0
+    assert y["low"] == y["dead_low"] == pytest.approx(1 / 3)
+    assert y["inside"] == pytest.approx(2 / 3) and y["mean"] == pytest.approx(1 / 3)
+
+
+def test_saturation_refuses_an_activation_without_a_box():
+    net = variant("tiny")  # sigmoid4
+    with pytest.raises(ValueError, match="'sigmoid4' has no box"):
+        script("saturation").saturation(net, net.init_params(0), torch.zeros(2, 5), steps=1)
