@@ -36,12 +36,13 @@ class Twin(nn.Module):
 
     def __init__(self, model: spec.ModelSpec):
         super().__init__()
-        if model.activation not in ("hard_sigmoid", "hard_sigmoid_half") or not model.readout:
-            raise SystemExit(
-                f"{model.source}: the twin needs activation 'hard_sigmoid' or 'hard_sigmoid_half' "
-                f"and a cross_entropy readout, got {model.activation!r} and {model.cost!r}"
-            )
         self.slope = activations.get(model.activation).slope  # rho(s) = clip(slope s, 0, 1)
+        if self.slope is None or not model.readout:
+            raise SystemExit(
+                f"{model.source}: the twin needs a hard-sigmoid activation ('hard_sigmoid', "
+                f"'hard_sigmoid_half') and a cross_entropy readout, got {model.activation!r} and "
+                f"{model.cost!r}"
+            )
         self.couplings, self.pools = nn.ModuleList(), []
         for prev, layer in zip(model.layers, model.layers[1:]):
             c = layer.coupling

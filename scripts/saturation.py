@@ -22,7 +22,7 @@ import torch
 from spikeep import checkpoint, data, spec
 from spikeep.dynamics import relax
 from spikeep.energy import Network
-from spikeep.train import checkpoint_normalization, prepare_batch
+from spikeep.train import checkpoint_eval_steps, checkpoint_normalization, prepare_batch
 
 
 @torch.no_grad()
@@ -65,8 +65,7 @@ def main(argv=None) -> int:
     net = Network(model)
     raw = ckpt["protocol"]
     name = raw.get("data", {}).get("name", "mnist-embedded")
-    est = raw.get("estimator", {})
-    steps = args.free_steps or est.get("eval_free_steps") or est.get("free_steps", 20)
+    steps = args.free_steps or checkpoint_eval_steps(raw)
     ds = data.load(name, args.split, raw.get("data", {}).get("dir"))
     n = min(args.images, len(ds.labels))
     params = ckpt["params"]

@@ -305,7 +305,7 @@ def _eval(args) -> int:
 
     from . import checkpoint, data
     from .energy import Network
-    from .train import checkpoint_normalization, evaluate
+    from .train import checkpoint_eval_steps, checkpoint_normalization, evaluate
 
     if args.engine == "brian2" and args.free_steps:  # refused before any file is read
         raise UsageError("--free-steps is the rate engine's: brian2 takes --settle/--window")
@@ -327,7 +327,7 @@ def _eval(args) -> int:
     if args.engine == "brian2":
         result, noise, steps = _eval_brian2(args, net, ckpt, ds, normalize), 0.0, None
     else:
-        steps = args.free_steps or est.get("eval_free_steps") or est.get("free_steps", 20)
+        steps = args.free_steps or checkpoint_eval_steps(raw)
         noise = args.noise
         if noise is None:  # as training evaluated it
             noise = est.get("eval_noise", est.get("noise", 0.0))

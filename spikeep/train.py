@@ -173,6 +173,12 @@ def checkpoint_normalization(raw: dict, name: str):
     return normalization(name, d.get("normalize", False), d.get("std_scale", 1.0))
 
 
+def checkpoint_eval_steps(raw: dict) -> int:
+    """The free steps with which the run whose protocol table is ``raw`` evaluated."""
+    est = raw.get("estimator", {})
+    return est.get("eval_free_steps") or est.get("free_steps", 20)
+
+
 # -- evaluation --------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def variant(name: str, layers: dict | None = None, **top) -> Network:
         coupling = {"kind": coupling} if isinstance(coupling, str) else dict(coupling)
         data["layers"][i] = {**data["layers"][i], "coupling": {**coupling, **changes}}
     return Network(spec.from_dict(data, source=f"{name}-variant"))
+
+
+def script(name: str):
+    """``scripts/<name>.py`` imported as a module (its ``main`` not run)."""
+    found = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
+    return module
 
 
 def load(name: str) -> Network:

@@ -12,7 +12,6 @@ import functools
 import gzip
 import hashlib
 import http.server
-import importlib.util
 import io
 import os
 import pickle
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import script
 
 from spikeep import data
 from spikeep.data import DataError
@@ -301,12 +301,8 @@ def test_embedded_subset_is_the_first_of_each_class(split, prefix, per_class):
 
 def test_embedded_generator_is_deterministic():
     folder = real_folder("mnist")
-    spec = importlib.util.spec_from_file_location(
-        "make_embedded", ROOT / "scripts" / "make_embedded_mnist.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    first, second = script.build(folder), script.build(folder)
+    make_embedded = script("make_embedded_mnist")
+    first, second = make_embedded.build(folder), make_embedded.build(folder)
     assert first == second
     shipped = np.load(ROOT / "spikeep" / "_data" / "mnist_subset.npz")
     with np.load(io.BytesIO(first)) as built, shipped:

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
-from conftest import ROOT, variant
-
-
-def script(name: str):
-    found = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(found)
-    found.loader.exec_module(module)
-    return module
+from conftest import script, variant
 
 
 @pytest.mark.parametrize("activation, slope", [("hard_sigmoid", 1.0), ("hard_sigmoid_half", 0.5)])
