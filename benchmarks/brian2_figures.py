@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spikeep import spec  # noqa: E402
-from spikeep.brian2 import build, phases, plots  # noqa: E402
+from spikeep.brian2 import build, plots, schedules  # noqa: E402
 from spikeep.brian2.calibrate import transfer  # noqa: E402
 from spikeep.dynamics import relax  # noqa: E402
 from spikeep.energy import Network  # noqa: E402
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     params = net.init_params(0)
     x, y = random_batch(net, 8, 0)
     fixed = [r.numpy() for r in relax(net, params, x, steps=300).s]
-    sn = build(small, params, x, schedule=phases.free(small.spiking, settle=0.2, window=0.8))
+    sn = build(small, params, x, schedule=schedules.free(small.spiking, settle=0.2, window=0.8))
     sn.run()
     rates = sn.rates("rho0")[1:]
     err = max(float(np.abs(a - f).max()) for a, f in zip(rates, fixed, strict=True))
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     )
 
     x1, y1 = random_batch(net, 1, 0)
-    sched = phases.one_sided(0.5, small.spiking, settle=0.15, window=0.25)
+    sched = schedules.one_sided(0.5, small.spiking, settle=0.15, window=0.25)
     sn = build(small, params, x1, y1, sched)
     mons = {name: b2.SpikeMonitor(g) for name, g in zip(["h", "y"], sn.groups[1:], strict=True)}
     sn.network.add(*mons.values())

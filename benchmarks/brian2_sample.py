@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spikeep import data, spec  # noqa: E402
-from spikeep.brian2 import phases  # noqa: E402
+from spikeep.brian2 import schedules  # noqa: E402
 from spikeep.brian2.standalone import Chunk  # noqa: E402
 from spikeep.energy import Network  # noqa: E402
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     params = net.init_params(0, dtype=torch.float64)
     train = data.load("mnist-embedded", "train")
     n = args.samples
-    schedule = phases.for_estimator(args.estimator, args.beta, cfg)
+    schedule = schedules.for_estimator(args.estimator, args.beta, cfg)
     eta = {"W1": 0.1 / 20, "b1": 0.1 / 20, "W2": 0.05 / 20, "b2": 0.05 / 20}
     times, spikes = [], []
     with Chunk(model, schedule, n, rule=args.rule) as chunk:

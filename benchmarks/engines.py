@@ -96,10 +96,10 @@ def _snn(net, params, x, y, estimator, beta, tau, settle, window) -> Engine:
 
 
 def _brian2(model, x, y, params, estimator, beta, settle_ms, window_ms) -> Engine:
-    from spikeep.brian2 import phases
+    from spikeep.brian2 import schedules
     from spikeep.brian2.standalone import Chunk
 
-    schedule = phases.for_estimator(
+    schedule = schedules.for_estimator(
         estimator, beta, model.spiking, settle_ms / 1e3, window_ms / 1e3
     )
     held = {}

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spikeep import Network, data, estimators, load_spec, reference  # noqa: E402
-from spikeep.brian2 import phases  # noqa: E402
+from spikeep.brian2 import schedules  # noqa: E402
 from spikeep.brian2.lowering import build  # noqa: E402
 from spikeep.dynamics import relax  # noqa: E402
 from spikeep.gradcheck import compare  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     print(f"{args.estimator} beta {args.beta}, {B} MNIST test images, {spec.source}")
     print(f"  rate EP ({args.steps} steps) vs exact:     {cosines(ep, exact)}")
 
-    schedule = phases.for_estimator(
+    schedule = schedules.for_estimator(
         args.estimator, args.beta, spec.spiking, args.settle, args.window
     )
     b2.prefs.codegen.target = "numpy"

@@ -365,15 +365,15 @@ def _eval_brian2(args, net, ckpt, ds, normalize) -> dict:
         raise UsageError("--noise: the brian2 engine has none (spikes are its noise)")
     if net.spec.spiking is None:
         raise UsageError(f"--engine brian2: {net.spec.source} has no [spiking] section")
-    from .brian2 import phases
-    from .brian2.train import spiking_test
+    from .brian2 import schedules
+    from .brian2.engine import spiking_test
 
     b = ckpt["protocol"].get("brian2", {})
     cfg = net.spec.spiking
     settle = args.settle or b.get("eval_settle") or cfg.settle
     window = args.window or b.get("eval_window") or cfg.window
     try:
-        schedule = phases.free(cfg, settle, window)
+        schedule = schedules.free(cfg, settle, window)
         schedule.grid(cfg.dt)
     except ValueError as err:
         raise UsageError(f"--settle/--window: {err}") from None
@@ -487,7 +487,7 @@ def _gradcheck(args) -> int:
 
 def _gradcheck_brian2(args, model) -> int:
     from .brian2.gradcheck import gradcheck
-    from .brian2.phases import ESTIMATORS
+    from .brian2.schedules import ESTIMATORS
 
     def run():
         return gradcheck(

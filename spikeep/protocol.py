@@ -26,10 +26,10 @@ Zenke's code reports). ``steps_per_period``, ``periods``, ``warmup`` and ``real`
 ``oscillation`` estimator (its ``nudged_steps`` is unused).
 
 ``engine`` picks what trains the model: ``"rate"`` (the default, :mod:`spikeep.train`) or
-``"brian2"`` (spiking neurons in a compiled Brian2 simulation, :mod:`spikeep.brian2.train`, which
+``"brian2"`` (spiking neurons in a compiled Brian2 simulation, :mod:`spikeep.brian2.engine`, which
 reads ``[brian2]``: the learning ``rule``, the samples per compiled ``chunk``, and the spiking test
 pass's free phase ``eval_settle`` + ``eval_window`` in seconds, 0 for the training schedule) or
-``"snntorch"`` (batched discrete-time spiking neurons, :mod:`spikeep.snn.train`, which reads
+``"snntorch"`` (batched discrete-time spiking neurons, :mod:`spikeep.snn.engine`, which reads
 ``[snntorch]``: the :class:`spikeep.snn.config.SNNConfig` of its phases, times in steps).
 
 ``with_overrides`` applies ``--set section.key=value`` pairs (values in TOML syntax) before

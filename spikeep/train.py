@@ -27,8 +27,8 @@ several processes each rank draws its own noise (statistically the same run, not
 The loop is the same for every batched engine: an :class:`Engine` supplies each batch's free
 rates and gradient estimate (:meth:`Engine.step`) and the test metrics (:meth:`Engine.evaluate`).
 :class:`RateEngine` relaxes the rate dynamics; ``[train] engine = "snntorch"`` plugs in
-:class:`spikeep.snn.train.SNNEngine` (spiking phases). ``"brian2"`` has its own online loop
-(:mod:`spikeep.brian2.train`).
+:class:`spikeep.snn.engine.SNNEngine` (spiking phases). ``"brian2"`` has its own online loop
+(:mod:`spikeep.brian2.engine`).
 """
 
 from __future__ import annotations
@@ -312,8 +312,8 @@ class RateEngine(Engine):
 
 
 def _engine(protocol: Protocol, net: Network) -> Engine:
-    if protocol.train.engine == "snntorch":  # spiking phases: spikeep/snn/train.py
-        from .snn.train import SNNEngine
+    if protocol.train.engine == "snntorch":  # spiking phases: spikeep/snn/engine.py
+        from .snn.engine import SNNEngine
 
         return SNNEngine(protocol, net)
     return RateEngine(protocol, net)
@@ -393,10 +393,10 @@ def train(
     ``log(line)`` gets one line per epoch (default: stderr); within an epoch ``progress`` picks a
     tqdm bar (True; None on a terminal), a plain line through ``log`` every minute (None off a
     terminal) or nothing (False). ``[train] engine = "brian2"`` hands the run to
-    :func:`spikeep.brian2.train.train`.
+    :func:`spikeep.brian2.engine.train`.
     """
-    if protocol.train.engine == "brian2":  # spiking neurons: spikeep/brian2/train.py
-        from .brian2.train import train as train_brian2
+    if protocol.train.engine == "brian2":  # spiking neurons: spikeep/brian2/engine.py
+        from .brian2.engine import train as train_brian2
 
         return train_brian2(protocol, Path(out), resume, data_dir, device, progress, log)
     owns_group = _world() > 1 and not torch.distributed.is_initialized()

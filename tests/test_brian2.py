@@ -19,7 +19,7 @@ import torch
 from conftest import MODELS, raw
 
 from spikeep import spec as spec_mod
-from spikeep.brian2 import build, neurons, phases, rules
+from spikeep.brian2 import build, neurons, rules, schedules
 from spikeep.brian2.calibrate import transfer
 from spikeep.brian2.gradcheck import gradcheck
 from spikeep.brian2.lowering import closing_time, layer_equations
@@ -105,7 +105,7 @@ def test_every_spiking_activation_and_neuron_has_brian2_code():
 
 
 def test_equations_are_generated_from_the_spec(small):
-    rule = rules.Rule("endpoint", phases.one_sided(0.1, small.spiking))
+    rule = rules.Rule("endpoint", schedules.one_sided(0.1, small.spiking))
     out = str(layer_equations(small, rule, input_current=False, output=True))
     assert "clip(s, 0, 1)" in out  # the spec's rho
     assert "I_teach = beta_t(t) * (y - r)" in out  # the MSE teaching current
@@ -134,7 +134,7 @@ def test_user_monitors_see_the_spikes(small):
     net = Network(small)
     params = net.init_params(0)
     x, _ = random_batch(net, 1, 0)
-    sn = build(small, params, x, schedule=phases.free(small.spiking, settle=0.02, window=0.1))
+    sn = build(small, params, x, schedule=schedules.free(small.spiking, settle=0.02, window=0.1))
     mon = b2.SpikeMonitor(sn.groups[1])
     sn.network.add(mon)
     sn.run()
@@ -154,7 +154,7 @@ def test_bad_inputs_are_refused(small):
     with pytest.raises(ValueError, match="no spiking rate function|unknown learning rule"):
         build(small, params, np.zeros((1, 20)), rule="hebb")
     with pytest.raises(ValueError, match="not a whole number of steps"):
-        build(small, params, np.zeros((1, 20)), schedule=phases.free(small.spiking, 0.01, 3e-4))
+        build(small, params, np.zeros((1, 20)), schedule=schedules.free(small.spiking, 0.01, 3e-4))
 
 
 # -- rates --------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def _free_rate_error(spec, window: float, batch: int = 8) -> float:
     params = net.init_params(0)
     x, _ = random_batch(net, batch, 0)
     fixed = relax(net, params, x, steps=300).s
-    sn = build(spec, params, x, schedule=phases.free(spec.spiking, settle=0.2, window=window))
+    sn = build(spec, params, x, schedule=schedules.free(spec.spiking, settle=0.2, window=window))
     sn.run()
     rates = sn.rates("rho0")[1:]
     return max(float(np.abs(a - f.numpy()).max()) for a, f in zip(rates, fixed, strict=True))
@@ -217,7 +217,7 @@ def test_update_moves_the_weights_against_the_estimate(small):
     net = Network(small)
     params = net.init_params(0)
     x, y = random_batch(net, 1, 0)
-    sched = phases.one_sided(0.1, small.spiking, settle=0.1, window=0.2)
+    sched = schedules.one_sided(0.1, small.spiking, settle=0.1, window=0.2)
     sn = build(small, params, x, y, sched, eta=0.3)
     sn.run()
     g, after = sn.gradient(), sn.params()
@@ -273,7 +273,7 @@ def runtime_update(small):
     params = net.init_params(0)
     x, y = random_batch(net, SAMPLES, 0)
     b2.prefs.codegen.target = "numpy"
-    sched = phases.one_sided(0.1, small.spiking)
+    sched = schedules.one_sided(0.1, small.spiking)
     sn = build(small, params, x[:, None], y[:, None], sched, eta=0.05)
     sn.run()
     return params, x, y, sn.gradient(), sn.params()
@@ -283,7 +283,7 @@ def runtime_update(small):
 def chunk(small, runtime_update):
     from spikeep.brian2.standalone import Chunk
 
-    with Chunk(small, phases.one_sided(0.1, small.spiking), samples=SAMPLES) as c:
+    with Chunk(small, schedules.one_sided(0.1, small.spiking), samples=SAMPLES) as c:
         yield c
 
 

@@ -1,4 +1,4 @@
-"""Training with the brian2 engine (``[train] engine = "brian2"``, spikeep/brian2/train.py).
+"""Training with the brian2 engine (``[train] engine = "brian2"``, spikeep/brian2/engine.py).
 
 A 784-16-10 network with ``models/spiking_small.toml``'s neurons and short phases (10 ms settling
 + 10 ms window, 40 ms per one-sided sample, ``dt`` 0.5 ms) on 12 embedded MNIST images in chunks
@@ -19,8 +19,8 @@ import torch
 from spikeep import checkpoint, data
 from spikeep import protocol as proto
 from spikeep import train as train_mod
-from spikeep.brian2 import phases, rules
-from spikeep.brian2 import train as b2train
+from spikeep.brian2 import engine as b2train
+from spikeep.brian2 import rules, schedules
 from spikeep.cli import main
 
 pytestmark = pytest.mark.brian2
@@ -186,7 +186,7 @@ def test_a_test_pass_of_its_own_free_phase_and_spiking_eval(tiny, tmp_path, caps
     model = train_mod.spec.load(tiny.parent / "model.toml")
     ckpt = checkpoint.load(out / "checkpoint.pt")
     again = b2train.spiking_test(
-        model, ckpt["params"], test, None, phases.free(model.spiking, 0.02, 0.03), 4
+        model, ckpt["params"], test, None, schedules.free(model.spiking, 0.02, 0.03), 4
     )
     assert again["error"] == row["test_error"] and again["loss"] == row["test_loss"]
     capsys.readouterr()

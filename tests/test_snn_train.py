@@ -1,4 +1,4 @@
-"""Training with the snntorch engine (``[train] engine = "snntorch"``, spikeep/snn/train.py).
+"""Training with the snntorch engine (``[train] engine = "snntorch"``, spikeep/snn/engine.py).
 
 A 784-64-10 network (hard sigmoid, cross-entropy readout) with short spiking phases (tau 4 steps,
 20 + 40 steps per phase) on a few hundred embedded MNIST images: it learns, a resumed run reaches
@@ -220,6 +220,6 @@ def test_snn_protocols_validate():
         p = proto.load(path)
         assert p.train.engine == "snntorch", path
         net = Network(spec.load(p.model))
-        from spikeep.snn.train import check
+        from spikeep.snn.engine import check
 
         check(p, net)

@@ -2,11 +2,11 @@
 
     lowering     spec + parameters -> Brian2 NeuronGroups and Synapses (generated equations)
     neurons      neuron models (IF, LIF) and rho in Brian2's expression language
-    phases       one sample's schedule: free, one-sided, symmetric, or one oscillation
+    schedules    one sample's schedule: free, one-sided, symmetric, or one oscillation
     rules        local learning rules: endpoint (rate traces) and STDP-like (spike events)
     gradcheck    the spiking estimate against the rate engine's implicit gradient
     standalone   cpp_standalone: a chunk of samples compiled once, rerun with new data and weights
-    train        spikeep train with [train] engine = "brian2": online learning, chunk by chunk
+    engine       spikeep train with [train] engine = "brian2": online learning, chunk by chunk
     calibrate    a neuron model's measured rate transfer function against rho
     plots        raster, rate-versus-fixed-point and calibration figures
 
@@ -14,6 +14,6 @@
 """
 
 from .lowering import SpikingNetwork, build
-from .phases import Schedule
+from .schedules import Schedule
 
 __all__ = ["SpikingNetwork", "Schedule", "build"]

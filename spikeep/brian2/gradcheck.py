@@ -23,7 +23,7 @@ from .. import spec
 from ..energy import Network
 from ..gradcheck import Problem, spiking_record
 from ..gradcheck import problem as make_problem
-from . import phases
+from . import schedules
 from .lowering import build
 
 __all__ = ["gradcheck", "BIAS_ORDER"]
@@ -68,7 +68,9 @@ def gradcheck(
     if target not in ("numpy", "cython"):
         raise ValueError(f"target must be 'numpy' or 'cython', got {target!r}")
     cfg = model_spec.spiking
-    schedule = phases.for_estimator(estimator, beta, cfg, settle, window, periods, warmup, period)
+    schedule = schedules.for_estimator(
+        estimator, beta, cfg, settle, window, periods, warmup, period
+    )
     net = Network(model_spec)
     params, x, y, free, ref = problem or make_problem(net, batch, seed, free_steps)
 

@@ -38,8 +38,8 @@ import torch
 
 from ..spec import ModelSpec, Spiking
 from . import neurons
-from .phases import Schedule
 from .rules import Rule
+from .schedules import Schedule
 
 __all__ = ["SpikingNetwork", "build", "layer_equations", "namespace"]
 
@@ -206,7 +206,7 @@ def build(
         x: inputs, shape ``(samples, copies, n_0)`` (or ``(copies, n_0)`` for one sample), in
             [0, 1] for Poisson input.
         y: targets, shape ``(samples, copies, n_L)``; zeros when ``None`` (free runs).
-        schedule: one sample's time course (:mod:`spikeep.brian2.phases`; default a free phase).
+        schedule: one sample's time course (:mod:`spikeep.brian2.schedules`; default a free phase).
         rule: ``"endpoint"`` or ``"stdp"`` (:mod:`spikeep.brian2.rules`).
         eta: learning rate (per parameter name, or one for all); 0 only measures the estimate.
         seed: seeds Brian2's random numbers (Poisson input).
@@ -216,12 +216,12 @@ def build(
     Returns:
         a :class:`SpikingNetwork`.
     """
-    from . import phases
+    from . import schedules
 
     cfg = spec.spiking
     if cfg is None:
         raise ValueError(f"{spec.source}: the brian2 engine needs a [spiking] section")
-    schedule = schedule or phases.free(cfg)
+    schedule = schedule or schedules.free(cfg)
     schedule.check(cfg)
     rule_ = Rule(rule, schedule)
     x = _as_numpy(x)

@@ -2,8 +2,8 @@ r"""Local learning rules: Brian2 code that estimates ``+dL/dtheta`` inside the s
 
 Every rule accumulates, per synapse, ``g += dg`` (the estimate, summed over samples) and moves the
 weight ``w -= eta dg`` (``eta = 0``: measure only); per neuron, ``gb`` and ``b`` likewise. The
-schedule (:mod:`spikeep.brian2.phases`) supplies the gate ``G(t)`` and the rate accumulators; ``r``
-is each neuron's spike trace (``tau_trace dr/dt = -r``, ``+1/(r_max tau_trace)`` per spike, so
+schedule (:mod:`spikeep.brian2.schedules`) supplies the gate ``G(t)`` and the rate accumulators;
+``r`` is each neuron's spike trace (``tau_trace dr/dt = -r``, ``+1/(r_max tau_trace)`` per spike, so
 ``r ~ rho(s)``), and ``r_max`` the spec's ``rate_max``.
 
 Every neuron, on each spike, adds ``G(t) / r_max`` to ``gate_run`` and ``w_k(t) / r_max`` to each
@@ -35,7 +35,7 @@ postsynaptic terms exactly.
 
 from __future__ import annotations
 
-from .phases import Schedule
+from .schedules import Schedule
 
 __all__ = ["RULES", "Rule"]
 

@@ -11,7 +11,7 @@ starts from rest (``s = v = r = 0``); inside a run each sample starts where the 
 Besides the weights, a run returns the output layer's rates of every sample's first window
 (``rho0``, the free phase; the mean rate ``m`` when oscillating), recorded once per sample by a
 ``StateMonitor``: the spiking network's predictions, from which training reads its loss and
-error (:mod:`spikeep.brian2.train`).
+error (:mod:`spikeep.brian2.engine`).
 
 The project lives under the cache folder ``$SPIKEEP_CACHE/brian2`` (default
 ``~/.cache/spikeep/brian2``), in a subfolder named by a hash of everything that shapes the code
@@ -37,7 +37,7 @@ import torch
 
 from ..spec import ModelSpec
 from .lowering import build
-from .phases import Schedule
+from .schedules import Schedule
 
 __all__ = ["cache_dir", "Chunk"]
 
@@ -61,7 +61,7 @@ class Chunk:
 
     Args:
         spec: a dense model spec with a ``[spiking]`` section.
-        schedule: one sample's time course (:mod:`spikeep.brian2.phases`).
+        schedule: one sample's time course (:mod:`spikeep.brian2.schedules`).
         samples: samples per chunk (the ``TimedArray`` s have one row per sample).
         rule: ``endpoint`` or ``stdp``.
         seed: Brian2's random seed (Poisson input); part of the compiled code.

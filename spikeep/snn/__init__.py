@@ -8,7 +8,7 @@ batched in torch (dense and conv specs, CPU or GPU).
     estimators   one-sided, symmetric and oscillation EP estimates from the spike rates
     gradcheck    the spiking estimate against the rate engine's implicit gradient
     export       NIR graphs of dense spiking networks, and back (optional extra ``nir``)
-    train        the engine for ``spikeep train`` (``[train] engine = "snntorch"``)
+    engine       the engine for ``spikeep train`` (``[train] engine = "snntorch"``)
 
 ``docs/snn.md`` explains the engine and the measured figures.
 """

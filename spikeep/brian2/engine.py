@@ -42,7 +42,7 @@ from .. import train as rate
 from .._dtypes import DTYPES
 from ..energy import Network
 from ..protocol import Protocol, ProtocolError, check_against_model, refuse
-from . import phases
+from . import schedules
 from .standalone import Chunk
 
 __all__ = ["train", "check", "eval_schedule", "spiking_test"]
@@ -61,8 +61,11 @@ def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) 
             f"'brian2' needs a model with a [spiking] section (dense couplings, mse cost); "
             f"{model.source} has none",
         )
-    if est.name not in phases.ESTIMATORS:
-        fail("estimator.name", f"the brian2 engine has {list(phases.ESTIMATORS)}, not {est.name!r}")
+    if est.name not in schedules.ESTIMATORS:
+        fail(
+            "estimator.name",
+            f"the brian2 engine has {list(schedules.ESTIMATORS)}, not {est.name!r}",
+        )
     if est.name == "oscillation" and not est.real:
         fail("estimator.real", "the brian2 oscillation is the real beta cos(wt): set real = true")
     refused = {
@@ -91,9 +94,9 @@ def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) 
             fail("brian2.eval_settle", str(err))
 
 
-def _schedule(protocol: Protocol, cfg) -> phases.Schedule:
+def _schedule(protocol: Protocol, cfg) -> schedules.Schedule:
     est = protocol.estimator
-    return phases.for_estimator(est.name, est.beta, cfg, periods=est.periods, warmup=est.warmup)
+    return schedules.for_estimator(est.name, est.beta, cfg, periods=est.periods, warmup=est.warmup)
 
 
 def _inputs(net, ds, idx, normalize, chunk: int):
@@ -117,18 +120,18 @@ def _score(net, params, rates, labels, y) -> tuple[float, float]:
     return cost, wrong
 
 
-def eval_schedule(protocol: Protocol, cfg) -> phases.Schedule | None:
+def eval_schedule(protocol: Protocol, cfg) -> schedules.Schedule | None:
     """The spiking test pass's free phase (``[brian2] eval_settle``, ``eval_window``), or
     ``None``: the test runs the training schedule."""
     b = protocol.brian2
-    return phases.free(cfg, b.eval_settle, b.eval_window) if b.eval_window > 0 else None
+    return schedules.free(cfg, b.eval_settle, b.eval_window) if b.eval_window > 0 else None
 
 
 def spiking_test(
-    model: spec.ModelSpec, params, ds, normalize, schedule: phases.Schedule, chunk: int = 100
+    model: spec.ModelSpec, params, ds, normalize, schedule: schedules.Schedule, chunk: int = 100
 ) -> dict:
     """Error (%) and mean cost on ``ds`` of the spiking free phase of ``schedule`` (a free
-    schedule, :func:`spikeep.brian2.phases.free`), in compiled chunks of ``chunk`` samples."""
+    schedule, :func:`spikeep.brian2.schedules.free`), in compiled chunks of ``chunk`` samples."""
     with Chunk(model, schedule, chunk) as c:
         return _spiking_test(Network(model), c, params, ds, normalize)
 
