@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 import brian2 as b2
 import numpy as np
 import torch
+from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
 
 from ..spec import ModelSpec, Spiking
-from . import neurons
+from . import kernels, neurons
 from .rules import Rule
 from .schedules import Schedule
 
@@ -57,9 +58,11 @@ def namespace(cfg: Spiking, schedule: Schedule) -> dict:
 
 
 def layer_equations(
-    spec: ModelSpec, rule: Rule, *, input_current: bool, output: bool
+    spec: ModelSpec, rule: Rule, *, input_current: bool, output: bool, linked: bool = True
 ) -> b2.Equations:
-    """The equations of one dynamic layer (module docstring), generated from the spec."""
+    """The equations of one dynamic layer (module docstring), generated from the spec;
+    ``linked``: ``I_x`` is linked to the slow ``drive`` group (else a plain variable that
+    :func:`spikeep.brian2.kernels.input_step` writes)."""
     cfg = spec.spiking
     model = neurons.get(cfg.neuron)
     drives = ["b"] + (["I_x"] if input_current else []) + (["I_teach"] if output else [])
@@ -71,7 +74,7 @@ def layer_equations(
         rule.neuron_variables(),
     ]
     if input_current:
-        lines.append("I_x : 1 (linked)")
+        lines.append("I_x : 1 (linked)" if linked else "I_x : 1")
     if output:
         beta = "beta_abs * cos(omega * t)" if rule.schedule.oscillating else "beta_t(t)"
         lines += ["y = y_t(t, i) : 1", f"I_teach = {beta} * (y - r) : 1"]
@@ -196,6 +199,7 @@ def build(
     eta: float | dict[str, float] = 0.0,
     seed: int = 0,
     freeze: bool = True,
+    fast: bool = False,
 ) -> SpikingNetwork:
     """Lower ``spec`` with ``params`` for the inputs ``x`` and targets ``y``.
 
@@ -212,6 +216,11 @@ def build(
         seed: seeds Brian2's random numbers (Poisson input).
         freeze: call ``gc.freeze()`` once built, so that ``Network.run``'s collection does not
             walk the objects again (runtime mode).
+        fast: cpp_standalone only: one clock per time step (every group and synapse at ``dt``
+            shares it, every once-per-sample object the other), and under ``input =
+            "current"`` the input layer's update and drive as the hand-written C++ of
+            :func:`spikeep.brian2.kernels.input_step` instead of ``W_1`` 's generated code and
+            the ``drive`` group (the same arithmetic; :mod:`spikeep.brian2.standalone`).
 
     Returns:
         a :class:`SpikingNetwork`.
@@ -262,14 +271,20 @@ def build(
         timed[name] = b2.TimedArray(values * unit, dt=grid * b2.second, name=name)
     ns.update(timed)
     current = cfg.input == "current"
+    if fast and not isinstance(b2.get_device(), CPPStandaloneDevice):
+        raise ValueError("fast=True lowers for cpp_standalone only (brian2.set_device)")
+    kernel = fast and current
     model = neurons.get(cfg.neuron)
+    # fast: two clocks in all, so the scheduler compares two per step instead of one per object
+    step = {"clock": b2.Clock(dt, name="step_clock")} if fast else {"dt": dt}
+    per_sample = {"clock": b2.Clock(T, name="sample_clock")} if fast else {"dt": T}
     lr = (lambda k: eta.get(k, 0.0)) if isinstance(eta, dict) else (lambda k: eta)  # noqa: E731
 
     # input layer: the rate x of the sample (x_prev: of the sample just closed)
     inp_eqs = "x : 1\nx_prev : 1"
     close_input = "x_prev = x\nx = x_t(t, i)"
     if current:
-        inp = b2.NeuronGroup(copies * sizes[0], inp_eqs, dt=dt, namespace=ns, name="layer0")
+        inp = b2.NeuronGroup(copies * sizes[0], inp_eqs, **step, namespace=ns, name="layer0")
     else:
         inp_eqs += "\n" + "dr/dt = -r / tau_trace : 1\n" + rule_.neuron_variables()
         inp_eqs += "\nb : 1"  # unused: keeps the closing code uniform
@@ -278,17 +293,21 @@ def build(
             inp_eqs,
             threshold="rand() < x * r_max * dt",
             reset="r += 1 / (r_max * tau_trace)\n" + rule_.on_spike(),
-            dt=dt,
+            **step,
             namespace=ns,
             name="layer0",
         )
         close_input = rule_.close_sample() + "\n" + close_input
-    inp.run_regularly(close_input, dt=T, when="start", order=0, name="layer0_close")
+    inp.run_regularly(close_input, **per_sample, when="start", order=0, name="layer0_close")
     groups, objects = [inp], [inp]
 
     for k in range(1, len(sizes)):
         eqs = layer_equations(
-            spec, rule_, input_current=current and k == 1, output=k == len(sizes) - 1
+            spec,
+            rule_,
+            input_current=current and k == 1,
+            output=k == len(sizes) - 1,
+            linked=not kernel,
         )
         g = b2.NeuronGroup(
             copies * sizes[k],
@@ -297,13 +316,15 @@ def build(
             reset="\n".join([model.reset, "r += 1 / (r_max * tau_trace)", rule_.on_spike()]),
             refractory=cfg.refractory * b2.second if model.refractory else False,
             method="euler",
-            dt=dt,
+            **step,
             namespace=ns,
             name=f"layer{k}",
         )
         g.b = np.tile(_as_numpy(params[f"b{k}"]), copies)
         g.eta_b = lr(f"b{k}")
-        g.run_regularly(rule_.close_sample(), dt=T, when="start", order=0, name=f"layer{k}_close")
+        g.run_regularly(
+            rule_.close_sample(), **per_sample, when="start", order=0, name=f"layer{k}_close"
+        )
         groups.append(g)
         objects.append(g)
 
@@ -312,13 +333,25 @@ def build(
     jump = "w / (r_max * tau_syn)"
     for k in range(1, len(sizes)):
         pre_idx, post_idx = dense_pairs(sizes[k - 1], sizes[k], copies)
-        if k == 1 and current:
+        if k == 1 and kernel:
+            # W_1 only holds w and g: the kernel updates them and sets layer 1's I_x
+            syn = b2.Synapses(
+                inp,
+                groups[1],
+                rule_.synapse_variables() + "\ndone : 1 (shared)",
+                **step,
+                namespace=dict(ns),
+                name="W1",
+            )
+        elif k == 1 and current:
             # gate_post / rho_post: the learning rule reads layer 1's accumulators through links
             links = ["gate", *rule_.weights()]
             drive_eqs = "I_x : 1\n" + "\n".join(f"{v} : 1 (linked)" for v in links)
             # x and W1 change only at sample starts (W1's rules act once per sample): one
             # product per synapse per sample
-            drive = b2.NeuronGroup(copies * sizes[1], drive_eqs, dt=T, namespace=ns, name="drive1")
+            drive = b2.NeuronGroup(
+                copies * sizes[1], drive_eqs, **per_sample, namespace=ns, name="drive1"
+            )
             for v in links:
                 setattr(drive, v, b2.linked_var(groups[1], v))
             groups[1].I_x = b2.linked_var(drive, "I_x")
@@ -326,7 +359,7 @@ def build(
                 inp,
                 drive,
                 rule_.synapse_variables() + "\nI_x_post = w * x_pre : 1 (summed)",
-                dt=dt,
+                **step,
                 namespace=ns,
                 name="W1",
             )
@@ -341,7 +374,7 @@ def build(
                 rule_.synapse_variables(),
                 on_pre=on_pre,
                 on_post=on_post.strip() or None,
-                dt=dt,
+                **step,
                 namespace=ns,
                 name=f"W{k}",
             )
@@ -349,8 +382,12 @@ def build(
         syn.w = np.tile(_as_numpy(params[f"W{k}"]).ravel(), copies)
         syn.eta = lr(f"W{k}")
         code = rule_.per_sample(current_input=k == 1 and current)
+        if k == 1 and kernel:
+            fn = kernels.input_step(rule_.input_dg(), syn, inp, groups[1], copies, "_spikeep_W1")
+            syn.namespace["spikeep_W1"] = fn
+            code = "done = spikeep_W1(eta)"
         if code:
-            syn.run_regularly(code, dt=T, when="start", order=1, name=f"W{k}_update")
+            syn.run_regularly(code, **per_sample, when="start", order=1, name=f"W{k}_update")
         synapses.append(syn)
         objects.append(syn)
 

@@ -109,15 +109,20 @@ class Rule:
     def synapse_variables(self) -> str:
         return "w : 1\ng : 1\neta : 1 (shared)"
 
+    def input_dg(self) -> str:
+        """``dg`` of a synapse from a constant input current, once per sample (``x_prev``: the
+        input of the sample just closed)."""
+        if self.name == "stdp":
+            return "-x_prev_pre * gate_post"
+        rates = {name: "x_prev_pre" for name in self.weights()}
+        if self.schedule.oscillating:
+            rates["q"] = "0"  # a constant input has no cosine component
+        return self._endpoint(rates)
+
     def per_sample(self, current_input: bool) -> str | None:
         """Synaptic code run once per sample (after the neurons closed it), or ``None``."""
-        if current_input:  # x_prev: the input of the sample just closed
-            if self.name == "stdp":
-                return self._apply("-x_prev_pre * gate_post")
-            rates = {name: "x_prev_pre" for name in self.weights()}
-            if self.schedule.oscillating:
-                rates["q"] = "0"  # a constant input has no cosine component
-            return self._apply(self._endpoint(rates))
+        if current_input:
+            return self._apply(self.input_dg())
         return self._apply(self._endpoint()) if self.name == "endpoint" else None
 
     def on_pre(self) -> str:

@@ -48,11 +48,24 @@ def cache_dir() -> Path:
     return Path(root) / "brian2"
 
 
-def _key(spec: ModelSpec, schedule: Schedule, samples: int, rule: str, seed: int) -> str:
+def _key(
+    spec: ModelSpec, schedule: Schedule, samples: int, rule: str, seed: int, fast: bool
+) -> str:
     shape = [(layer.name, layer.size) for layer in spec.layers]
+    version = 3 if fast else 2  # the code's version (2: the output-rate monitor; 3: fast)
     text = repr(
-        (shape, spec.activation, spec.spiking, schedule, samples, rule, seed, b2.__version__, 2)
-    )  # 2: the code's version (the output-rate monitor)
+        (
+            shape,
+            spec.activation,
+            spec.spiking,
+            schedule,
+            samples,
+            rule,
+            seed,
+            b2.__version__,
+            version,
+        )
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -66,6 +79,8 @@ class Chunk:
         rule: ``endpoint`` or ``stdp``.
         seed: Brian2's random seed (Poisson input); part of the compiled code.
         directory: the project folder (default: under :func:`cache_dir`).
+        fast: lower with ``build(fast=True)`` (shared clocks, the input layer's hand-written
+            C++): the same arithmetic as ``fast=False`` (Brian2's generated code only).
 
     Attributes:
         build_s: seconds spent generating and compiling (0 when nothing was recompiled).
@@ -80,11 +95,13 @@ class Chunk:
         rule: str = "endpoint",
         seed: int = 0,
         directory: str | Path | None = None,
+        fast: bool = True,
     ):
         if not (isinstance(samples, int) and samples >= 1):
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
         self.spec, self.schedule, self.samples = spec, schedule, samples
-        key = _key(spec, schedule, samples, rule, seed)
+        key = _key(spec, schedule, samples, rule, seed, fast)
+        self.fast = fast
         self.directory = Path(directory) if directory else cache_dir() / f"{spec.name}-{key}"
         self.directory.mkdir(parents=True, exist_ok=True)
         sizes = [layer.size for layer in spec.layers]
@@ -100,7 +117,9 @@ class Chunk:
             b2.device.activate(build_on_run=False, directory=str(self.directory))
             x = np.zeros((samples, 1, sizes[0]))
             y = np.zeros((samples, 1, sizes[-1]))
-            self.net = build(spec, params, x, y, schedule, rule=rule, seed=seed, freeze=False)
+            self.net = build(
+                spec, params, x, y, schedule, rule=rule, seed=seed, freeze=False, fast=fast
+            )
             self.counters = [
                 b2.SpikeMonitor(g, record=False, name=f"spikes{k}")
                 for k, g in enumerate(self.net.groups)
