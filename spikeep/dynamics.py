@@ -43,7 +43,9 @@ reference (:mod:`spikeep.reference` differentiates through whichever map is in u
 :func:`relax` runs a phase: the static input drive is computed once, a state (the free fixed point,
 or one kept from the previous batch) can seed it, it returns the state with its convergence
 residual ``max |s_K - s_{K-1}| / dt``, and it raises :class:`DivergenceError` naming the layer and
-step when a state turns non-finite or exceeds ``max_abs``.
+step when a state turns non-finite or exceeds ``max_abs``. On dense networks with the prototypical
+dynamics it runs the same arithmetic, bit for bit, in buffers allocated once per phase.
+:func:`relax_points` relaxes several nudges from one start as one batch (holomorphic EP's points).
 
 Noise (for robustness studies; Laborieux & Zenke 2022 use 0.04). At every step each neuron's
 input gets Gaussian noise ``noise xi``, ``xi ~ N(0, 1)`` i.i.d. per unit and step, drawn from an
@@ -87,6 +89,7 @@ __all__ = [
     "stepper",
     "cast_params",
     "halves",
+    "relax_points",
 ]
 
 
@@ -359,9 +362,16 @@ def relax(
     dyn = net.dynamics
     state, prev = s0, s0
     replay = generator.get_state() if noise else None  # to replay the draws if it diverges
-    step = stepper(dyn, noise, generator)
-    for _ in range(steps):
-        prev, state = state, step(net, params, state, static, y, beta)
+    fast = _planar(net) and not s0[0].is_complex() and not _tracked(params, x, s0, static)
+    if fast:  # the same arithmetic in preallocated buffers
+        run = _PlanarRun(net, params, y, [beta], [False], static, s0)
+        for _ in range(steps):
+            run.step(noise, generator)
+        state, prev = tuple(run.cur), tuple(run.prev)
+    else:
+        step = stepper(dyn, noise, generator)
+        for _ in range(steps):
+            prev, state = state, step(net, params, state, static, y, beta)
     # One synchronisation at the end: the largest state magnitude (NaN propagates through amax)
     # and the last step's change. On failure, replay the phase to name the layer and step.
     stats = torch.stack(
@@ -391,3 +401,212 @@ def _locate(net, params, s0, static, y, beta, steps, max_abs, noise, generator, 
                     f"beta, or rescale the initial weights"
                 )
     raise DivergenceError(f"relaxation diverged within {steps} steps (beta={beta})")
+
+
+# -- several nudges as one relaxation ---------------------------------------------------------
+
+
+def relax_points(
+    net,
+    params: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    betas,
+    s: tuple[Tensor, ...] | None = None,
+    steps: int = 20,
+    static: list[Tensor] | None = None,
+    max_abs: float = 1e6,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[Relaxed]:
+    """One phase per nudge ``beta_k`` of ``betas`` (real or complex), every one ``steps`` steps
+    from the same start ``s``: what ``[relax(..., beta_k, s=s, ...) for beta_k in betas]``
+    returns, computed as one batched relaxation.
+
+    For the prototypical dynamics on dense couplings (the weights real, every drive linear in
+    the rates) a complex state ``a + ib`` is carried as two real rows, ``a`` and ``b``: ``W (a +
+    ib) = W a + i W b``, so each product is one real matrix product over the rows of every point,
+    half the work of a complex product with the weights cast to complex. The rows are stacked as
+    ``[real points | real parts | imaginary parts]`` (each block ``B`` rows); the static input
+    drive and the noise enter the first two blocks only (module docstring: the noise is real).
+    The nudge's cost term and ``rho`` combine a point's two rows. Other networks relax the
+    points one after another (:func:`relax`). Noise-free, both give the same states to rounding;
+    with noise the draws are taken in another order (the same distribution, other samples).
+
+    Returns:
+        a :class:`Relaxed` per nudge, in the order of ``betas`` (complex states for complex
+        nudges); each residual is that point's own, ``static`` the real one given or computed.
+    """
+    betas = list(betas)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if y is None:
+        raise ValueError(f"nudged phases (betas={betas}) need targets y")
+    check_noise(noise, generator)
+    real_start = s is None or not s[0].is_complex()
+    real_params = not next(iter(params.values())).is_complex()
+    if not (_planar(net) and real_start and real_params and not _tracked(params, x, s, static)):
+        return [
+            relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator) for b in betas
+        ]
+    is_complex = [isinstance(b, complex) and b.imag != 0 for b in betas]
+    if any(is_complex):
+        _state_dtype(net, params, x, 1j, None)  # refuses a network that is not holomorphic
+    if static is None:
+        static = net.static_drive(params, x)
+    run = _PlanarRun(net, params, y, betas, is_complex, static, s or net.zeros(x))
+    for _ in range(steps):
+        run.step(noise, generator)
+    return run.results(max_abs, static)
+
+
+def _planar(net) -> bool:
+    """Whether :func:`relax_points` can carry complex states as real rows (its docstring)."""
+    from .couplings import Dense
+
+    return (
+        type(net.dynamics) is Prototypical
+        and all(isinstance(c, Dense) for c in net.couplings)
+        and all(len(layer.shape) == 1 for layer in net.spec.dynamic_layers)
+    )
+
+
+def _tracked(params, x, s, static) -> bool:
+    """Whether autograd records the relaxation (then the buffers of :class:`_PlanarRun`, written
+    in place, cannot be used)."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [*params.values(), x, *(s or ()), *(static or ())]
+    return any(torch.is_tensor(v) and v.requires_grad for v in tensors)
+
+
+class _PlanarRun:
+    """The state of :func:`relax_points`' batched relaxation: per layer two buffers of ``(M B,
+    n)`` rows, ``M = R + 2 C`` blocks for ``R`` real and ``C`` complex points, that swap roles
+    at each step (no allocation for the drives)."""
+
+    def __init__(self, net, params, y, betas, is_complex, static, s0):
+        self.net, self.params, self.betas = net, params, betas
+        self.real = [k for k, c in enumerate(is_complex) if not c]
+        self.cplx = [k for k, c in enumerate(is_complex) if c]
+        B = s0[0].shape[0]
+        R, C = len(self.real), len(self.cplx)
+        self.B, self.R, self.C = B, R, C
+        self.nre = R + C  # blocks that carry real parts: static drive and noise go there
+        M = R + 2 * C
+        self.weights = [params[f"W{i + 1}"] for i in range(1, net.n_dynamic)]
+        self.static, self.cur, self.nxt = [], [], []
+        for h, si in zip(static, s0, strict=True):
+            n = si.shape[1]
+            S = si.new_zeros((M * B, n))
+            S[: self.nre * B] = h if h.dim() == 1 else h.repeat(self.nre, 1)
+            self.static.append(S)
+            cur = si.new_zeros((M * B, n))
+            cur[: self.nre * B] = si.repeat(self.nre, 1)
+            self.cur.append(cur)
+            self.nxt.append(torch.empty_like(cur))
+        real_dtype, device = s0[0].dtype, s0[0].device
+        beta_r = [complex(betas[k]).real for k in self.real]
+        self.nudged = any(beta_r)  # a free phase has no cost term (Network.dphi)
+        self.single = beta_r[0] if R == 1 and not C else None  # exactly Network.dphi's sub
+        if self.nudged:
+            self.y_real = y.to(real_dtype).repeat(R, 1)
+            beta_r = torch.tensor(beta_r, dtype=real_dtype, device=device)
+            self.beta_real = beta_r.repeat_interleave(B).unsqueeze(1)
+        if C:
+            cdtype = COMPLEX_OF[real_dtype]
+            self.cparams = cast_params(params, cdtype)
+            self.y_cplx = y.to(cdtype).repeat(C, 1)
+            beta_c = torch.tensor([complex(betas[k]) for k in self.cplx], dtype=cdtype)
+            self.beta_cplx = beta_c.to(device).repeat_interleave(B).unsqueeze(1)
+        self.sigmoid4 = net.act.name == "sigmoid4"
+
+    def step(self, noise, generator):
+        net, cur, nxt, W = self.net, self.cur, self.nxt, self.weights
+        top, B, R, nre = len(cur) - 1, self.B, self.R, self.nre
+        for i in range(top + 1):  # the order of Network.dphi: forward drive, then feedback
+            if i > 0:
+                torch.addmm(self.static[i], cur[i - 1], W[i - 1].T, out=nxt[i])
+            else:
+                nxt[i].copy_(self.static[i])
+            if i < top:
+                nxt[i].addmm_(cur[i + 1], W[i])
+        h, r = nxt[top], cur[top]
+        if self.nudged:  # the nudge: - beta_k dC/dr_top, each point with its own beta
+            d = net.dcost_dr(self.params, r[: R * B], self.y_real)
+            if self.single is not None:
+                h.sub_(d, alpha=self.single)
+            else:
+                h[: R * B].sub_(d.mul_(self.beta_real))
+        if self.C:
+            rc = torch.complex(r[R * B : nre * B], r[nre * B :])
+            d = net.dcost_dr(self.cparams, rc, self.y_cplx).mul_(self.beta_cplx)
+            h[R * B : nre * B].sub_(d.real)
+            h[nre * B :].sub_(d.imag)
+        for hi in nxt:
+            if noise:
+                add_noise((hi[: nre * B],), noise, generator)
+            self._rho(hi)
+        self.prev, self.cur, self.nxt = cur, nxt, cur
+
+    def _rho(self, h):
+        """``rho`` in place on one layer's rows: real points, then each complex point's pair."""
+        act, B, R, nre = self.net.act, self.B, self.R, self.nre
+        real, re, im = h[: R * B], h[R * B : nre * B], h[nre * B :]
+        if self.sigmoid4:
+            real.mul_(4.0).sub_(2.0).sigmoid_()
+            if self.C:
+                _sigmoid_planar_(re.mul_(4.0).sub_(2.0), im.mul_(4.0))
+            return
+        if R:
+            real.copy_(act.rho(real))
+        if self.C:
+            r = act.rho(torch.complex(re, im))
+            re.copy_(r.real)
+            im.copy_(r.imag)
+
+    def _point(self, layer: Tensor, k: int) -> Tensor:
+        B, R, nre = self.B, self.R, self.nre
+        if k in self.real:
+            j = self.real.index(k)
+            return layer[j * B : (j + 1) * B]
+        j = self.cplx.index(k)
+        re = layer[(R + j) * B : (R + j + 1) * B]
+        return torch.complex(re, layer[(nre + j) * B : (nre + j + 1) * B])
+
+    def results(self, max_abs, static) -> list[Relaxed]:
+        out = []
+        for k, beta in enumerate(self.betas):
+            s = tuple(self._point(c, k) for c in self.cur)
+            prev = tuple(self._point(c, k) for c in self.prev)
+            stats = torch.stack(
+                [si.abs().amax() for si in s] + [(a - b).abs().amax() for a, b in zip(s, prev)]
+            )
+            peak = float(stats[: len(s)].amax())
+            if not peak <= max_abs:  # also true for NaN
+                layer = next(
+                    lay.name
+                    for lay, si in zip(self.net.spec.dynamic_layers, s, strict=True)
+                    if not float(si.abs().amax()) <= max_abs
+                )
+                raise DivergenceError(
+                    f"relaxation diverged: layer {layer!r} became non-finite or larger than "
+                    f"{max_abs:g} in magnitude (beta={beta}, one of {len(self.betas)} nudges "
+                    f"relaxed together, model {self.net.spec.source}); lower the learning rate "
+                    f"or beta, or rescale the initial weights"
+                )
+            out.append(Relaxed(s, stats[len(s) :].amax() / self.net.dynamics.dt, static))
+        return out
+
+
+def _sigmoid_planar_(a: Tensor, b: Tensor) -> None:
+    """``sigmoid(a + ib)`` in place, its real part into ``a`` and imaginary part into ``b``: the
+    arithmetic of :func:`spikeep.activations._sigmoid` on split parts."""
+    pos = a >= 0
+    u = a.abs_().neg_().exp_()
+    uc = torch.cos(b).mul_(u)
+    us = torch.sin(b).mul_(u)
+    uu = u.mul_(u)
+    D = (1 + uu).add_(uc, alpha=2)
+    torch.where(pos, 1 + uc, uc.add_(uu), out=a).div_(D)
+    torch.div(us, D, out=b)

@@ -19,6 +19,9 @@ and declares the order of its bias in ``beta``:
 ``holomorphic`` relaxes only ``k = 0 .. N/2``: for real parameters and data ``s^conj(beta)`` is
 ``conj(s^beta)``, so the other half of the circle repeats their real parts (weight 2). ``k = 0``
 and ``k = N/2`` are real nudges, so ``N = 2`` performs exactly the symmetric estimator's arithmetic.
+The ``N/2 + 1`` points are relaxed together, as one batch (:func:`spikeep.dynamics.relax_points`:
+on dense prototypical networks a complex state is two real rows and every product a real one);
+``batched=False`` relaxes them one after another, to rounding the same.
 
 Every estimator takes ``noise`` (default 0): the std of the Gaussian noise added to the states at
 every step of its nudged phases (:meth:`spikeep.dynamics.Dynamics.noisy_step`), drawn from the
@@ -46,7 +49,7 @@ import torch
 from torch import Tensor
 
 from . import oscillation, reference
-from .dynamics import Relaxed, check_noise, relax, stepper
+from .dynamics import Relaxed, check_noise, relax, relax_points, stepper
 
 __all__ = [
     "Estimate",
@@ -170,15 +173,24 @@ class Symmetric(Estimator):
 
 
 class Holomorphic(Estimator):
-    """Laborieux & Zenke 2022: ``N`` nudges on the circle of radius ``abs(beta)``."""
+    """Laborieux & Zenke 2022: ``N`` nudges on the circle of radius ``abs(beta)``, of which the
+    ``N/2 + 1`` on the upper half are relaxed, as one batch unless ``batched=False``."""
 
     name = "holomorphic"
 
-    def __init__(self, beta: float, steps: int = 20, points: int = 4, *, noise: float = 0.0):
+    def __init__(
+        self,
+        beta: float,
+        steps: int = 20,
+        points: int = 4,
+        *,
+        noise: float = 0.0,
+        batched: bool = True,
+    ):
         super().__init__(beta, steps, noise=noise)
         if not (isinstance(points, int) and points >= 2):
             raise ValueError(f"points must be an integer >= 2, got {points!r}")
-        self.points = points
+        self.points, self.batched = points, batched
 
     @property
     def bias_order(self):
@@ -205,14 +217,28 @@ class Holomorphic(Estimator):
 
     def estimate(self, net, params, x, y, free, generator=None):
         N = self.points
-        points, betas, residuals, last = [], [], [], None
-        for beta_k, w in self.betas():
-            out, r_k = self._nudge(net, params, x, y, free, beta_k, generator)
-            points.append((r_k, beta_k, w / (N * beta_k)))
-            betas.append(beta_k)
-            residuals.append(float(out.residual))
-            last = out.s if last is None else last
-        return Estimate(net.dF_dtheta(params, x, y, points), betas, residuals, last)
+        betas = [beta_k for beta_k, _ in self.betas()]
+        if self.batched:  # the N/2 + 1 points as one relaxation (dynamics.relax_points)
+            outs = relax_points(
+                net,
+                params,
+                x,
+                y,
+                betas,
+                free.s,
+                self.steps,
+                free.static,
+                noise=self.noise,
+                generator=generator,
+            )
+        else:  # one point after another
+            outs = [self._nudge(net, params, x, y, free, b, generator)[0] for b in betas]
+        points = [
+            (net.dynamics.rates(net, out.s), beta_k, w / (N * beta_k))
+            for out, (beta_k, w) in zip(outs, self.betas(), strict=True)
+        ]
+        residuals = [float(out.residual) for out in outs]
+        return Estimate(net.dF_dtheta(params, x, y, points), betas, residuals, outs[0].s)
 
 
 class Continual(Estimator):

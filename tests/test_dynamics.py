@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import load, setup, variant
 
-from spikeep.dynamics import DivergenceError, relax
+from spikeep.dynamics import DivergenceError, prepare, relax, stepper
 
 
 @pytest.mark.parametrize("dynamics", ["prototypical", "alternating", "energy"])
@@ -190,3 +190,23 @@ def test_alternating_noise_is_reproducible_and_enters_every_layer():
     for a, b, q in zip(runs[0].s, runs[1].s, quiet.s, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert float((a - q).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_holo", "mlp_784_256x2_10"])
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+@pytest.mark.parametrize("noise", [0.0, 0.04])
+def test_the_buffered_loop_is_bit_identical_to_the_step_functions(name, beta, noise):
+    """Dense prototypical phases run in preallocated buffers (dynamics._PlanarRun); the states,
+    noise draws included, are exactly those of stepping Dynamics.step / noisy_step."""
+    net = load(name)
+    params, x, y = setup(net, dtype=net.init_params(0)["W1"].dtype)
+    fast = relax(net, params, x, y, beta, steps=25, noise=noise, generator=_gen(noise))
+    p, x, y, static, s = prepare(net, params, x, y, beta)
+    step = stepper(net.dynamics, noise, _gen(noise))
+    for _ in range(25):
+        s = step(net, p, s, static, y, beta)
+    assert all(torch.equal(a, b) for a, b in zip(fast.s, s, strict=True))
+
+
+def _gen(noise):
+    return torch.Generator().manual_seed(3) if noise else None

@@ -17,7 +17,7 @@ from test_cli import run
 
 from spikeep import estimators, oscillation, reference
 from spikeep import protocol as proto
-from spikeep.dynamics import add_noise, relax
+from spikeep.dynamics import add_noise, relax, relax_points
 from spikeep.oscillation import Demodulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +80,51 @@ def test_conjugate_symmetric_shortcut_equals_the_full_sum(problem, points):
         out = relax(net, params, x, y, beta_k, s=free.s, steps=steps, static=free.static)
         full.append((out.s, beta_k, 1 / (points * beta_k)))
     assert rel(half, net.dF_dtheta(params, x, y, full)) < 1e-12
+
+
+@pytest.mark.parametrize("points", [2, 3, 4, 10])
+def test_points_relaxed_as_one_batch_equal_the_full_circle_one_by_one(points):
+    """The batched half circle (complex states as pairs of real rows, dynamics.relax_points)
+    against every point of the circle relaxed on its own with complex weights: the same
+    estimate to float64 rounding, and each point's states and residual too."""
+    net = load("tiny_holo")
+    params, x, y = setup(net, batch=5)
+    free = relax(net, params, x, steps=150)
+    est = estimators.Holomorphic(0.4, 60, points)
+    fast = est.estimate(net, params, x, y, free)
+    slow = estimators.Holomorphic(0.4, 60, points, batched=False).estimate(net, params, x, y, free)
+    assert rel(fast.grads, slow.grads) < 1e-13
+    assert fast.residuals == pytest.approx(slow.residuals, rel=1e-6, abs=1e-14)
+    full = []
+    for k in range(points):
+        beta_k = 0.4 * cmath.exp(2j * math.pi * k / points)
+        out = relax(net, params, x, y, beta_k, s=free.s, steps=60, static=free.static)
+        full.append((out.s, beta_k, 1 / (points * beta_k)))
+    assert rel(fast.grads, net.dF_dtheta(params, x, y, full)) < 1e-13
+    outs = relax_points(net, params, x, y, [b for b, _ in est.betas()], free.s, 60)
+    for out, (beta_k, _) in zip(outs, est.betas(), strict=True):
+        alone = relax(net, params, x, y, beta_k, s=free.s, steps=60)
+        assert out.s[0].dtype == alone.s[0].dtype
+        for a, b in zip(out.s, alone.s, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+
+
+def test_points_relaxed_as_one_batch_draw_seeded_noise():
+    net = load("tiny_holo")
+    params, x, y = setup(net)
+    free = relax(net, params, x, steps=150)
+    betas = [0.4, 0.4j, -0.4]
+
+    def run(seed, noise=0.04):
+        g = torch.Generator().manual_seed(seed)
+        return relax_points(net, params, x, y, betas, free.s, 40, noise=noise, generator=g)
+
+    clean, a, b = run(0, 0.0), run(0), run(0)
+    for u, v, w in zip(clean, a, b, strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(v.s, w.s))  # seeded: reproducible
+        gap = max(float((p - q).abs().max()) for p, q in zip(v.s, u.s))
+        assert 1e-3 < gap < 1.0
+    assert not a[0].s[0].is_complex() and a[1].s[0].is_complex()
 
 
 # -- continuous oscillation ---------------------------------------------------------------------
