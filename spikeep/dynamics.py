@@ -509,7 +509,7 @@ class _PlanarRun:
         beta_r = [complex(betas[k]).real for k in self.real]
         self.nudged = any(beta_r)  # a free phase has no cost term (Network.dphi)
         self.single = beta_r[0] if R == 1 and not C else None  # exactly Network.dphi's sub
-        if self.nudged:
+        if y is not None:
             self.y_real = y.to(real_dtype).repeat(R, 1)
             beta_r = torch.tensor(beta_r, dtype=real_dtype, device=device)
             self.beta_real = beta_r.repeat_interleave(B).unsqueeze(1)
@@ -520,6 +520,10 @@ class _PlanarRun:
             beta_c = torch.tensor([complex(betas[k]) for k in self.cplx], dtype=cdtype)
             self.beta_cplx = beta_c.to(device).repeat_interleave(B).unsqueeze(1)
         self.sigmoid4 = net.act.name == "sigmoid4"
+        self.readout = bool(net.readout)
+        if self.readout:
+            n = len(net.layers) - 1
+            self.W_out, self.b_out = params[f"W{n}"], params[f"b{n}"]
 
     def step(self, noise, generator):
         net, cur, nxt, W = self.net, self.cur, self.nxt, self.weights
@@ -532,6 +536,10 @@ class _PlanarRun:
             if i < top:
                 nxt[i].addmm_(cur[i + 1], W[i])
         h, r = nxt[top], cur[top]
+        if self.readout and self.single is None and (self.nudged or self.C):
+            self._nudge_readout(h, r)
+            self._noise_and_rho(noise, generator)
+            return
         if self.nudged:  # the nudge: - beta_k dC/dr_top, each point with its own beta
             d = net.dcost_dr(self.params, r[: R * B], self.y_real)
             if self.single is not None:
@@ -543,11 +551,32 @@ class _PlanarRun:
             d = net.dcost_dr(self.cparams, rc, self.y_cplx).mul_(self.beta_cplx)
             h[R * B : nre * B].sub_(d.real)
             h[nre * B :].sub_(d.imag)
+        self._noise_and_rho(noise, generator)
+
+    def _noise_and_rho(self, noise, generator):
+        cur, nxt = self.cur, self.nxt
         for hi in nxt:
             if noise:
-                add_noise((hi[: nre * B],), noise, generator)
+                add_noise((hi[: self.nre * self.B],), noise, generator)
             self._rho(hi)
         self.prev, self.cur, self.nxt = cur, nxt, cur
+
+    def _nudge_readout(self, h, r):
+        """``h -= beta_k dC/dr_top`` for the cross-entropy readout, every row at once: the logits
+        ``r W_out^T + b_out`` and ``dC/dr = (softmax - y) W_out`` are real products over all
+        rows; only the softmax of a complex point combines its two rows."""
+        B, R, nre, W = self.B, self.R, self.nre, self.W_out
+        z = r @ W.T
+        z[: nre * B] += self.b_out
+        e = torch.empty_like(z)
+        if R:
+            e[: R * B] = (self.net._softmax(z[: R * B]) - self.y_real).mul_(self.beta_real)
+        if self.C:
+            zc = torch.complex(z[R * B : nre * B], z[nre * B :])
+            ec = (self.net._softmax(zc) - self.y_cplx).mul_(self.beta_cplx)
+            e[R * B : nre * B] = ec.real
+            e[nre * B :] = ec.imag
+        h.addmm_(e, W, alpha=-1)
 
     def _rho(self, h):
         """``rho`` in place on one layer's rows: real points, then each complex point's pair."""

@@ -1,0 +1,203 @@
+"""Per-batch time of Laborieux & Zenke 2022's Table 1 recipes, spikeep before and after a change,
+side by side, and the epoch time it extrapolates to.
+
+The problem: ``protocols/hep_table1_noise.toml`` (784-256-256-10, sigmoid4, cross-entropy
+readout, batch 20; holomorphic EP with N = 10 points on |beta| = 0.4, 200 free steps and 50 per
+point, noise 0.04) and, with ``--oscillation``, ``protocols/oscep_table1_noise.toml`` (900
+complex steps of the turning nudge). One training batch = the free phase plus the estimate, on
+the same random batch and the protocol model's initial weights, for each version of spikeep:
+``before`` is the package as committed at ``--before`` (extracted with ``git archive`` into a
+temporary folder and imported as ``spikeep_before``), ``after`` the working tree. The two are
+interleaved round by round, so that the machine's drift hits both alike (timings on the shared
+2-core machine drift by 2x); medians (min-max) are reported, and their ratio.
+
+The limit: the useful floating-point work of a batch (the dynamics' products, 2 FLOPs a
+multiply-add; a complex state counts as two real rows, as the batched path computes it) over the
+matrix-product throughput measured in the same run on one thread (a 1024^3 sgemm). The epoch:
+3000 batches (60,000 images, batch 20) plus the test pass (10,000 images, 200 free steps),
+timed once.
+
+    OMP_NUM_THREADS=1 python benchmarks/table1_epoch.py [--before REV] [--repeats 7]
+        [--oscillation] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BEFORE = "6bae65f"  # spikeep before the batched holomorphic points and the buffered loop
+BATCHES = 60_000 // 20
+PACKAGES = {"before": "spikeep_before", "after": "spikeep"}
+
+
+def load_before(rev: str, where: Path):
+    """The package ``spikeep`` at git revision ``rev``, imported as ``spikeep_before``."""
+    blob = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "spikeep"], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=BytesIO(blob)) as tar:
+        tar.extractall(where, filter="data")
+    init = where / "spikeep" / "__init__.py"
+    found = importlib.util.spec_from_file_location(
+        "spikeep_before", init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(found)
+    sys.modules["spikeep_before"] = module
+    found.loader.exec_module(module)
+    return module
+
+
+class Version:
+    """One training batch's free phase and estimate with one version of the package."""
+
+    def __init__(self, pkg: str, protocol: Path):
+        spec = importlib.import_module(f"{pkg}.spec")
+        energy = importlib.import_module(f"{pkg}.energy")
+        self.dynamics = importlib.import_module(f"{pkg}.dynamics")
+        estimators = importlib.import_module(f"{pkg}.estimators")
+        proto = importlib.import_module(f"{pkg}.protocol").load(protocol)
+        self.net = energy.Network(spec.load(proto.model))
+        cfg = proto.estimator
+        self.est = estimators.make(
+            cfg.name,
+            cfg.beta,
+            cfg.nudged_steps,
+            points=cfg.points,
+            noise=cfg.noise,
+            steps_per_period=cfg.steps_per_period,
+            periods=cfg.periods,
+            warmup=cfg.warmup,
+            real=cfg.real,
+        )
+        self.free_steps, self.noise = cfg.free_steps, cfg.noise
+
+    def batch(self, params, x, y, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        free = self.dynamics.relax(
+            self.net, params, x, steps=self.free_steps, noise=self.noise, generator=g
+        )
+        return self.est.estimate(self.net, params, x, y, free, generator=g).grads
+
+
+def flops_per_batch(cfg, B: int) -> float:
+    """Useful FLOPs of one batch of the Table 1 MLP (784-256-256-10): the products of the
+    dynamics and of the estimate (2 per multiply-add); complex rows count twice."""
+    n1 = n2 = 256
+    step = 2 * (2 * n1 * n2 + 2 * n2 * 10)  # h2 forward + h1 feedback, readout and its adjoint
+    free = 2 * 784 * n1 + cfg.free_steps * 2 * n1 * n2
+    if cfg.name == "holomorphic":
+        rows = cfg.points  # N/2 + 1 points, two rows for each complex one: N rows
+        nudged = cfg.nudged_steps * rows * step
+        grads = rows * 2 * (n1 * n2 + n2 * 10) + 2 * 784 * n1
+    else:  # oscillation: two rows per step and a rank-2B update of W2 per step
+        steps = cfg.steps_per_period * (cfg.periods + cfg.warmup)
+        nudged = steps * 2 * step
+        grads = cfg.steps_per_period * cfg.periods * 2 * 2 * (n1 * n2 + n2 * 10)
+    return B * (free + nudged + grads)
+
+
+def sgemm_gflops() -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * 1024**3 / best / 1e9
+
+
+def measure(protocol: Path, repeats: int, seed: int = 0) -> dict:
+    from spikeep import protocol as proto
+    from spikeep.dynamics import relax
+
+    versions = {name: Version(pkg, protocol) for name, pkg in PACKAGES.items()}
+    net = versions["after"].net
+    params = net.init_params(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(20, 784, generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (20,), generator=g), 10).float()
+    grads = {k: v.batch(params, x, y, 5) for k, v in versions.items()}  # warm-up
+    cfg = proto.load(protocol).estimator
+    same = max(
+        float((grads["before"][k] - grads["after"][k]).abs().max() / grads["before"][k].abs().max())
+        for k in grads["before"]
+    )
+    times = {k: [] for k in versions}
+    for r in range(repeats):
+        for name, v in versions.items():
+            t = time.perf_counter()
+            v.batch(params, x, y, 10 + r)
+            times[name].append(time.perf_counter() - t)
+    xt = torch.rand(1000, 784, generator=g)
+    t = time.perf_counter()
+    relax(net, params, xt, steps=cfg.eval_free_steps or cfg.free_steps)
+    test_pass = 10 * (time.perf_counter() - t)
+    gflops = sgemm_gflops()
+    limit = flops_per_batch(cfg, 20) / (gflops * 1e9)
+    out = {"protocol": protocol.name, "test_pass_s": test_pass, "sgemm_gflops": gflops}
+    out["limit_ms"] = 1e3 * limit
+    out["limit_epoch_s"] = BATCHES * limit
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        out[name] = {
+            "ms": 1e3 * med,
+            "min_ms": 1e3 * min(ts),
+            "max_ms": 1e3 * max(ts),
+            "epoch_s": BATCHES * med + test_pass,
+        }
+    out["speedup"] = out["before"]["ms"] / out["after"]["ms"]
+    out["relative_difference_noise_draws"] = same  # noisy: draws differ, not an error measure
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", default=BEFORE, help="git revision to compare against")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--oscillation", action="store_true", help="also time oscep_table1_noise")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    protocols = [ROOT / "protocols" / "hep_table1_noise.toml"]
+    if args.oscillation:
+        protocols.append(ROOT / "protocols" / "oscep_table1_noise.toml")
+    with tempfile.TemporaryDirectory() as tmp:
+        load_before(args.before, Path(tmp))
+        results = [measure(p, args.repeats) for p in protocols]
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    for r in results:
+        print(f"{r['protocol']}: one batch of 20 (free phase + estimate), {args.repeats} rounds")
+        for name in ("before", "after"):
+            v = r[name]
+            print(
+                f"  {name:6s} {v['ms']:8.1f} ms ({v['min_ms']:.1f}-{v['max_ms']:.1f})  "
+                f"epoch {v['epoch_s']:7.0f} s"
+            )
+        print(
+            f"  speed-up {r['speedup']:.2f}x; limit {r['limit_ms']:.1f} ms a batch, "
+            f"{r['limit_epoch_s']:.0f} s an epoch (sgemm {r['sgemm_gflops']:.0f} GFLOP/s); "
+            f"test pass {r['test_pass_s']:.1f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
