@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeep import activations, data, protocol, spec
-from spikeep.train import _layer_lr, _lr, _subset, normalization
+from spikeep.batches import normalization, subset
+from spikeep.protocol import layer_lr, learning_rates
 
 
 class Twin(nn.Module):
@@ -88,8 +89,8 @@ def main(argv=None) -> int:
     model = spec.load(p.model)
     torch.manual_seed(p.train.seed)
     g = torch.Generator().manual_seed(p.train.seed)
-    train_set = _subset(data.load(p.data.name, "train", p.data.dir), p.data.train_subset)
-    test_set = _subset(data.load(p.data.name, "test", p.data.dir), p.data.test_subset)
+    train_set = subset(data.load(p.data.name, "train", p.data.dir), p.data.train_subset)
+    test_set = subset(data.load(p.data.name, "test", p.data.dir), p.data.test_subset)
     normalize = normalization(p.data.name, p.data.normalize, p.data.std_scale)
     shape = model.layers[0].shape
     net = Twin(model)
@@ -100,9 +101,9 @@ def main(argv=None) -> int:
     B, n = p.train.batch_size, len(train_set.labels)
     print(f"{p.name}: backprop twin of {model.source}, {p.train.epochs} epochs", flush=True)
     for epoch in range(p.train.epochs):
-        lrs = _lr(p, epoch)
+        lrs = learning_rates(p, epoch)
         for i, group in enumerate(opt.param_groups):
-            group["lr"] = _layer_lr(lrs, f"W{i + 1}")  # coupling i + 1, as EP trains it
+            group["lr"] = layer_lr(lrs, f"W{i + 1}")  # coupling i + 1, as EP trains it
         net.train()
         perm = torch.randperm(n, generator=g)
         for b in range(n // B):

@@ -406,3 +406,42 @@ def check_against_model(p: Protocol, n_couplings: int):
             f"{p.source}: optimizer.lr: the model has {n_couplings} couplings; give one learning "
             f"rate or {n_couplings}, got {len(p.optimizer.lr)}"
         )
+
+
+# -- what a protocol implies over a run --------------------------------------------------
+
+
+def learning_rates(protocol: Protocol, epoch: int) -> tuple[float, ...]:
+    """``optimizer.lr`` during ``epoch`` (0-based): constant, or cosine-annealed from ``lr`` to
+    ``eta_min`` over ``t_max`` epochs (default ``train.epochs``)."""
+    opt = protocol.optimizer
+    if not opt.cosine:
+        return opt.lr
+    t_max = opt.t_max or protocol.train.epochs
+    f = 0.5 * (1 + math.cos(math.pi * min(epoch, t_max) / t_max))
+    return tuple(opt.eta_min + (lr - opt.eta_min) * f for lr in opt.lr)
+
+
+def layer_lr(lrs: tuple[float, ...], name: str) -> float:
+    """The learning rate of parameter ``name`` (``W3`` and ``b3`` belong to coupling 3)."""
+    i = int(name[1:]) - 1
+    return lrs[0] if len(lrs) == 1 else lrs[i]
+
+
+def eval_free_steps(raw: dict) -> int:
+    """The free steps with which the run whose protocol table is ``raw`` evaluated."""
+    est = raw.get("estimator", {})
+    return est.get("eval_free_steps") or est.get("free_steps", 20)
+
+
+def protocol_changes(old: dict, new: dict, where: str = "") -> list[str]:
+    """``"section.key: old -> new"`` for every value that differs between two raw protocols
+    (``None`` where a key is absent), in sorted key order."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{where}{key}"
+        if isinstance(a, dict) or isinstance(b, dict):
+            out += protocol_changes(a or {}, b or {}, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeep import checkpoint, data
+from spikeep import batches, checkpoint, data
 from spikeep import protocol as proto
 from spikeep import train as train_mod
 from spikeep.brian2 import engine as b2train
@@ -182,7 +182,7 @@ def test_a_test_pass_of_its_own_free_phase_and_spiking_eval(tiny, tmp_path, caps
     assert main(argv) == 0
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     # the same compiled free phase on the same 8 test images: the same error, bit for bit
-    test = train_mod._subset(data.load("mnist-embedded", "test"), 8)
+    test = batches.subset(data.load("mnist-embedded", "test"), 8)
     model = train_mod.spec.load(tiny.parent / "model.toml")
     ckpt = checkpoint.load(out / "checkpoint.pt")
     again = b2train.spiking_test(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeep import checkpoint, spec
+from spikeep import batches, checkpoint, spec
 from spikeep import protocol as proto
 from spikeep import train as train_mod
 from spikeep.cli import main
@@ -115,7 +115,7 @@ def test_training_learns_and_eval_reads_the_checkpoint(tiny, tmp_path, capsys):
 def _test_set(p):
     from spikeep import data
 
-    return train_mod._subset(data.load(p.data.name, "test"), p.data.test_subset)
+    return batches.subset(data.load(p.data.name, "test"), p.data.test_subset)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-r"""Training with the brian2 engine: a protocol with ``[train] engine = "brian2"``.
+r"""The brian2 engine: a protocol with ``[train] engine = "brian2"``, trained online.
 
-The epoch loop of :mod:`spikeep.train`, with the Brian2 simulation in place of the rate engine's
+The loop of :mod:`spikeep.train`, with the Brian2 simulation in place of the rate engine's
 relaxations. One :class:`~spikeep.brian2.standalone.Chunk` of ``[brian2] chunk`` samples of the
-estimator's schedule is compiled once; each run of it takes the next ``chunk`` samples of the
-epoch's shuffled training set, the weights and the learning rates (``run_args``), and learns
-**online**: after each sample the rule moves every parameter,
+estimator's schedule is compiled once; each :meth:`Brian2Engine.step` runs it on the next
+``chunk`` samples of the epoch's shuffled training set, with the weights and the learning rates
+(``run_args``), and learns **online**: after each sample the rule moves every parameter,
 
     theta <- theta - eta_l g(sample)            (eta_l = optimizer.lr of coupling l, per sample)
 
@@ -14,38 +14,39 @@ rate path leaves out a last partial batch). Each run starts from rest; within a 
 starts where the previous one ended (continuous time: the settling time covers it).
 
 The parameters are the rate engine's (``W1, b1, ...``, the spec's dtype), in the same
-:class:`~spikeep.train.TrainState` and checkpoint, so ``spikeep eval``, ``spikeep plot`` and
-``--resume`` work as for the rate engine. A checkpoint is written after every epoch and every
-``checkpoint_every`` chunks; a resumed run restarts at the chunk it stopped at and reaches the
-weights of an uninterrupted run (the simulation is deterministic for a given seed).
+:class:`~spikeep.checkpoint.TrainState` and checkpoint, so ``spikeep eval``, ``spikeep plot`` and
+``--resume`` work as for the rate engine; a resumed run restarts at the chunk it stopped at and
+reaches the weights of an uninterrupted run (the simulation is deterministic for a given seed).
 
 Metrics per epoch (``metrics.jsonl``), from the spiking network unless named ``_rate``:
 
 - ``loss``, ``train_error``: the output's free-phase rates of each training sample, before its
   update (``C = 1/2 |r_out - y|^2``);
 - ``test_error``, ``test_loss``: the spiking free phase on the test set, through the same
-  compiled chunk with ``eta = 0`` and targets 0 (no label reaches the network);
+  compiled chunk with ``eta = 0`` and targets 0 (no label reaches the network), or through a
+  compiled free phase of ``[brian2] eval_settle + eval_window`` seconds;
 - ``test_error_rate``, ``test_loss_rate``: the rate engine's free phase on the same parameters
-  (``eval_free_steps``), which is what ``spikeep eval`` measures;
+  (``eval_free_steps``);
 - ``spikes_per_sample``, ``ms_per_sample`` (wall time of the compiled runs), ``lr``, ``wall_s``.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, spec
-from .. import train as rate
-from .._dtypes import DTYPES
+from .. import _dist, spec
+from ..batches import prepare_batch
 from ..energy import Network
-from ..protocol import Protocol, ProtocolError, check_against_model, refuse
+from ..engine import Engine, Step, evaluate
+from ..protocol import Protocol, ProtocolError, refuse
 from . import schedules
 from .standalone import Chunk
 
-__all__ = ["train", "check", "eval_schedule", "spiking_test"]
+__all__ = ["Brian2Engine", "check", "eval_schedule", "spiking_test"]
+
+ESTIMATORS = {"one-sided": "1", "symmetric": "2", "oscillation": "2 (real cosine)"}
 
 
 def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) -> None:
@@ -61,11 +62,7 @@ def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) 
             f"'brian2' needs a model with a [spiking] section (dense couplings, mse cost); "
             f"{model.source} has none",
         )
-    if est.name not in schedules.ESTIMATORS:
-        fail(
-            "estimator.name",
-            f"the brian2 engine has {list(schedules.ESTIMATORS)}, not {est.name!r}",
-        )
+    Brian2Engine.check_estimator(protocol)
     if est.name == "oscillation" and not est.real:
         fail("estimator.real", "the brian2 oscillation is the real beta cos(wt): set real = true")
     refused = {
@@ -84,7 +81,7 @@ def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) 
     name = device or protocol.train.device
     if name not in ("auto", "cpu"):
         fail("train.device", f"the brian2 engine runs on the CPU: set auto or cpu, got {name!r}")
-    if rate._world() > 1:
+    if _dist.world() > 1:
         fail("train.engine", "the brian2 engine runs in one process, not under torchrun")
     test = eval_schedule(protocol, model.spiking)
     if test is not None:
@@ -102,9 +99,7 @@ def _schedule(protocol: Protocol, cfg) -> schedules.Schedule:
 def _inputs(net, ds, idx, normalize, chunk: int):
     """Inputs ``(chunk, n_0)`` and one-hot targets ``(chunk, n_L)`` (float64) of the examples
     ``idx``, padded with zeros to ``chunk`` rows."""
-    x, y = rate.prepare_batch(
-        net, ds.images[idx], ds.labels[idx], ds.classes, normalize, torch.float64
-    )
+    x, y = prepare_batch(net, ds.images[idx], ds.labels[idx], ds.classes, normalize, torch.float64)
     pad = chunk - len(idx)
     if pad:
         x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
@@ -151,160 +146,98 @@ def _spiking_test(net, chunk: Chunk, params, ds, normalize) -> dict:
     return {"error": 100.0 * wrong / n, "loss": cost / n}
 
 
-def _train_chunk(net, chunk: Chunk, state, ds, idx, normalize, eta, sums) -> None:
-    """One run of the compiled chunk on the examples ``idx``: the parameters move online."""
-    x, y = _inputs(net, ds, idx, normalize, chunk.samples)
-    out = chunk.run(x, y, state.params, eta=eta)
-    dtype = next(iter(state.params.values())).dtype
-    params = {k: v.to(dtype) for k, v in out["params"].items()}
-    if not all(bool(torch.isfinite(v).all()) for v in params.values()):
-        raise rate.TrainingError(
-            f"epoch {state.epoch + 1}, chunk {state.batch + 1}: non-finite weights; lower the "
-            f"learning rates or beta. The last good checkpoint is kept."
-        )
-    cost, wrong = _score(net, state.params, out["rates"], ds.labels[idx], y)  # before the update
-    state.params = params
-    sums["loss"] += cost
-    sums["wrong"] += wrong
-    sums["count"] += len(idx)
-    sums["spikes"] += out["spikes"] * len(idx)
-    sums["run_s"] += out["run_s"]
+class Brian2Engine(Engine):
+    """Spiking populations in a compiled Brian2 simulation, learning online (module docstring)."""
 
+    name = "brian2"
+    estimators = ESTIMATORS
+    online = True
+    spiking = True
+    unit = "chunk"
+    eval_settings = {"settle": "brian2.eval_settle", "window": "brian2.eval_window"}
 
-def train(
-    protocol: Protocol, out: Path, resume=False, data_dir=None, device=None, progress=None, log=None
-) -> dict:
-    """Run ``protocol`` with the brian2 engine (module docstring); the outputs and the summary
-    are those of :func:`spikeep.train.train`."""
-    log = log or rate._default_log()
-    model = spec.load(protocol.model)
-    check(protocol, model, device)
-    net = Network(model)
-    check_against_model(protocol, len(net.couplings))
-    dtype = DTYPES[model.dtype]
-    data_dir = data_dir or protocol.data.dir
-    train_set = rate._subset(
-        data.load(protocol.data.name, "train", data_dir), protocol.data.train_subset
-    )
-    test_set = rate._subset(
-        data.load(protocol.data.name, "test", data_dir), protocol.data.test_subset
-    )
-    rate._check_data(net, train_set, protocol)
-    normalize = rate.normalization(
-        protocol.data.name, protocol.data.normalize, protocol.data.std_scale
-    )
-    C = protocol.brian2.chunk
-    n_chunks = len(train_set.labels) // C
-    if n_chunks == 0:
-        raise ProtocolError(
-            f"{protocol.source}: brian2.chunk: {C} is larger than the "
-            f"{len(train_set.labels)} training examples"
-        )
-    state = rate._start(protocol, net, out, resume, dtype, torch.device("cpu"), log)
-    out.mkdir(parents=True, exist_ok=True)
-    rate._truncate_metrics(out / rate.METRICS, state.epoch)
-
-    schedule = _schedule(protocol, model.spiking)
-
-    def open_chunk() -> Chunk:
-        t_build = time.perf_counter()
-        chunk = Chunk(model, schedule, C, rule=protocol.brian2.rule, seed=protocol.train.seed)
-        how = "compiled" if chunk.compiled else "from the cache"
-        log(
-            f"brian2: {schedule.name} EP, {protocol.brian2.rule} rule, "
-            f"{schedule.duration * 1e3:g} ms per sample, chunks of {C}: {how} in "
-            f"{time.perf_counter() - t_build:.1f} s ({chunk.directory})"
-        )
-        return chunk
-
-    last = _epochs(
-        protocol,
-        net,
-        open_chunk,
-        state,
-        train_set,
-        test_set,
-        normalize,
-        n_chunks,
-        out,
-        progress,
-        log,
-    )
-    return rate._summary(protocol, state, out, last)
-
-
-def _epochs(
-    protocol, net, open_chunk, state, train_set, test_set, normalize, n_chunks, out, progress, log
-):
-    """The epochs from ``state`` on. ``open_chunk()`` opens the compiled training chunk; with an
-    eval schedule it is closed for each test pass (one standalone project at a time)."""
-    C = protocol.brian2.chunk
-    test_schedule = eval_schedule(protocol, net.spec.spiking)
-    chunk = None
-    eval_steps = protocol.estimator.eval_free_steps or protocol.estimator.free_steps
-    show = rate._progress_bar(progress, True, log, unit="chunk")
-    last = None
-    try:
-        for epoch in range(state.epoch, protocol.train.epochs):
-            t_epoch = time.perf_counter()
-            lrs = rate._lr(protocol, epoch)
-            eta = {k: rate._layer_lr(lrs, k) for k in state.params}
-            perm = torch.randperm(
-                len(train_set.labels), generator=rate._epoch_generator(protocol.train.seed, epoch)
+    def __init__(self, protocol: Protocol, net: Network, training: bool = True, device=None):
+        super().__init__(protocol, net, training)
+        if training:
+            check(protocol, net.spec, device)
+        elif net.spec.spiking is None:
+            raise ProtocolError(
+                f"{protocol.source}: train.engine: 'brian2' needs a model with a [spiking] "
+                f"section; {net.spec.source} has none"
             )
-            sums = state.sums or {
-                "loss": 0.0,
-                "wrong": 0.0,
-                "count": 0.0,
-                "spikes": 0.0,
-                "run_s": 0.0,
-            }
-            chunk = chunk or open_chunk()
-            for c in show(range(state.batch, n_chunks), epoch, protocol.train.epochs, n_chunks):
-                _train_chunk(
-                    net, chunk, state, train_set, perm[c * C : (c + 1) * C], normalize, eta, sums
-                )
-                state.batch = c + 1
-                every = protocol.train.checkpoint_every
-                if every and state.batch % every == 0 and state.batch < n_chunks:
-                    state.sums = dict(sums)
-                    state.wall_s += time.perf_counter() - t_epoch
-                    t_epoch = time.perf_counter()
-                    checkpoint.save(state.to_checkpoint(protocol), out / rate.CHECKPOINT)
-            if test_schedule is None:
-                spiking = _spiking_test(net, chunk, state.params, test_set, normalize)
-            else:
-                chunk.close()
-                chunk = None
-                spiking = spiking_test(
-                    net.spec, state.params, test_set, normalize, test_schedule, C
-                )
-            rated = rate.evaluate(net, state.params, test_set, eval_steps, normalize)
-            state.wall_s += time.perf_counter() - t_epoch
-            n = sums["count"]
-            last = {
-                "epoch": epoch + 1,
-                "engine": "brian2",
-                "loss": sums["loss"] / n,
-                "train_error": 100.0 * sums["wrong"] / n,
-                "test_error": spiking["error"],
-                "test_loss": spiking["loss"],
-                "test_error_rate": rated["error"],
-                "test_loss_rate": rated["loss"],
-                "spikes_per_sample": sums["spikes"] / n,
-                "ms_per_sample": 1e3 * sums["run_s"] / n,
-                "lr": list(lrs),
-                "wall_s": state.wall_s,
-            }
-            state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
-            rate._record_epoch(protocol, state, out, last)
-            log(
-                f"epoch {epoch + 1}/{protocol.train.epochs}  loss {last['loss']:.4f}  train error "
-                f"{last['train_error']:.2f}%  test error {last['test_error']:.2f}% (spiking), "
-                f"{last['test_error_rate']:.2f}% (rate)  {last['ms_per_sample']:.1f} ms/sample  "
-                f"{state.wall_s:.1f} s"
+        self._chunk = None
+        est = protocol.estimator
+        self.eval_steps = est.eval_free_steps or est.free_steps
+
+    def check(self, protocol: Protocol, net: Network) -> None:
+        pass  # check() above, with the device override the loop passes
+
+    def device(self, override: str | None) -> torch.device:
+        check(self.protocol, self.net.spec, override)
+        return torch.device("cpu")
+
+    def samples_per_step(self) -> tuple[int, str]:
+        return self.protocol.brian2.chunk, "brian2.chunk"
+
+    def _training_chunk(self):
+        """The compiled training chunk, opened (compiled, or read from the cache) when first
+        needed and kept until an evaluation of another schedule or :meth:`close`."""
+        if self._chunk is None:
+            p = self.protocol
+            schedule = _schedule(p, self.net.spec.spiking)
+            t = time.perf_counter()
+            self._chunk = Chunk(
+                self.net.spec, schedule, p.brian2.chunk, rule=p.brian2.rule, seed=p.train.seed
             )
-    finally:
-        if chunk is not None:
-            chunk.close()
-    return last
+            how = "compiled" if self._chunk.compiled else "from the cache"
+            self.log(
+                f"brian2: {schedule.name} EP, {p.brian2.rule} rule, "
+                f"{schedule.duration * 1e3:g} ms per sample, chunks of {p.brian2.chunk}: {how} in "
+                f"{time.perf_counter() - t:.1f} s ({self._chunk.directory})"
+            )
+        return self._chunk
+
+    def step(self, net, params, x, y, s0, g, rank, lr) -> Step:
+        out = self._training_chunk().run(x.to(torch.float64), y.to(torch.float64), params, eta=lr)
+        dtype = next(iter(params.values())).dtype
+        moved = {k: v.to(dtype) for k, v in out["params"].items()}
+        extra = {"spikes_per_sample": out["spikes"], "ms_per_sample": 1e3 * out["run_s"] / len(x)}
+        return Step((out["rates"].to(y.dtype),), None, None, extra, moved)
+
+    def evaluate(self, net, params, ds, normalize, shard, epoch) -> dict:
+        test = eval_schedule(self.protocol, net.spec.spiking)
+        if test is None:
+            spiking = _spiking_test(net, self._training_chunk(), params, ds, normalize)
+        else:  # one standalone project at a time: the training chunk reopens at the next step
+            self.close()
+            spiking = spiking_test(
+                net.spec, params, ds, normalize, test, self.protocol.brian2.chunk
+            )
+        rated = evaluate(net, params, ds, self.eval_steps, normalize)
+        return {
+            "test_error": spiking["error"],
+            "test_loss": spiking["loss"],
+            "test_error_rate": rated["error"],
+            "test_loss_rate": rated["loss"],
+        }
+
+    def score(self, net, params, ds, normalize) -> dict:
+        b, cfg = self.protocol.brian2, net.spec.spiking
+        settle, window = b.eval_settle or cfg.settle, b.eval_window or cfg.window
+        try:
+            schedule = schedules.free(cfg, settle, window)
+            schedule.grid(cfg.dt)
+        except ValueError as err:
+            raise ProtocolError(f"{self.protocol.source}: brian2.eval_settle: {err}") from None
+        params = {k: v.to(torch.float64) for k, v in params.items()}
+        chunk = max(1, min(b.chunk, len(ds.labels)))
+        return {
+            **spiking_test(net.spec, params, ds, normalize, schedule, chunk),
+            "settle": settle,
+            "window": window,
+        }
+
+    def close(self) -> None:
+        if self._chunk is not None:
+            self._chunk.close()
+            self._chunk = None

@@ -1,4 +1,4 @@
-r"""Training with the snntorch engine: a protocol with ``[train] engine = "snntorch"``.
+r"""The snntorch engine: a protocol with ``[train] engine = "snntorch"``.
 
 The rate engine's loop (:mod:`spikeep.train`: batches, augmentation, momentum SGD, per-layer and
 cosine learning rates, checkpoints, ``--resume``, several processes) with the spiking phases of
@@ -35,7 +35,8 @@ import time
 
 import torch
 
-from .. import train as rate
+from ..batches import score
+from ..engine import Engine, Step, evaluate
 from ..protocol import Protocol, ProtocolError, refuse
 from . import estimators
 from .config import SNNConfig
@@ -43,7 +44,11 @@ from .phases import gain, phase
 
 __all__ = ["SNNEngine", "check", "ESTIMATORS"]
 
-ESTIMATORS = ("one-sided", "random-sign", "symmetric", "oscillation")
+# the spiking estimators of spikeep.snn.estimators, and random-sign drawn here per batch
+ESTIMATORS = {
+    **{k: str(v) for k, v in estimators.BIAS_ORDER.items()},
+    "random-sign": "1",
+}
 
 
 def check(protocol: Protocol, net) -> None:
@@ -57,8 +62,7 @@ def check(protocol: Protocol, net) -> None:
         gain(net)
     except ValueError as err:
         fail("train.engine", f"'snntorch': {err}")
-    if est.name not in ESTIMATORS:
-        fail("estimator.name", f"the snntorch engine has {list(ESTIMATORS)}, not {est.name!r}")
+    SNNEngine.check_estimator(protocol)
     if est.name == "oscillation" and not est.real:
         fail("estimator.real", "the snntorch oscillation is the real beta cos(wt): set real = true")
     refused = {
@@ -72,19 +76,26 @@ def check(protocol: Protocol, net) -> None:
     refuse(protocol, "snntorch", refused)
 
 
-class SNNEngine(rate.Engine):
+class SNNEngine(Engine):
     """Spiking phases for :mod:`spikeep.train`'s loop (module docstring)."""
 
-    tag = {"engine": "snntorch"}
+    name = "snntorch"
+    estimators = ESTIMATORS
+    spiking = True
 
-    def __init__(self, protocol: Protocol, net):
-        check(protocol, net)
+    def __init__(self, protocol: Protocol, net, training: bool = True):
+        super().__init__(protocol, net, training)
+        if not training:
+            try:
+                gain(net)
+            except ValueError as err:
+                raise ProtocolError(f"{protocol.source}: train.engine: 'snntorch': {err}") from None
         s, est = protocol.snntorch, protocol.estimator
         self.config = SNNConfig(s.decay, s.tau, s.settle, s.window, s.input)
         self.eval_config = SNNConfig(
             s.decay, s.tau, s.eval_settle or s.settle, s.eval_window or s.window, s.input
         )
-        self.name, self.beta = est.name, est.beta
+        self.method, self.beta = est.name, est.beta
         self.options = (
             {
                 "steps_per_period": est.steps_per_period,
@@ -98,6 +109,9 @@ class SNNEngine(rate.Engine):
         self.eval_steps = est.eval_free_steps or est.free_steps
         self.seed = protocol.train.seed
 
+    def check(self, protocol: Protocol, net) -> None:
+        check(protocol, net)
+
     def _input_generator(self, g: torch.Generator, salt: int) -> torch.Generator | None:
         """A CPU generator for the input spike trains, seeded by a draw from ``g`` (nothing is
         drawn with current input, so such runs use ``g`` only for the batch order)."""
@@ -105,8 +119,8 @@ class SNNEngine(rate.Engine):
             return None
         return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)) + salt)
 
-    def step(self, net, params, x, y, s0, g, rank) -> rate.Step:
-        name, beta = self.name, self.beta
+    def step(self, net, params, x, y, s0, g, rank, lr=None) -> Step:
+        name, beta = self.method, self.beta
         if name == "random-sign":
             name = "one-sided"
             beta = beta if int(torch.randint(0, 2, (1,), generator=g)) else -beta
@@ -115,20 +129,34 @@ class SNNEngine(rate.Engine):
         out = estimators.estimate(name, net, params, x, y, beta, self.config, gen, **self.options)
         ms = 1e3 * (time.perf_counter() - start) / x.shape[0]
         extra = {"spikes_per_sample": out.spikes, "ms_per_sample": ms}
-        return rate.Step(out.free.rates, out.grads, None, extra)
+        return Step(out.free.rates, out.grads, None, extra)
 
     def evaluate(self, net, params, ds, normalize, shard, epoch) -> dict:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        cfg = self.eval_config
-
-        def free(x):
-            return phase(net, params, x, config=cfg, generator=self._input_generator(g, 0)).rates
-
-        spiking = rate.score(net, params, ds, free, normalize, shard=shard)
-        rated = rate.evaluate(net, params, ds, self.eval_steps, normalize, shard=shard)
+        spiking = self._spiking_score(net, params, ds, normalize, shard, g)
+        rated = evaluate(net, params, ds, self.eval_steps, normalize, shard=shard)
         return {
             "test_error": spiking["error"],
             "test_loss": spiking["loss"],
             "test_error_rate": rated["error"],
             "test_loss_rate": rated["loss"],
+        }
+
+    def _spiking_score(self, net, params, ds, normalize, shard, g) -> dict:
+        """Error and loss of the spiking free phase (``eval_config``) on ``ds``; input spikes
+        (rate coding) drawn from generators seeded by draws from ``g``."""
+        cfg = self.eval_config
+
+        def free(x):
+            return phase(net, params, x, config=cfg, generator=self._input_generator(g, 0)).rates
+
+        return score(net, params, ds, free, normalize, shard=shard)
+
+    def score(self, net, params, ds, normalize) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003)
+        cfg = self.eval_config
+        return {
+            **self._spiking_score(net, params, ds, normalize, (0, 1), g),
+            "settle": cfg.settle,
+            "window": cfg.window,
         }
