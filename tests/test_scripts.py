@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import script, variant
@@ -33,3 +35,28 @@ def test_saturation_refuses_an_activation_without_a_box():
     net = variant("tiny")  # sigmoid4
     with pytest.raises(ValueError, match="'sigmoid4' has no box"):
         script("saturation").saturation(net, net.init_params(0), torch.zeros(2, 5), steps=1)
+
+
+def test_table1_compare_reports_the_gap_to_the_authors_band(tmp_path, capsys):
+    compare = script("table1_compare")
+    anchors = tmp_path / "logs.csv"
+    lines = ["setting,algo,run,epoch,train_accuracy,val_accuracy,epoch_seconds"]
+    for run, accs in (("run1", (0.90, 0.95, 0.96)), ("run2", (0.92, 0.94, 0.97))):
+        for epoch, acc in enumerate(accs, start=1):
+            lines.append(f"noise,hep,{run},{epoch},0.9,{acc},140.0")
+    lines.append("noise,continuous_hep,run1,1,0.5,0.5,600.0")
+    anchors.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"epoch": 1, "test_error": 9.0}, {"epoch": 2, "test_error": 3.0}]
+    rows.append({"epoch": 3, "test_error": 4.5})
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    figure = tmp_path / "table1.png"
+    argv = [f"{run}=noise/hep", "--anchors", str(anchors), "--out", str(figure), "--json"]
+    assert compare.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)[f"{run}=noise/hep"]
+    assert [r["where"] for r in report] == ["inside", "above", "below"]
+    assert [r["low"] for r in report] == pytest.approx([90.0, 94.0, 96.0])
+    assert [r["gap"] for r in report] == pytest.approx([1.0, 3.0, -0.5])
+    assert figure.stat().st_size > 0
+    assert compare.main([f"{run}=noise/nothing", "--anchors", str(anchors)]) == 2

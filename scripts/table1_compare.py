@@ -1,0 +1,160 @@
+"""spikeep's Table 1 runs epoch by epoch against the authors' own logs (Laborieux & Zenke 2022).
+
+For each run folder of ``spikeep train`` (its ``metrics.jsonl``), the per-epoch test accuracy
+(``100 - test_error``) beside the band of the authors' three runs of the same algorithm and
+setting, from ``hep_table1_logs.csv`` (``../shared/anchors/``; validation accuracy on the 10,000
+test images). The algorithm is the run's protocol's ``[paper] anchors`` key (``noise/hep``,
+``noise/continuous_hep``, ``noise/classic_ep_4e-1``, ...), read from its checkpoint, or given
+after the folder as ``RUN=SETTING/ALGO``. Prints, per epoch, our accuracy, the band (lowest and
+highest of the three runs), the gap to the band's bottom and whether we are inside, above or
+below; writes a figure with one panel per algorithm: the three runs, the band between them, our
+curve. Usage::
+
+    .venv/bin/python scripts/table1_compare.py /work/runs/hep_table1_noise \
+        [/work/runs/oscep_table1_noise=noise/continuous_hep ...] \
+        [--anchors ../shared/anchors/hep_table1_logs.csv] [--out docs/results/table1.png] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ANCHORS = ROOT.parent / "shared" / "anchors" / "hep_table1_logs.csv"
+NAMES = {
+    "hep": "hEP, N = 10",
+    "continuous_hep": "oscEP (continuous hEP)",
+    "classic_ep_4e-1": "one-sided EP, beta = 0.4",
+    "classic_ep_1e-1": "one-sided EP, beta = 0.1",
+}
+
+
+def read_anchors(path: str | Path) -> dict[str, dict[str, dict[int, float]]]:
+    """``{"setting/algo": {run: {epoch: validation accuracy in %}}}`` from the anchors CSV."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            key = f"{row['setting']}/{row['algo']}"
+            out[key][row["run"]][int(row["epoch"])] = 100 * float(row["val_accuracy"])
+    return {k: dict(v) for k, v in out.items()}
+
+
+def band(runs: dict[str, dict[int, float]]) -> dict[int, tuple[float, float]]:
+    """Per epoch, the lowest and highest accuracy of the runs that logged it."""
+    epochs = sorted({e for r in runs.values() for e in r})
+    return {
+        e: (min(r[e] for r in runs.values() if e in r), max(r[e] for r in runs.values() if e in r))
+        for e in epochs
+    }
+
+
+def read_run(folder: str | Path) -> dict[int, float]:
+    """``{epoch: test accuracy in %}`` from a run folder's ``metrics.jsonl``."""
+    path = Path(folder) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {int(r["epoch"]): 100 - float(r["test_error"]) for r in rows}
+
+
+def run_anchor(folder: str | Path) -> str:
+    """The run's protocol's ``[paper] anchors`` key, from its checkpoint."""
+    from spikeep import checkpoint
+
+    ckpt = checkpoint.load(Path(folder) / "checkpoint.pt")
+    key = ckpt.get("protocol", {}).get("paper", {}).get("anchors")
+    if not key:
+        raise ValueError(
+            f"{folder}: its protocol has no [paper] anchors key; give it as {folder}=SETTING/ALGO"
+        )
+    return key
+
+
+def compare(ours: dict[int, float], lo_hi: dict[int, tuple[float, float]]) -> list[dict]:
+    """Per epoch that both have: our accuracy, the band, ``gap`` = ours - band bottom (points;
+    negative below the band) and ``where`` (inside, above or below)."""
+    rows = []
+    for e in sorted(set(ours) & set(lo_hi)):
+        lo, hi = lo_hi[e]
+        a = ours[e]
+        where = "below" if a < lo else "above" if a > hi else "inside"
+        rows.append({"epoch": e, "ours": a, "low": lo, "high": hi, "gap": a - lo, "where": where})
+    return rows
+
+
+def figure(panels: list[tuple[str, dict, dict[int, float]]], path: str | Path):
+    """One panel per ``(key, anchor runs, ours)``: the runs, their band, our curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (key, runs, ours) in zip(axes[0], panels, strict=True):
+        lo_hi = band(runs)
+        epochs = sorted(lo_hi)
+        lows = [lo_hi[e][0] for e in epochs]
+        ax.fill_between(epochs, lows, [lo_hi[e][1] for e in epochs], alpha=0.25, color="C0")
+        for i, (_, r) in enumerate(sorted(runs.items())):
+            es = sorted(r)
+            label = "authors' runs (GPU logs)" if i == 0 else None
+            ax.plot(es, [r[e] for e in es], color="C0", lw=0.8, alpha=0.7, label=label)
+        es = sorted(ours)
+        ax.plot(es, [ours[e] for e in es], "o-", color="C3", ms=3, lw=1.5, label="spikeep")
+        shown = [v for e, v in zip(epochs, lows) if e > 1 and v > 80] + [
+            ours[e] for e in es if e > 1
+        ]
+        bottom = max(80.0, min(shown, default=90.0) - 0.5)
+        ax.set_ylim(bottom, 100)
+        setting, algo = key.split("/")
+        ax.set_title(f"{NAMES.get(algo, algo)}, {setting.replace('_', ' ')}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run folders, each optionally =SETTING/ALGO")
+    ap.add_argument("--anchors", default=str(ANCHORS), help="the authors' logs (CSV)")
+    ap.add_argument("--out", default=None, help="figure path (PNG); none when omitted")
+    ap.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    args = ap.parse_args(argv)
+    anchors = read_anchors(args.anchors)
+    panels, report = [], {}
+    for item in args.runs:
+        folder, _, key = item.partition("=")
+        key = key or run_anchor(folder)
+        if key not in anchors:
+            print(f"{key}: not in {args.anchors}; expected one of {sorted(anchors)}")
+            return 2
+        ours = read_run(folder)
+        rows = compare(ours, band(anchors[key]))
+        panels.append((key, anchors[key], ours))
+        report[f"{folder}={key}"] = rows
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for name, rows in report.items():
+            print(name)
+            print("  epoch   ours    band (3 runs)    gap to bottom")
+            for r in rows:
+                print(
+                    f"  {r['epoch']:5d}  {r['ours']:6.2f}  {r['low']:6.2f}-{r['high']:6.2f}"
+                    f"  {r['gap']:+6.2f}  {r['where']}"
+                )
+    if args.out:
+        print(f"figure: {figure(panels, args.out)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
