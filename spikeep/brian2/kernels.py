@@ -68,11 +68,12 @@ def input_step(dg: str, syn, pre, post, copies: int, name: str) -> b2.Function:
     device = b2.get_device()
     ns = syn.namespace
     post_vars = {v for v in get_identifiers(dg) if v.endswith("_post")}
-    expr = str_to_sympy(dg)
-    zero = expr.subs({s: 0 for s in expr.free_symbols if s.name == "x_prev_pre"})
-    if "x_prev_pre" not in get_identifiers(dg) or sympy.simplify(zero) != 0:
+    symbolic = str_to_sympy(dg)
+    zero = symbolic.subs({s: 0 for s in symbolic.free_symbols if s.name == "x_prev_pre"})
+    if sympy.simplify(zero) != 0:
         raise ValueError(f"the input rule {dg!r} does not vanish with x_prev_pre = 0")
-    consts, expr = _render(dg, "x_prev_pre", post_vars, ns)
+    learns = sympy.simplify(symbolic) != 0  # a free schedule's dg is 0: no update at all
+    consts, expr = _render(dg, "x_prev_pre", post_vars, ns) if learns else ([], "0")
     n_pre, n_post = len(pre) // copies, len(post) // copies
 
     def array(group, var: str) -> str:
@@ -102,7 +103,7 @@ static double {name}(const double eta)
     for (int c = 0; c < {copies}; c++)
     {{
         int m = 0;
-        for (int j = 0; j < {n_pre}; j++)
+        for (int j = 0; j < {n_pre} && {int(learns)}; j++)
             if (x_prev[c * {n_pre} + j] != 0) nz[m++] = j;
         for (int i = 0; i < {n_post}; i++)
         {{
