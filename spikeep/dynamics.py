@@ -520,6 +520,9 @@ class _PlanarRun:
             beta_c = torch.tensor([complex(betas[k]) for k in self.cplx], dtype=cdtype)
             self.beta_cplx = beta_c.to(device).repeat_interleave(B).unsqueeze(1)
         self.sigmoid4 = net.act.name == "sigmoid4"
+        if self.sigmoid4 and C:  # every layer's complex block has C B rows
+            n = max(si.shape[1] for si in s0)
+            self._scratch = [si.new_empty((2, C * B, n)), torch.empty((C * B, n), dtype=bool)]
         self.readout = bool(net.readout)
         if self.readout:
             n = len(net.layers) - 1
@@ -553,6 +556,14 @@ class _PlanarRun:
             h[nre * B :].sub_(d.imag)
         self._noise_and_rho(noise, generator)
 
+    def set_beta(self, beta) -> None:
+        """Nudge the run's one point with ``beta`` from the next step on (the oscillation)."""
+        if self.C:
+            self.beta_cplx.fill_(complex(beta))
+        else:
+            self.beta_real.fill_(float(beta))
+            self.single, self.nudged = float(beta), beta != 0
+
     def _noise_and_rho(self, noise, generator):
         cur, nxt = self.cur, self.nxt
         for hi in nxt:
@@ -578,14 +589,21 @@ class _PlanarRun:
             e[nre * B :] = ec.imag
         h.addmm_(e, W, alpha=-1)
 
+    @property
+    def scratch(self):
+        """Buffers for :func:`_sigmoid_planar_` at the current layer's width ``self.width``."""
+        (cd, mask), n = self._scratch, self.width
+        return cd[0, :, :n], cd[1, :, :n], mask[:, :n]
+
     def _rho(self, h):
         """``rho`` in place on one layer's rows: real points, then each complex point's pair."""
         act, B, R, nre = self.net.act, self.B, self.R, self.nre
         real, re, im = h[: R * B], h[R * B : nre * B], h[nre * B :]
+        self.width = h.shape[1]
         if self.sigmoid4:
             real.mul_(4.0).sub_(2.0).sigmoid_()
             if self.C:
-                _sigmoid_planar_(re.mul_(4.0).sub_(2.0), im.mul_(4.0))
+                _sigmoid_planar_(re.mul_(4.0).sub_(2.0), im.mul_(4.0), self.scratch)
             return
         if R:
             real.copy_(act.rho(real))
@@ -628,14 +646,18 @@ class _PlanarRun:
         return out
 
 
-def _sigmoid_planar_(a: Tensor, b: Tensor) -> None:
+def _sigmoid_planar_(a: Tensor, b: Tensor, scratch: tuple[Tensor, Tensor, Tensor]) -> None:
     """``sigmoid(a + ib)`` in place, its real part into ``a`` and imaginary part into ``b``: the
-    arithmetic of :func:`spikeep.activations._sigmoid` on split parts."""
-    pos = a >= 0
-    u = a.abs_().neg_().exp_()
-    uc = torch.cos(b).mul_(u)
-    us = torch.sin(b).mul_(u)
-    uu = u.mul_(u)
-    D = (1 + uu).add_(uc, alpha=2)
-    torch.where(pos, 1 + uc, uc.add_(uu), out=a).div_(D)
-    torch.div(us, D, out=b)
+    arithmetic of :func:`spikeep.activations._sigmoid` (the same roundings) on split parts, in
+    ``scratch`` (two buffers of ``a``'s shape and dtype and one boolean) instead of new tensors."""
+    c, d, pos = scratch
+    torch.ge(a, 0, out=pos)
+    u = a.abs_().neg_().exp_()  # a: u = e^{-|a|}
+    uc = torch.cos(b, out=c).mul_(u)
+    us = b.sin_().mul_(u)  # b: u sin b
+    uu = u.mul_(u)  # a: u^2
+    D = torch.add(uu, 1, out=d).add_(uc, alpha=2)
+    uu.masked_fill_(pos, 1.0).add_(uc).div_(
+        D
+    )  # a >= 0: (1 + u cos b) / D; else (u cos b + u^2) / D
+    us.div_(D)

@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor
 
-from .dynamics import DivergenceError, check_noise, prepare, stepper
+from .dynamics import DivergenceError, _planar, _PlanarRun, _tracked, check_noise, prepare, stepper
 
 __all__ = ["Demodulator", "teaching_signal", "oscillate"]
 
@@ -146,6 +146,10 @@ def oscillate(
             f"{net.not_holomorphic}; use real=True (--real: the cosine teaching signal with real "
             f"states), or sigmoid4, holotanh or tanh with softmax or avg pooling"
         )
+    if _planar(net) and (s is None or not s[0].is_complex()) and not _tracked(params, x, s, static):
+        return _oscillate_planar(
+            net, params, x, y, a, K, periods, warmup, real, s, static, noise, generator, max_abs
+        )
     p, _, ys, static, s = prepare(net, params, x, y, a if real else complex(a), s, static)
     dyn = net.dynamics
     gain = 2.0 if real else 1.0
@@ -168,6 +172,110 @@ def oscillate(
     if window:
         demod.add_folded(net.dF_dtheta(params, x, y, window), len(window))
     return demod.coefficient(), residual, s
+
+
+PLANAR_WINDOW = 30  # steps whose samples are demodulated by one product per weight
+
+
+def _oscillate_planar(
+    net, params, x, y, a, K, periods, warmup, real, s, static, noise, generator, max_abs
+):
+    """:func:`oscillate` on dense prototypical networks: the states in the real rows of
+    :class:`spikeep.dynamics._PlanarRun` (a complex state is two real rows), and the lock-in
+    formed from them with real products. Per demodulated step ``t``, with weight ``c_t =
+    gain e^{-i phi_t} / |beta|`` (real: ``gain cos(phi_t) / |beta|``) and rates ``r = u + iv``,
+    ``Re(c_t r_l)^T`` times ``r_{l-1}`` is ``[Re(c_t r_l); -Im(c_t r_l)]^T [u_{l-1}; v_{l-1}]``:
+    the samples of a window of steps stack into one real product per coupling. The input layer's
+    coupling sums ``Re(c_t r_1)`` over every step first (``x`` is the same). The readout's sample
+    is ``Re(c_t beta_t (softmax(z_t) - y)^T r_top)``. The same estimate as the general loop, to
+    rounding."""
+    B = x.shape[0]
+    s = net.zeros(x) if s is None else s
+    static = net.static_drive(params, x) if static is None else static
+    run = _PlanarRun(net, params, y, [a], [not real], static, s)
+    rows = B if real else 2 * B
+    n_w = min(PLANAR_WINDOW, periods * K)
+    window = [si.new_empty((n_w, rows, si.shape[1])) for si in s]
+    coef = torch.empty((n_w, 2), dtype=torch.float64)  # Re and Im of c_t
+    qbeta = torch.empty((n_w, 2), dtype=torch.float64)  # Re and Im of c_t beta_t
+    top = len(s) - 1
+    n_out = len(net.layers) - 1
+    grads = {k: torch.zeros_like(v) for k, v in params.items()}
+    g1 = torch.zeros_like(s[0])  # sum_t Re(c_t r_1,t), (B, n_1)
+    gain = 2.0 if real else 1.0
+    filled, count = 0, 0
+
+    def fold(n):
+        cr = coef[:n, 0].to(s[0]).view(n, 1, 1)
+        ci = coef[:n, 1].to(s[0]).view(n, 1, 1)
+        g = []  # per layer, [Re(c r); -Im(c r)] stacked over the window's steps
+        for w in window:
+            u = w[:n, :B]
+            if real:
+                g.append(u * cr)
+                continue
+            v = w[:n, B:]
+            g.append(torch.cat([u * cr - v * ci, -(v * cr + u * ci)], dim=1))
+        g1.add_(g[0][:, :B].sum(0))
+        for i in range(1, top + 1):  # coupling W{i+1} between dynamic layers i-1 and i
+            below = window[i - 1][:n]
+            lhs, rhs = g[i].flatten(0, 1), below.flatten(0, 1)
+            grads[f"W{i + 1}"].addmm_(lhs.T, rhs, alpha=-1 / B)
+            grads[f"b{i + 1}"].sub_(g[i][:, :B].sum((0, 1)), alpha=1 / B)
+        if net.readout:  # + Re(c_t beta_t (softmax(z_t) - y))^T r_top
+            W, b = params[f"W{n_out}"], params[f"b{n_out}"]
+            r_top = window[top][:n]
+            u = r_top[:, :B]
+            qr = qbeta[:n, 0].to(u).view(n, 1, 1)
+            u2 = u.flatten(0, 1)  # (n B, n_top): the softmax runs over each row's classes
+            if real:
+                e = (net._softmax(u2 @ W.T + b).view(n, B, -1) - y).mul_(qr)
+                lhs = e
+            else:
+                v2 = r_top[:, B:].flatten(0, 1)
+                z = torch.complex(u2 @ W.T + b, v2 @ W.T)
+                e = net._softmax(z).view(n, B, -1) - y
+                e = e * torch.complex(qr, qbeta[:n, 1].to(u).view(n, 1, 1))
+                lhs, e = torch.cat([e.real, -e.imag], dim=1), e.real
+            W_grad = grads[f"W{n_out}"]
+            W_grad.addmm_(lhs.flatten(0, 1).T, r_top.flatten(0, 1), alpha=1 / B)
+            grads[f"b{n_out}"].add_(e.sum((0, 1)), alpha=1 / B)
+
+    start = [c.clone() for c in run.cur]
+    residual = 0.0
+    for t in range((warmup + periods) * K):
+        phase, beta_t = teaching_signal(a, K, t, real)
+        run.set_beta(beta_t)
+        run.step(noise, generator)
+        if t >= warmup * K:
+            c = gain * Demodulator.reference(phase) / a
+            q = c * beta_t
+            coef[filled, 0], coef[filled, 1] = c.real, c.imag
+            qbeta[filled, 0], qbeta[filled, 1] = complex(q).real, complex(q).imag
+            for w, cur in zip(window, run.cur, strict=True):
+                w[filled].copy_(cur)
+            filled += 1
+            count += 1
+            if filled == n_w:
+                fold(filled)
+                filled = 0
+        if (t + 1) % K == 0:  # end of a period
+            state = _split(run.cur, B, real)
+            _check_finite(net, state, max_abs, (t + 1) // K, warmup + periods, a)
+            before = _split(start, B, real)
+            residual = max(float((u - v).abs().amax()) for u, v in zip(state, before))
+            for c0, c1 in zip(start, run.cur, strict=True):
+                c0.copy_(c1)
+    if filled:
+        fold(filled)
+    grads["W1"] = -(g1.T @ x.flatten(1).to(g1)) / B
+    grads["b1"] = -g1.sum(0) / B
+    return {k: v / count for k, v in grads.items()}, residual, _split(run.cur, B, real)
+
+
+def _split(planar, B, real):
+    """The states of a one-point planar run: real rows, or ``u + iv`` from two blocks."""
+    return tuple(c if real else torch.complex(c[:B], c[B:]) for c in planar)
 
 
 def _check_finite(net, s, max_abs, period, total, beta):

@@ -366,3 +366,43 @@ def test_protocol_bad_noise_is_named(tmp_path, text, key):
     path = _protocol(tmp_path, text)
     with pytest.raises(proto.ProtocolError, match=re.escape(f"{path}: {key}")):
         proto.load(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_split_sigmoid_is_bit_identical_to_the_complex_one(dtype):
+    from spikeep.activations import _sigmoid
+    from spikeep.dynamics import _sigmoid_planar_
+
+    g = torch.Generator().manual_seed(0)
+    a = 30 * torch.randn(40, 9, generator=g, dtype=dtype)  # both branches, and exp underflow
+    b = 3 * torch.randn(40, 9, generator=g, dtype=dtype)
+    want = _sigmoid(torch.complex(a, b))
+    scratch = (torch.empty_like(a), torch.empty_like(a), torch.empty(a.shape, dtype=torch.bool))
+    _sigmoid_planar_(a, b, scratch)
+    assert torch.equal(a, want.real) and torch.equal(b, want.imag)
+
+
+@pytest.mark.parametrize("real", [False, True])
+@pytest.mark.parametrize("noise", [0.0, 0.04])
+def test_oscillation_in_real_rows_equals_the_general_loop(monkeypatch, real, noise):
+    """The dense prototypical oscillation (states as real rows, the lock-in by real products
+    over windows of steps) against the general loop with complex tensors: the same estimate,
+    state and residual to float64 rounding, noise draws included (the same order)."""
+    net = load("tiny_holo")
+    params, x, y = setup(net, batch=5)
+    free = relax(net, params, x, steps=100)
+
+    def run():
+        g = torch.Generator().manual_seed(2) if noise else None
+        return oscillation.oscillate(
+            net, params, x, y, 0.4, 7, 5, 1, real, s=free.s, static=free.static, noise=noise,
+            generator=g,
+        )  # fmt: skip
+
+    fast = run()
+    monkeypatch.setattr(oscillation, "_planar", lambda net: False)
+    slow = run()
+    assert rel(fast[0], slow[0]) < 1e-13
+    assert fast[1] == pytest.approx(slow[1], rel=1e-9, abs=1e-15)
+    for a, b in zip(fast[2], slow[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
