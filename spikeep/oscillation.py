@@ -196,8 +196,7 @@ def _oscillate_planar(
     rows = B if real else 2 * B
     n_w = min(PLANAR_WINDOW, periods * K)
     window = [si.new_empty((n_w, rows, si.shape[1])) for si in s]
-    coef = torch.empty((n_w, 2), dtype=torch.float64)  # Re and Im of c_t
-    qbeta = torch.empty((n_w, 2), dtype=torch.float64)  # Re and Im of c_t beta_t
+    coef, qbeta = [], []  # c_t and c_t beta_t of the window's steps (complex numbers)
     top = len(s) - 1
     n_out = len(net.layers) - 1
     grads = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -206,8 +205,10 @@ def _oscillate_planar(
     filled, count = 0, 0
 
     def fold(n):
-        cr = coef[:n, 0].to(s[0]).view(n, 1, 1)
-        ci = coef[:n, 1].to(s[0]).view(n, 1, 1)
+        c = torch.tensor([[z.real, z.imag] for z in coef], dtype=s[0].dtype).to(s[0].device)
+        q = torch.tensor([[z.real, z.imag] for z in qbeta], dtype=s[0].dtype).to(s[0].device)
+        coef.clear(), qbeta.clear()
+        cr, ci = c[:, 0].view(n, 1, 1), c[:, 1].view(n, 1, 1)
         g = []  # per layer, [Re(c r); -Im(c r)] stacked over the window's steps
         for w in window:
             u = w[:n, :B]
@@ -226,7 +227,7 @@ def _oscillate_planar(
             W, b = params[f"W{n_out}"], params[f"b{n_out}"]
             r_top = window[top][:n]
             u = r_top[:, :B]
-            qr = qbeta[:n, 0].to(u).view(n, 1, 1)
+            qr = q[:, 0].view(n, 1, 1)
             u2 = u.flatten(0, 1)  # (n B, n_top): the softmax runs over each row's classes
             if real:
                 e = (net._softmax(u2 @ W.T + b).view(n, B, -1) - y).mul_(qr)
@@ -235,7 +236,7 @@ def _oscillate_planar(
                 v2 = r_top[:, B:].flatten(0, 1)
                 z = torch.complex(u2 @ W.T + b, v2 @ W.T)
                 e = net._softmax(z).view(n, B, -1) - y
-                e = e * torch.complex(qr, qbeta[:n, 1].to(u).view(n, 1, 1))
+                e = e * torch.complex(qr, q[:, 1].view(n, 1, 1))
                 lhs, e = torch.cat([e.real, -e.imag], dim=1), e.real
             W_grad = grads[f"W{n_out}"]
             W_grad.addmm_(lhs.flatten(0, 1).T, r_top.flatten(0, 1), alpha=1 / B)
@@ -249,9 +250,8 @@ def _oscillate_planar(
         run.step(noise, generator)
         if t >= warmup * K:
             c = gain * Demodulator.reference(phase) / a
-            q = c * beta_t
-            coef[filled, 0], coef[filled, 1] = c.real, c.imag
-            qbeta[filled, 0], qbeta[filled, 1] = complex(q).real, complex(q).imag
+            coef.append(c)
+            qbeta.append(complex(c * beta_t))
             for w, cur in zip(window, run.cur, strict=True):
                 w[filled].copy_(cur)
             filled += 1
