@@ -29,10 +29,12 @@ import sys
 
 from . import estimators, spec
 from .dynamics import DivergenceError
+from .engine import ENGINES as _ENGINES
 
 __all__ = ["main"]
 
 DTYPE_CHOICES = ("float32", "float64")
+ENGINE_NAMES = tuple(_ENGINES)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,9 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         help="oscillation: start from zeros, not from the free fixed point",
     )
     g.add_argument("--json", action="store_true", help="print one JSON object")
-    g.add_argument(
-        "--engine", choices=["rate", "brian2", "snntorch"], default="rate", help="default: rate"
-    )
+    g.add_argument("--engine", choices=list(ENGINE_NAMES), default="rate", help="default: rate")
     g.add_argument("--rule", choices=["endpoint", "stdp"], default="endpoint", help="brian2 only")
     for flag, what in (("settle", "settling time"), ("window", "averaging window")):
         g.add_argument(f"--{flag}", type=_seconds, default=None, help=f"brian2: {what} (s)")
@@ -226,10 +226,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--engine",
-        choices=["rate", "brian2"],
+        choices=list(ENGINE_NAMES),
         default="rate",
-        help="whose free phase classifies: rate (default) or brian2 (spiking, compiled)",
+        help="whose free phase classifies: rate (default), brian2 (spiking, compiled) or "
+        "snntorch (spiking, discrete time; settings with --set snntorch.eval_settle=...)",
     )
+    _add_set(ev, "SECTION.KEY=VALUE", "snntorch.eval_window=400")
     for flag in ("settle", "window"):
         ev.add_argument(
             f"--{flag}",
@@ -300,17 +302,46 @@ def _fidelity(args) -> int:
     return 0
 
 
+EVAL_FLAGS = ("free_steps", "noise", "settle", "window")  # engines' eval_settings draw on these
+
+
+def _eval_overrides(args, engine_cls) -> dict:
+    """The protocol keys that ``--set`` and the engine's own flags (its ``eval_settings``) set;
+    a flag that belongs to another engine is refused in one line, before any file is read."""
+    from . import engine as engines
+    from . import protocol as proto
+
+    own = engine_cls.eval_settings
+    for flag in EVAL_FLAGS:
+        if getattr(args, flag) is None or flag in own:
+            continue
+        owners = [n for n in engines.names() if flag in engines.get(n).eval_settings]
+        takes = "/".join(f"--{f.replace('_', '-')}" for f in own) or "--set only"
+        raise UsageError(
+            f"--{flag.replace('_', '-')}: the {engine_cls.name} engine has none (it takes "
+            f"{takes}); it is the {' or '.join(owners)} engine's: add --engine {owners[0]}"
+        )
+    try:
+        overrides = proto.parse_overrides(args.set)
+    except proto.ProtocolError as err:
+        raise UsageError(str(err)) from None
+    for flag, key in own.items():
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    return overrides
+
+
 def _eval(args) -> int:
-    import torch
+    from pathlib import Path
 
     from . import checkpoint, data
+    from . import engine as engines
+    from . import protocol as proto
+    from .batches import checkpoint_normalization
     from .energy import Network
-    from .train import checkpoint_eval_steps, checkpoint_normalization, evaluate
 
-    if args.engine == "brian2" and args.free_steps:  # refused before any file is read
-        raise UsageError("--free-steps is the rate engine's: brian2 takes --settle/--window")
-    if args.engine != "brian2" and (args.settle or args.window):
-        raise UsageError("--settle/--window are the brian2 free phase's: add --engine brian2")
+    engine_cls = engines.get(args.engine)
+    overrides = _eval_overrides(args, engine_cls)
     try:
         ckpt = checkpoint.load(args.checkpoint)
         net = Network(spec.load(ckpt["model_source"]))
@@ -322,17 +353,21 @@ def _eval(args) -> int:
         ds = data.load(name, args.split, args.data_dir or raw.get("data", {}).get("dir"))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    est = raw.get("estimator", {})
     normalize = checkpoint_normalization(raw, name)
-    if args.engine == "brian2":
-        result, noise, steps = _eval_brian2(args, net, ckpt, ds, normalize), 0.0, None
-    else:
-        steps = args.free_steps or checkpoint_eval_steps(raw)
-        noise = args.noise
-        if noise is None:  # as training evaluated it
-            noise = est.get("eval_noise", est.get("noise", 0.0))
-        gen = torch.Generator().manual_seed(0) if noise else None
-        result = evaluate(net, ckpt["params"], ds, steps, normalize, noise=noise, generator=gen)
+    # the run's own protocol, on this engine, with the evaluation settings given here
+    where = {"model": str(Path(ckpt["model_source"]).resolve()), "train.engine": args.engine}
+    try:
+        overrides = {**engine_cls.eval_defaults(raw, net), **overrides, **where}
+        p = proto.from_dict(raw, source=args.checkpoint, overrides=overrides)
+        engine = engine_cls(p, net, training=False)
+        result = engine.score(net, ckpt["params"], ds, normalize)
+    except proto.ProtocolError as err:
+        raise UsageError(str(err)) from None
+    finally:
+        if "engine" in locals():
+            engine.close()
+    settings = {k: v for k, v in result.items() if k not in ("error", "loss", "noise")}
+    noise = result.get("noise", 0.0)
     out = {
         "checkpoint": args.checkpoint,
         "engine": args.engine,  # whose free phase classified, whichever engine trained
@@ -342,45 +377,18 @@ def _eval(args) -> int:
         "error": result["error"],
         "loss": result["loss"],
         "noise": noise,
-        **({"free_steps": steps} if steps else {}),
-        **{k: result[k] for k in ("settle", "window") if k in result},
+        **settings,
     }
+    shown = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in settings.items())
     print(
         _json(out)
         if args.json
         else f"{args.checkpoint}: {name} {args.split} error {out['error']:.2f}%  "
         f"loss {out['loss']:.4f}  ({args.engine} engine"
-        + (f", {steps} free steps)" if steps else ")")
+        + (f", {shown})" if shown else ")")
         + (f"  noise {noise}" if noise else "")
     )
     return 0
-
-
-def _eval_brian2(args, net, ckpt, ds, normalize) -> dict:
-    """The spiking free phase's error on ``ds``: a compiled free schedule of ``--settle`` +
-    ``--window`` seconds (default: the protocol's ``[brian2] eval_*``, else the model's)."""
-    import torch
-
-    if args.noise:
-        raise UsageError("--noise: the brian2 engine has none (spikes are its noise)")
-    if net.spec.spiking is None:
-        raise UsageError(f"--engine brian2: {net.spec.source} has no [spiking] section")
-    from .brian2 import schedules
-    from .brian2.engine import spiking_test
-
-    b = ckpt["protocol"].get("brian2", {})
-    cfg = net.spec.spiking
-    settle = args.settle or b.get("eval_settle") or cfg.settle
-    window = args.window or b.get("eval_window") or cfg.window
-    try:
-        schedule = schedules.free(cfg, settle, window)
-        schedule.grid(cfg.dt)
-    except ValueError as err:
-        raise UsageError(f"--settle/--window: {err}") from None
-    params = {k: v.to(torch.float64) for k, v in ckpt["params"].items()}
-    chunk = max(1, min(int(b.get("chunk", 100)), len(ds.labels)))
-    result = spiking_test(net.spec, params, ds, normalize, schedule, chunk)
-    return {**result, "settle": settle, "window": window}
 
 
 def _plot(args) -> int:
@@ -421,13 +429,13 @@ def _json(obj) -> str:
 
 
 def _gradcheck(args) -> int:
+    from . import engine as engines
     from .gradcheck import gradcheck
 
     model = _load(args.model)
-    if args.engine == "brian2":
-        return _gradcheck_brian2(args, model)
-    if args.engine == "snntorch":
-        return _gradcheck_snntorch(args, model)
+    engine_cls = engines.get(args.engine)
+    if engine_cls.spiking:
+        return _spiking_gradcheck(args, engine_cls, model)
     names = list(estimators.ESTIMATORS) if args.estimator == "all" else [args.estimator]
     rows = []
     for name in names:
@@ -485,81 +493,23 @@ def _gradcheck(args) -> int:
     return 0
 
 
-def _gradcheck_brian2(args, model) -> int:
-    from .brian2.gradcheck import gradcheck
-    from .brian2.schedules import ESTIMATORS
-
-    def run():
-        return gradcheck(
-            model,
-            args.estimator,
-            args.beta,
-            args.rule,
-            args.batch,
-            args.seed,
-            args.settle,
-            args.window,
-            args.period,
-            args.periods,
-            args.warmup,
-            args.free_steps,
-        )
-
-    def header(r):
-        return (
-            f"engine brian2 ({r['neuron']}, {r['input']} input)  {r['estimator']}  rule "
-            f"{r['rule']}  beta {r['beta']}  batch {r['batch']}  {r['biological_s']:g} s per sample"
-        )
-
-    return _spiking_gradcheck(args, "brian2", ESTIMATORS, run, header)
-
-
-def _gradcheck_snntorch(args, model) -> int:
-    from .snn.estimators import ESTIMATORS
-    from .snn.gradcheck import gradcheck
-
-    def run():
-        return gradcheck(
-            model,
-            args.estimator,
-            args.beta,
-            args.time_steps,
-            args.batch,
-            args.seed,
-            args.tau,
-            input=args.input,
-            periods=args.periods,
-            warmup=args.warmup,
-            free_steps=args.free_steps,
-        )
-
-    def header(r):
-        return (
-            f"engine snntorch ({r['input']} input, tau {r['tau']:g} steps)  {r['estimator']}  "
-            f"beta {r['beta']}  batch {r['batch']}  {r['time_steps']} steps per "
-            f"{'period' if r['steps_per_period'] else 'phase'}"
-        )
-
-    return _spiking_gradcheck(args, "snntorch", ESTIMATORS, run, header)
-
-
-def _spiking_gradcheck(args, engine: str, estimators_of_engine, run, header) -> int:
+def _spiking_gradcheck(args, engine_cls, model) -> int:
     """A spiking engine's gradcheck: refuse its missing estimators, run, print JSON or text."""
-    if args.estimator not in estimators_of_engine:
+    known = engine_cls.gradcheck_estimators
+    if args.estimator not in known:
         raise UsageError(
-            f"--estimator: the {engine} engine has {list(estimators_of_engine)}, "
-            f"not {args.estimator!r}"
+            f"--estimator: the {engine_cls.name} engine has {list(known)}, not {args.estimator!r}"
         )
     try:
-        r = run()
+        r = engine_cls.gradcheck(model, args)
     except ValueError as err:  # e.g. no [spiking] section, an activation no neuron has
         raise UsageError(str(err)) from None
     if args.json:
         print(_json(r))
         return 0
     print(
-        f"model {r['model']}  {header(r)}  {r['spikes']:.0f} spikes per sample  "
-        f"{r['wall_s']:.2f} s wall"
+        f"model {r['model']}  {engine_cls.gradcheck_header(r)}  {r['spikes']:.0f} spikes per "
+        f"sample  {r['wall_s']:.2f} s wall"
     )
     print(f"cosine {r['cosine']:.6f}  rel_error {r['rel_error']:.3e}  reference implicit")
     for k, v in r["per_param"].items():

@@ -153,6 +153,42 @@ class Engine:
     def close(self) -> None:
         """Release what the engine holds; it is not used afterwards."""
 
+    @classmethod
+    def eval_defaults(cls, raw: dict, net: Network) -> dict:
+        """Protocol keys that ``spikeep eval`` sets before its flags, from the run's protocol
+        table ``raw`` and the network (default: none)."""
+        return {}
+
+    # -- spikeep gradcheck (spiking engines): the estimate against the implicit gradient --
+
+    gradcheck_estimators: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def gradcheck(cls, model, args) -> dict:
+        """One estimate of ``args.estimator`` on ``model`` against the implicit gradient, from
+        ``spikeep gradcheck``'s arguments (a dict with ``cosine``, ``rel_error``, ``per_param``,
+        ``spikes``, ``wall_s``, ``model``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def gradcheck_header(cls, row: dict) -> str:
+        """The settings of a :meth:`gradcheck` row, on one line."""
+        raise NotImplementedError
+
+    # -- the fidelity study (spikeep.fidelity): one point of a sweep --
+
+    @classmethod
+    def fidelity_point(cls, point, model_spec, s: dict, problem, batch: int, seed: int) -> dict:
+        """The estimate of ``point`` (:class:`spikeep.fidelity.points.Point`) with settings ``s``
+        on ``problem``, against the exact gradient: the metrics of its row."""
+        raise NotImplementedError
+
+    @classmethod
+    def not_applicable(cls, net, estimator: str, rule, settings: dict) -> str | None:
+        """Why ``estimator`` (with the learning ``rule``) cannot run on ``net`` here; None if it
+        can."""
+        return None
+
 
 @torch.no_grad()
 def evaluate(
@@ -260,6 +296,52 @@ class RateEngine(Engine):
         gen = torch.Generator().manual_seed(0) if noise else None
         e = evaluate(net, params, ds, self.eval_steps, normalize, noise=noise, generator=gen)
         return {**e, "noise": noise, "free_steps": self.eval_steps}
+
+    @classmethod
+    def fidelity_point(cls, point, model_spec, s, problem, batch, seed) -> dict:
+        import dataclasses
+
+        from .fidelity.sweep import metrics
+        from .gradcheck import gradcheck
+
+        if s["dt"]:
+            model_spec = dataclasses.replace(model_spec, dt=s["dt"])
+        net = Network(model_spec)
+        real = {"auto": not net.holomorphic, "complex": False, "cosine": True}[s["oscillation"]]
+        r = gradcheck(
+            model_spec,
+            point.estimator,
+            s["beta"],
+            s["points"],
+            batch,
+            seed,
+            "float64",
+            s["free_steps"],
+            s["nudged_steps"],
+            noise=s["noise"],
+            steps_per_period=s["steps_per_period"],
+            periods=s["periods"],
+            warmup=s["warmup"],
+            real=real,
+            problem=problem,
+        )
+        out = metrics(r)
+        out["dt"] = model_spec.dt
+        if point.estimator == "oscillation":
+            out["oscillation"] = "cosine" if real else "complex"
+        return out
+
+    @classmethod
+    def not_applicable(cls, net, estimator: str, rule, settings: dict) -> str | None:
+        if estimator == "holomorphic" and not net.holomorphic:
+            return f"holomorphic EP needs a holomorphic network ({net.not_holomorphic} is not)"
+        if estimator == "oscillation" and settings["oscillation"] == "complex":
+            if not net.holomorphic:
+                return (
+                    f"the complex oscillation needs a holomorphic network "
+                    f"({net.not_holomorphic} is not); use oscillation = 'cosine'"
+                )
+        return None
 
 
 def noise_generator(g: torch.Generator, device, rank: int) -> torch.Generator:

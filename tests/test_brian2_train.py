@@ -53,7 +53,11 @@ note = "test only"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """The protocol file of the tiny spiking MNIST run (its model beside it)."""
-    d = tmp_path_factory.mktemp("tiny_brian2")
+    return write_tiny(tmp_path_factory.mktemp("tiny_brian2"))
+
+
+def write_tiny(d: Path) -> Path:
+    """Write the tiny spiking MNIST protocol and its model into ``d``; the protocol's path."""
     text = (ROOT / "models" / "spiking_small.toml").read_text()
     for old, new in [
         (r'name = "spiking_small"', 'name = "spiking_tiny_mnist"'),

@@ -221,6 +221,17 @@ class Brian2Engine(Engine):
             "test_loss_rate": rated["loss"],
         }
 
+    @classmethod
+    def eval_defaults(cls, raw: dict, net: Network) -> dict:
+        """The free phase of the run's test pass, else the model's settle and window."""
+        b, cfg = raw.get("brian2", {}), net.spec.spiking
+        if cfg is None:
+            return {}
+        return {
+            "brian2.eval_settle": b.get("eval_settle") or cfg.settle,
+            "brian2.eval_window": b.get("eval_window") or cfg.window,
+        }
+
     def score(self, net, params, ds, normalize) -> dict:
         b, cfg = self.protocol.brian2, net.spec.spiking
         settle, window = b.eval_settle or cfg.settle, b.eval_window or cfg.window
@@ -241,3 +252,74 @@ class Brian2Engine(Engine):
         if self._chunk is not None:
             self._chunk.close()
             self._chunk = None
+
+    gradcheck_estimators = tuple(ESTIMATORS)
+
+    @classmethod
+    def gradcheck(cls, model, args) -> dict:
+        from .gradcheck import gradcheck
+
+        return gradcheck(
+            model,
+            args.estimator,
+            args.beta,
+            args.rule,
+            args.batch,
+            args.seed,
+            args.settle,
+            args.window,
+            args.period,
+            args.periods,
+            args.warmup,
+            args.free_steps,
+        )
+
+    @classmethod
+    def gradcheck_header(cls, r: dict) -> str:
+        return (
+            f"engine brian2 ({r['neuron']}, {r['input']} input)  {r['estimator']}  rule "
+            f"{r['rule']}  beta {r['beta']}  batch {r['batch']}  {r['biological_s']:g} s per sample"
+        )
+
+    @classmethod
+    def fidelity_point(cls, point, model_spec, s, problem, batch, seed) -> dict:
+        import gc
+
+        from ..fidelity.sweep import metrics, spiking_variant
+        from .gradcheck import gradcheck
+
+        model_spec = spiking_variant(model_spec, s["dt"], s["rate_max"])
+        try:
+            r = gradcheck(
+                model_spec,
+                point.estimator,
+                s["beta"],
+                point.rule,
+                batch,
+                seed,
+                s["settle"] or None,
+                s["window"] or None,
+                s["period"] or None,
+                s["periods"],
+                s["warmup"],
+                target=s["target"],
+                problem=problem,
+            )
+        finally:
+            gc.unfreeze()  # brian2's build freezes the heap; let this network's garbage go
+            gc.collect()
+        out = metrics(r)
+        out.update(
+            settle=r["settle"],
+            window=r["window"],
+            period=r["period"],
+            dt=model_spec.spiking.dt,
+            rate_max=model_spec.spiking.rate_max,
+        )
+        return out
+
+    @classmethod
+    def not_applicable(cls, net, estimator: str, rule, settings: dict) -> str | None:
+        if net.spec.spiking is None:
+            return f"{net.spec.name} has no [spiking] section (the Brian2 engine is dense-only)"
+        return None

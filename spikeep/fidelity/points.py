@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .. import engine as engines
 from ..energy import Network
 from .protocol import SWEEPS, FidelityProtocol
 
@@ -73,29 +74,7 @@ def concerns(axis: str, estimator: str) -> bool:
 
 def not_applicable(net: Network, engine: str, estimator: str, rule, settings: dict) -> str | None:
     """Why ``estimator`` (with ``rule``) cannot run on ``net`` in ``engine``; None if it can."""
-    if engine == "rate":
-        if estimator == "holomorphic" and not net.holomorphic:
-            return f"holomorphic EP needs a holomorphic network ({net.not_holomorphic} is not)"
-        if estimator == "oscillation" and settings["oscillation"] == "complex":
-            if not net.holomorphic:
-                return (
-                    f"the complex oscillation needs a holomorphic network "
-                    f"({net.not_holomorphic} is not); use oscillation = 'cosine'"
-                )
-        return None
-    if engine == "snntorch":
-        if rule == "stdp":
-            return "snntorch has no STDP rule (its estimates are windowed spike-count products)"
-        from ..snn.phases import gain
-
-        try:
-            gain(net)
-        except ValueError as err:
-            return str(err)
-        return None
-    if net.spec.spiking is None:
-        return f"{net.spec.name} has no [spiking] section (the Brian2 engine is dense-only)"
-    return None
+    return engines.get(engine).not_applicable(net, estimator, rule, settings)
 
 
 def expand(protocol: FidelityProtocol, nets: list[Network]) -> list[Point]:

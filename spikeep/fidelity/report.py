@@ -145,7 +145,8 @@ def _panels(plt, models: list[str], width=4.2, height=3.2):
 
 def _x(r, axis: str) -> float:
     if axis == "time":
-        return r["time_steps"] if r["engine"] == "snntorch" else r["biological_s"]
+        # discrete-time engines count steps, continuous-time ones simulated seconds
+        return r["time_steps"] if r.get("time_steps") is not None else r["biological_s"]
     return abs(r[axis]) if axis == "beta" else r[axis]
 
 

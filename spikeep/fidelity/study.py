@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import engine as engines
 from .. import spec
 from ..energy import Network
 from . import points, reference, report, sweep
@@ -66,7 +67,7 @@ def study(protocol: FidelityProtocol, out: str | Path, jobs: int = 1, progress=N
         "figures": [str(p.name) for p in figures],
         "settings": {
             e: {k: v for k, v in asdict(protocol.engine(e)).items()}
-            for e in ("rate", "snntorch", "brian2")
+            for e in engines.names()
             if protocol.engine(e) is not None
         },
     }

@@ -22,7 +22,6 @@ Rate points run in float64 (the estimator's own bias, not float32 rounding). Bri
 from __future__ import annotations
 
 import dataclasses
-import gc
 import multiprocessing
 import os
 import sys
@@ -34,8 +33,8 @@ from typing import Any
 
 import torch
 
+from .. import engine as engines
 from .. import spec
-from ..energy import Network
 from ..gradcheck import Problem
 from .points import Point
 
@@ -75,8 +74,10 @@ def evaluate(point: Point, spec_path: Path, problem: Problem, batch: int, seed: 
         return {**row, "status": "n/a", "message": point.na}
     settings = dict(point.settings)
     try:
-        run = {"rate": _rate, "snntorch": _snntorch, "brian2": _brian2}[point.engine]
-        result = run(point, spec.load(spec_path), settings, problem, batch, seed)
+        engine_cls = engines.get(point.engine)
+        result = engine_cls.fidelity_point(
+            point, spec.load(spec_path), settings, problem, batch, seed
+        )
     except Exception as err:  # noqa: BLE001 - any failure of a point is recorded, not fatal
         message = f"{type(err).__name__}: {err}".splitlines()[0]
         return {**row, "status": "error", "message": message}
@@ -97,7 +98,7 @@ def _row(point: Point, spec_path: Path) -> dict:
     }
 
 
-def _metrics(r: dict) -> dict:
+def metrics(r: dict) -> dict:
     return {
         k: r.get(k)
         for k in (
@@ -116,91 +117,7 @@ def _metrics(r: dict) -> dict:
     }
 
 
-def _rate(point, model_spec, s, problem, batch, seed) -> dict:
-    from ..gradcheck import gradcheck
-
-    if s["dt"]:
-        model_spec = dataclasses.replace(model_spec, dt=s["dt"])
-    net = Network(model_spec)
-    real = {"auto": not net.holomorphic, "complex": False, "cosine": True}[s["oscillation"]]
-    r = gradcheck(
-        model_spec,
-        point.estimator,
-        s["beta"],
-        s["points"],
-        batch,
-        seed,
-        "float64",
-        s["free_steps"],
-        s["nudged_steps"],
-        noise=s["noise"],
-        steps_per_period=s["steps_per_period"],
-        periods=s["periods"],
-        warmup=s["warmup"],
-        real=real,
-        problem=problem,
-    )
-    out = _metrics(r)
-    out["dt"] = model_spec.dt
-    if point.estimator == "oscillation":
-        out["oscillation"] = "cosine" if real else "complex"
-    return out
-
-
-def _snntorch(point, model_spec, s, problem, batch, seed) -> dict:
-    from ..snn.gradcheck import gradcheck
-
-    r = gradcheck(
-        model_spec,
-        point.estimator,
-        s["beta"],
-        s["time_steps"],
-        batch,
-        seed,
-        s["tau"],
-        input=s["input"],
-        periods=s["periods"],
-        warmup=s["warmup"],
-        problem=problem,
-    )
-    return _metrics(r)
-
-
-def _brian2(point, model_spec, s, problem, batch, seed) -> dict:
-    from ..brian2.gradcheck import gradcheck
-
-    model_spec = _spiking_variant(model_spec, s["dt"], s["rate_max"])
-    try:
-        r = gradcheck(
-            model_spec,
-            point.estimator,
-            s["beta"],
-            point.rule,
-            batch,
-            seed,
-            s["settle"] or None,
-            s["window"] or None,
-            s["period"] or None,
-            s["periods"],
-            s["warmup"],
-            target=s["target"],
-            problem=problem,
-        )
-    finally:
-        gc.unfreeze()  # brian2's build freezes the heap; let this network's garbage go
-        gc.collect()
-    out = _metrics(r)
-    out.update(
-        settle=r["settle"],
-        window=r["window"],
-        period=r["period"],
-        dt=model_spec.spiking.dt,
-        rate_max=model_spec.spiking.rate_max,
-    )
-    return out
-
-
-def _spiking_variant(model_spec: spec.ModelSpec, dt: float, rate_max: float) -> spec.ModelSpec:
+def spiking_variant(model_spec: spec.ModelSpec, dt: float, rate_max: float) -> spec.ModelSpec:
     """``model_spec`` with its ``[spiking]`` ``dt`` and ``rate_max`` replaced (0: kept)."""
     cfg = model_spec.spiking
     if cfg is None:

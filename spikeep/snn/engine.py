@@ -49,6 +49,7 @@ ESTIMATORS = {
     **{k: str(v) for k, v in estimators.BIAS_ORDER.items()},
     "random-sign": "1",
 }
+GRADCHECK_ESTIMATORS = tuple(estimators.ESTIMATORS)  # random-sign draws its sign in training
 
 
 def check(protocol: Protocol, net) -> None:
@@ -160,3 +161,61 @@ class SNNEngine(Engine):
             "settle": cfg.settle,
             "window": cfg.window,
         }
+
+    gradcheck_estimators = GRADCHECK_ESTIMATORS
+
+    @classmethod
+    def gradcheck(cls, model, args) -> dict:
+        from .gradcheck import gradcheck
+
+        return gradcheck(
+            model,
+            args.estimator,
+            args.beta,
+            args.time_steps,
+            args.batch,
+            args.seed,
+            args.tau,
+            input=args.input,
+            periods=args.periods,
+            warmup=args.warmup,
+            free_steps=args.free_steps,
+        )
+
+    @classmethod
+    def gradcheck_header(cls, r: dict) -> str:
+        return (
+            f"engine snntorch ({r['input']} input, tau {r['tau']:g} steps)  {r['estimator']}  "
+            f"beta {r['beta']}  batch {r['batch']}  {r['time_steps']} steps per "
+            f"{'period' if r['steps_per_period'] else 'phase'}"
+        )
+
+    @classmethod
+    def fidelity_point(cls, point, model_spec, s, problem, batch, seed) -> dict:
+        from ..fidelity.sweep import metrics
+        from .gradcheck import gradcheck
+
+        r = gradcheck(
+            model_spec,
+            point.estimator,
+            s["beta"],
+            s["time_steps"],
+            batch,
+            seed,
+            s["tau"],
+            input=s["input"],
+            periods=s["periods"],
+            warmup=s["warmup"],
+            problem=problem,
+        )
+        return metrics(r)
+
+    @classmethod
+    def not_applicable(cls, net, estimator: str, rule, settings: dict) -> str | None:
+        if rule == "stdp":
+            return "snntorch has no STDP rule (its estimates are windowed spike-count products)"
+        try:
+            gain(net)
+        except ValueError as err:
+            return str(err)
+        return None
