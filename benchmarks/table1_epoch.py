@@ -11,7 +11,8 @@ temporary folder and imported as ``spikeep_before``), ``after`` the working tree
 interleaved round by round, so that the machine's drift hits both alike (timings on the shared
 2-core machine drift by 2x); medians (min-max) are reported, and their ratio.
 
-The limit: the useful floating-point work of a batch (the dynamics' products, 2 FLOPs a
+The noise: the batch's Gaussian draws alone, in the shapes the relaxations draw them. The limit:
+the useful floating-point work of a batch (the dynamics' products, 2 FLOPs a
 multiply-add; a complex state counts as two real rows, as the batched path computes it) over the
 matrix-product throughput measured in the same run on one thread (a 1024^3 sgemm). The epoch:
 3000 batches (60,000 images, batch 20) plus the test pass (10,000 images, 200 free steps),
@@ -112,6 +113,31 @@ def flops_per_batch(cfg, B: int) -> float:
     return B * (free + nudged + grads)
 
 
+def noise_draws(cfg, B: int) -> list[tuple[int, tuple[int, int]]]:
+    """``(count, shape)`` of the Gaussian draws of one batch: per step and layer, the rows that
+    carry real parts (the free phase's ``B``; the hEP points' ``(N/2 + 1) B``; the oscillation's
+    ``B``)."""
+    draws = [(2 * cfg.free_steps, (B, 256))]
+    if cfg.name == "holomorphic":
+        draws.append((2 * cfg.nudged_steps, ((cfg.points // 2 + 1) * B, 256)))
+    else:
+        draws.append((2 * cfg.steps_per_period * (cfg.periods + cfg.warmup), (B, 256)))
+    return draws
+
+
+def noise_seconds(draws) -> float:
+    """The best of three times to draw ``draws`` from a seeded generator."""
+    g = torch.Generator().manual_seed(0)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for count, shape in draws:
+            for _ in range(count):
+                torch.randn(shape, generator=g)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def sgemm_gflops() -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b
@@ -152,6 +178,9 @@ def measure(protocol: Path, repeats: int, seed: int = 0) -> dict:
     gflops = sgemm_gflops()
     limit = flops_per_batch(cfg, 20) / (gflops * 1e9)
     out = {"protocol": protocol.name, "test_pass_s": test_pass, "sgemm_gflops": gflops}
+    draws = noise_draws(cfg, 20) if cfg.noise else []
+    out["noise_numbers"] = sum(c * s[0] * s[1] for c, s in draws)
+    out["noise_ms"] = 1e3 * noise_seconds(draws)
     out["limit_ms"] = 1e3 * limit
     out["limit_epoch_s"] = BATCHES * limit
     for name, ts in times.items():
@@ -196,6 +225,10 @@ def main(argv=None):
             f"  speed-up {r['speedup']:.2f}x; limit {r['limit_ms']:.1f} ms a batch, "
             f"{r['limit_epoch_s']:.0f} s an epoch (sgemm {r['sgemm_gflops']:.0f} GFLOP/s); "
             f"test pass {r['test_pass_s']:.1f} s"
+        )
+        print(
+            f"  the batch's noise alone: {r['noise_numbers'] / 1e6:.2f} million Gaussian numbers, "
+            f"{r['noise_ms']:.1f} ms to draw"
         )
 
 

@@ -483,7 +483,8 @@ def _tracked(params, x, s, static) -> bool:
 class _PlanarRun:
     """The state of :func:`relax_points`' batched relaxation: per layer two buffers of ``(M B,
     n)`` rows, ``M = R + 2 C`` blocks for ``R`` real and ``C`` complex points, that swap roles
-    at each step (no allocation for the drives)."""
+    at each step (no allocation for the drives). When every layer has the same width the
+    buffers are the layers of one ``(L, M B, n)`` tensor, so that ``rho`` runs once for all."""
 
     def __init__(self, net, params, y, betas, is_complex, static, s0):
         self.net, self.params, self.betas = net, params, betas
@@ -495,16 +496,21 @@ class _PlanarRun:
         self.nre = R + C  # blocks that carry real parts: static drive and noise go there
         M = R + 2 * C
         self.weights = [params[f"W{i + 1}"] for i in range(1, net.n_dynamic)]
-        self.static, self.cur, self.nxt = [], [], []
-        for h, si in zip(static, s0, strict=True):
-            n = si.shape[1]
-            S = si.new_zeros((M * B, n))
+        widths = [si.shape[1] for si in s0]
+        self.merged = len(set(widths)) == 1
+        if self.merged:
+            both = s0[0].new_zeros((2, len(s0), M * B, widths[0]))
+            self.cur_all, self.nxt_all = both[0], both[1]
+            self.cur, self.nxt = list(both[0]), list(both[1])
+        else:
+            self.cur = [si.new_zeros((M * B, n)) for si, n in zip(s0, widths, strict=True)]
+            self.nxt = [torch.empty_like(c) for c in self.cur]
+        self.static = []
+        for h, si, cur in zip(static, s0, self.cur, strict=True):
+            S = torch.zeros_like(cur)
             S[: self.nre * B] = h if h.dim() == 1 else h.repeat(self.nre, 1)
             self.static.append(S)
-            cur = si.new_zeros((M * B, n))
             cur[: self.nre * B] = si.repeat(self.nre, 1)
-            self.cur.append(cur)
-            self.nxt.append(torch.empty_like(cur))
         real_dtype, device = s0[0].dtype, s0[0].device
         beta_r = [complex(betas[k]).real for k in self.real]
         self.nudged = any(beta_r)  # a free phase has no cost term (Network.dphi)
@@ -520,9 +526,10 @@ class _PlanarRun:
             beta_c = torch.tensor([complex(betas[k]) for k in self.cplx], dtype=cdtype)
             self.beta_cplx = beta_c.to(device).repeat_interleave(B).unsqueeze(1)
         self.sigmoid4 = net.act.name == "sigmoid4"
-        if self.sigmoid4 and C:  # every layer's complex block has C B rows
-            n = max(si.shape[1] for si in s0)
-            self._scratch = [si.new_empty((2, C * B, n)), torch.empty((C * B, n), dtype=bool)]
+        if self.sigmoid4 and C:  # flat scratch for the complex blocks of every layer at once
+            size = len(s0) * C * B * max(widths)
+            mask = torch.empty(size, dtype=torch.bool, device=device)
+            self._scratch = (s0[0].new_empty((2, size)), mask)
         self.readout = bool(net.readout)
         if self.readout:
             n = len(net.layers) - 1
@@ -566,10 +573,14 @@ class _PlanarRun:
 
     def _noise_and_rho(self, noise, generator):
         cur, nxt = self.cur, self.nxt
-        for hi in nxt:
-            if noise:
-                add_noise((hi[: self.nre * self.B],), noise, generator)
-            self._rho(hi)
+        if noise:  # layer by layer, in the order of Prototypical.noisy_step's draws
+            add_noise(tuple(hi[: self.nre * self.B] for hi in nxt), noise, generator)
+        if self.merged:
+            self._rho(self.nxt_all)
+            self.cur_all, self.nxt_all = self.nxt_all, self.cur_all
+        else:
+            for hi in nxt:
+                self._rho(hi)
         self.prev, self.cur, self.nxt = cur, nxt, cur
 
     def _nudge_readout(self, h, r):
@@ -589,21 +600,22 @@ class _PlanarRun:
             e[nre * B :] = ec.imag
         h.addmm_(e, W, alpha=-1)
 
-    @property
-    def scratch(self):
-        """Buffers for :func:`_sigmoid_planar_` at the current layer's width ``self.width``."""
-        (cd, mask), n = self._scratch, self.width
-        return cd[0, :, :n], cd[1, :, :n], mask[:, :n]
+    def _scratch_like(self, a: Tensor):
+        """Buffers of ``a``'s shape for :func:`_sigmoid_planar_`, views of the flat scratch."""
+        (cd, mask), n = self._scratch, a.numel()
+        return cd[0, :n].view(a.shape), cd[1, :n].view(a.shape), mask[:n].view(a.shape)
 
     def _rho(self, h):
-        """``rho`` in place on one layer's rows: real points, then each complex point's pair."""
+        """``rho`` in place on one layer's rows ``(M B, n)``, or every layer's ``(L, M B, n)``:
+        real points, then each complex point's pair."""
         act, B, R, nre = self.net.act, self.B, self.R, self.nre
-        real, re, im = h[: R * B], h[R * B : nre * B], h[nre * B :]
-        self.width = h.shape[1]
+        rows = h.dim() - 2
+        blocks = ((0, R), (R, nre), (nre, nre + self.C))
+        real, re, im = (h.narrow(rows, a * B, (b - a) * B) for a, b in blocks)
         if self.sigmoid4:
             real.mul_(4.0).sub_(2.0).sigmoid_()
             if self.C:
-                _sigmoid_planar_(re.mul_(4.0).sub_(2.0), im.mul_(4.0), self.scratch)
+                _sigmoid_planar_(re.mul_(4.0).sub_(2.0), im.mul_(4.0), self._scratch_like(re))
             return
         if R:
             real.copy_(act.rho(real))
