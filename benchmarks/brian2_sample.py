@@ -2,24 +2,41 @@
 
 One chunk of ``--samples`` MNIST training images (the embedded subset) is compiled once
 (:class:`spikeep.brian2.standalone.Chunk`) and run ``--chunks`` times, each run with the next
-images and the weights the previous one returned (learning on: one-sided EP, ``beta = 0.5``).
-The biological times are ``models/spiking_784_500_10.toml``'s: per sample a free phase
-(55 ms settling + 20 ms window) and a nudged phase (55 + 20 ms), 150 ms, at ``dt = 0.1`` ms,
-non-leaky IF neurons at up to 500 Hz, ``tau_syn = 10`` ms.
+images and the weights the previous one returned (learning on). The defaults are the
+``spiking_mnist`` recipe (``protocols/spiking_mnist.toml``): the biological times of
+``models/spiking_784_500_10.toml`` (per sample a free, a +beta and a -beta phase of 55 ms settling
++ 20 ms window: 225 ms, ``dt`` 0.2 ms, non-leaky IF neurons at up to 1000 Hz, ``tau_syn`` 10 ms),
+symmetric EP with ``beta = 0.5``, the endpoint rule.
 
-    OMP_NUM_THREADS=1 python benchmarks/brian2_sample.py [--input current|poisson]
-        [--rule endpoint|stdp] [--samples 100] [--chunks 3] [--dt 1e-4] [--json]
+    OMP_NUM_THREADS=1 python benchmarks/brian2_sample.py [--code fast|generated|both]
+        [--rounds 3] [--input current|poisson] [--rule endpoint|stdp] [--samples 100]
+        [--chunks 3] [--dt 2e-4] [--threads 0] [--json]
 
-Prints the compile time (0-ish when the cache folder already holds the project), milliseconds of
-wall time per sample (median over chunks, the binary's run including its start and the result
-files), and spikes per sample (all layers, input spikes included under Poisson input).
+``--code`` picks the lowering: ``fast`` (``Chunk(fast=True)``, the default: the input layer's
+hand-written C++, shared clocks, the branch-free thresholder, no unread traces), ``generated``
+(``fast=False``: Brian2's generated code only, the code before the speed-up), or ``both``: the
+two side by side in one process, ``--rounds`` times in alternation (each round opens each
+chunk from its cache folder and runs its ``--chunks`` runs from the same weights and images),
+so that the machine's drifting load hits both alike; it also checks that the two return the
+same weights bit for bit.
+
+Prints, per code path: the compile time (0-ish when the cache folder already holds the project),
+milliseconds of wall time per sample (median over all runs; the binary's run including its
+start, the run arguments and the result files), milliseconds of CPU time of the binary per sample
+(user + system, from the children's resource usage: robust to waiting for a busy core), spikes
+per sample (all layers, input spikes included under Poisson input), and with ``both`` the ratios
+fast / generated. ``--threads`` sets Brian2's ``devices.cpp_standalone.openmp_threads`` (0: no
+OpenMP, Brian2's default); the line records it with ``OMP_NUM_THREADS`` and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
+import os
+import resource
 import statistics
 import sys
 from pathlib import Path
@@ -34,10 +51,47 @@ from spikeep.brian2 import schedules  # noqa: E402
 from spikeep.brian2.standalone import Chunk  # noqa: E402
 from spikeep.energy import Network  # noqa: E402
 
+CODES = {"fast": True, "generated": False}
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _round(model, schedule, params, train, args, fast: bool) -> dict:
+    """Open the chunk (from the cache), run ``--chunks`` runs from ``params``."""
+    n = args.samples
+    eta = {"W1": 0.1 / 20, "b1": 0.1 / 20, "W2": 0.05 / 20, "b2": 0.05 / 20}
+    wall, cpu, spikes = [], [], []
+    with Chunk(model, schedule, n, rule=args.rule, fast=fast) as chunk:
+        for c in range(args.chunks):
+            images = train.images[c * n : (c + 1) * n].flatten(1).double() / 255
+            y = torch.nn.functional.one_hot(train.labels[c * n : (c + 1) * n], 10).double()
+            before = _children_cpu()
+            out = chunk.run(images, y, params, eta=eta)
+            cpu.append((_children_cpu() - before) / n)
+            wall.append(out["run_s"] / n)
+            spikes.append(out["spikes"])
+            params = out["params"]
+        result = {
+            "build_s": chunk.build_s,
+            "compiled": chunk.compiled,
+            "wall": wall,
+            "cpu": cpu,
+            "spikes": spikes,
+            "params": params,
+        }
+    del chunk
+    gc.collect()  # the next Chunk's Brian2 objects reuse these names (no "_1" files)
+    return result
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(ROOT / "models" / "spiking_784_500_10.toml"))
+    p.add_argument("--code", choices=[*CODES, "both"], default="fast")
+    p.add_argument("--rounds", type=int, default=None, help="default: 3 with both, else 1")
     p.add_argument("--input", choices=["current", "poisson"], default="current")
     p.add_argument("--rule", choices=["endpoint", "stdp"], default="endpoint")
     p.add_argument("--samples", type=int, default=100)
@@ -46,9 +100,13 @@ def main(argv=None) -> int:
     p.add_argument("--estimator", choices=["symmetric", "one-sided"], default="symmetric")
     p.add_argument("--dt", type=float, default=None, help="simulation step in s (the model's)")
     p.add_argument("--rate-max", type=float, default=None, help="Hz (the model's)")
+    p.add_argument("--threads", type=int, default=0, help="Brian2 openmp_threads (0: none)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
+    import brian2 as b2
+
+    b2.prefs.devices.cpp_standalone.openmp_threads = args.threads
     model = spec.load(args.model)
     cfg = dataclasses.replace(
         model.spiking,
@@ -58,50 +116,75 @@ def main(argv=None) -> int:
     )
     model = dataclasses.replace(model, spiking=cfg)
     cfg = model.spiking
-    net = Network(model)
-    params = net.init_params(0, dtype=torch.float64)
+    params = Network(model).init_params(0, dtype=torch.float64)
     train = data.load("mnist-embedded", "train")
-    n = args.samples
     schedule = schedules.for_estimator(args.estimator, args.beta, cfg)
-    eta = {"W1": 0.1 / 20, "b1": 0.1 / 20, "W2": 0.05 / 20, "b2": 0.05 / 20}
-    times, spikes = [], []
-    with Chunk(model, schedule, n, rule=args.rule) as chunk:
-        for c in range(args.chunks):
-            images = train.images[c * n : (c + 1) * n].flatten(1).double() / 255
-            y = torch.nn.functional.one_hot(train.labels[c * n : (c + 1) * n], 10).double()
-            out = chunk.run(images, y, params, eta=eta)
-            params = out["params"]
-            times.append(out["run_s"] / n)
-            spikes.append(out["spikes"])
-        build_s, compiled = chunk.build_s, chunk.compiled
+    codes = list(CODES) if args.code == "both" else [args.code]
+    rounds = args.rounds or (3 if args.code == "both" else 1)
+    load = [os.getloadavg()[0]]
+    runs = {code: [] for code in codes}
+    for _ in range(rounds):
+        for code in reversed(codes):  # generated first, then fast
+            runs[code].append(_round(model, schedule, params, train, args, CODES[code]))
+    load.append(os.getloadavg()[0])
+
     result = {
         "model": model.source,
         "input": args.input,
         "rule": args.rule,
         "estimator": args.estimator,
         "rate_max_hz": cfg.rate_max,
-        "samples_per_chunk": n,
+        "samples_per_chunk": args.samples,
         "chunks": args.chunks,
+        "rounds": rounds,
         "biological_ms_per_sample": round(schedule.duration * 1e3, 3),
         "dt_ms": cfg.dt * 1e3,
-        "build_s": round(build_s, 1),
-        "compiled": compiled,
-        "ms_per_sample": round(1e3 * statistics.median(times), 3),
-        "ms_per_sample_each_chunk": [round(1e3 * t, 3) for t in times],
-        "spikes_per_sample": round(statistics.mean(spikes), 1),
+        "openmp_threads": args.threads,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_average": [round(x, 1) for x in load],
+        "codes": {},
     }
+    for code in codes:
+        rs = runs[code]
+        wall = [t for r in rs for t in r["wall"]]
+        cpu = [t for r in rs for t in r["cpu"]]
+        result["codes"][code] = {
+            "build_s": round(rs[0]["build_s"], 1),
+            "compiled": rs[0]["compiled"],
+            "ms_per_sample": round(1e3 * statistics.median(wall), 3),
+            "ms_per_sample_each_run": [round(1e3 * t, 3) for t in wall],
+            "cpu_ms_per_sample": round(1e3 * statistics.median(cpu), 3),
+            "spikes_per_sample": round(statistics.mean(s for r in rs for s in r["spikes"]), 1),
+        }
+    if len(codes) == 2:
+        new, old = result["codes"]["fast"], result["codes"]["generated"]
+        result["ratio_wall"] = round(new["ms_per_sample"] / old["ms_per_sample"], 3)
+        result["ratio_cpu"] = round(new["cpu_ms_per_sample"] / old["cpu_ms_per_sample"], 3)
+        result["identical_weights"] = all(
+            torch.equal(a["params"][k], b["params"][k])
+            for a, b in zip(runs["fast"], runs["generated"])
+            for k in a["params"]
+        )
     if args.json:
         print(json.dumps(result))
-    else:
+        return 0
+    print(
+        f"{result['model']}  input {args.input}  rule {args.rule}  {args.estimator}  "
+        f"rate_max {cfg.rate_max:g} Hz  {result['biological_ms_per_sample']:g} ms per sample at "
+        f"dt {result['dt_ms']:g} ms  openmp_threads {args.threads}  OMP_NUM_THREADS "
+        f"{result['OMP_NUM_THREADS']}  load average {load[0]:.1f} -> {load[1]:.1f}"
+    )
+    for code, r in result["codes"].items():
         print(
-            f"{result['model']}  input {args.input}  rule {args.rule}  {args.estimator}  "
-            f"rate_max {cfg.rate_max:g} Hz  "
-            f"{result['biological_ms_per_sample']:g} ms per sample at dt {result['dt_ms']:g} ms"
+            f"{code:>9}: build {r['build_s']} s (compiled: {r['compiled']})  ms_per_sample "
+            f"{r['ms_per_sample']}  cpu_ms_per_sample {r['cpu_ms_per_sample']}  "
+            f"spikes_per_sample {r['spikes_per_sample']}"
         )
+    if len(codes) == 2:
         print(
-            f"build {result['build_s']} s (compiled: {compiled})  "
-            f"ms_per_sample {result['ms_per_sample']}  spikes_per_sample "
-            f"{result['spikes_per_sample']}"
+            f"fast / generated: wall {result['ratio_wall']}  cpu {result['ratio_cpu']}  "
+            f"identical weights: {result['identical_weights']}  ({rounds} rounds x "
+            f"{args.chunks} runs of {args.samples} samples each)"
         )
     return 0
 

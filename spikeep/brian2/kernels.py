@@ -27,12 +27,127 @@ import brian2 as b2
 import numpy as np
 import sympy
 from brian2.codegen.optimisation import Simplifier
+from brian2.codegen.templates import Templater
 from brian2.core.variables import Constant, Variable
+from brian2.devices.cpp_standalone.codeobject import CPPStandaloneCodeObject
+from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
+from brian2.devices.device import all_devices
 from brian2.parsing.rendering import CPPNodeRenderer
 from brian2.parsing.sympytools import str_to_sympy
 from brian2.utils.stringtools import get_identifiers
+from jinja2 import ChoiceLoader, DictLoader
 
-__all__ = ["input_step"]
+__all__ = ["input_step", "CodeObject", "Device", "DEVICE"]
+
+# Brian2's thresholder appends a neuron to the spike list under an `if`: with IF neurons firing
+# every few steps at irregular intervals the branch is mispredicted often, and the thresholder of
+# 500 neurons cost more than their state update. This one evaluates the condition of every neuron
+# into a byte array (no branch; vectorised when the condition is), then reads the bytes eight at
+# a time and lists the neurons of the non-zero ones in ascending order: the same spike list.
+_THRESHOLD = """{# USES_VARIABLES { N } #}
+{% extends 'common_group.cpp' %}
+{% block maincode %}
+    //// MAIN CODE (spikeep.brian2.kernels: two-pass thresholder) ////////////
+    const int _vectorisation_idx = -1;
+    {{scalar_code|autoindent}}
+    {% set _eventspace = get_array_name(eventspace_variable) %}
+    static char _flags[N + 8];
+    for(size_t _idx=0; _idx<N; _idx++)
+    {
+        const size_t _vectorisation_idx = _idx;
+        {{vector_code|autoindent}}
+        _flags[_idx] = _cond ? 1 : 0;
+    }
+    for(size_t _idx=N; _idx<N + 8; _idx++)
+        _flags[_idx] = 0;
+    long _count = 0;
+    for(size_t _block=0; _block<N; _block+=8)
+    {
+        uint64_t _bits;
+        __builtin_memcpy(&_bits, &_flags[_block], 8);
+        while(_bits)
+        {
+            const size_t _idx = _block + (__builtin_ctzll(_bits) >> 3);
+            _bits &= _bits - 1;
+            {% if _uses_refractory %}
+            {{not_refractory}}[_idx] = false;
+            {{lastspike}}[_idx] = {{t}};
+            {% endif %}
+            {{_eventspace}}[_count++] = _idx;
+        }
+    }
+    {{_eventspace}}[N] = _count;
+{% endblock %}
+
+{% block after_code %}
+{% set _eventspace = get_array_name(eventspace_variable) %}
+{{_eventspace}}[N] = 0;
+{% endblock %}
+"""
+
+# Brian2's network loop reads the process CPU clock after every time step (a system call,
+# about 10% of a sample here) to stop a run that exceeds a maximum run time; without one (and
+# without OpenMP) the elapsed time is only reported at the end, so it is read once, after the loop.
+_PER_STEP_CLOCK = """        clock = next_clocks();
+
+        current = std::clock();
+        elapsed_realtime = (double)(current - start)/(1 * CLOCKS_PER_SEC);
+"""
+_AFTER_LOOP = """    Network::_globally_running = false;
+"""
+
+
+def _templater() -> Templater:
+    base = CPPStandaloneCodeObject.templater
+    out = Templater(base.package_names, base.extension, base.env_globals, base.templates_dir)
+    out.env.loader = ChoiceLoader([DictLoader({"threshold.cpp": _THRESHOLD}), out.env.loader])
+    return out
+
+
+class CodeObject(CPPStandaloneCodeObject):
+    """Brian2's C++ standalone code object with spikeep's thresholder (``_THRESHOLD``); every
+    other template is Brian2's. Give it to a group as ``codeobj_class``."""
+
+    templater = _templater()
+
+
+class Device(CPPStandaloneDevice):
+    """Brian2's cpp_standalone device whose code objects are :class:`CodeObject` s and whose
+    network loop reads the CPU clock once per run instead of once per step (``_PER_STEP_CLOCK``;
+    unchanged when a maximum run time or OpenMP needs it). Registered as :data:`DEVICE`."""
+
+    def code_object_class(self, codeobj_class=None, fallback_pref=None):
+        return codeobj_class or CodeObject
+
+    def generate_network_source(self, writer, compiler):
+        super().generate_network_source(_Patching(writer), compiler)
+
+
+class _Patching:
+    """A writer that moves the per-step clock read of ``network.cpp`` after the loop."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def write(self, filename, contents):
+        cpp = contents.cpp_file
+        if (
+            filename == "network.*"
+            and cpp.count(_PER_STEP_CLOCK) == 1
+            and cpp.count(_AFTER_LOOP) == 1
+            and "omp_get_wtime" not in cpp
+            and "did_break_early = true" not in cpp  # no maximum run time to check per step
+        ):
+            clock = _PER_STEP_CLOCK.split("\n", 2)[2].replace("        ", "    ")
+            cpp = cpp.replace(_PER_STEP_CLOCK, "        clock = next_clocks();\n")
+            cpp = cpp.replace(_AFTER_LOOP, clock + _AFTER_LOOP)
+        self.writer.write("network.cpp", cpp)
+        self.writer.write("network.h", contents.h_file)
+
+
+#: The name of :class:`Device` in Brian2's device registry (``brian2.set_device(DEVICE)``).
+DEVICE = "spikeep_standalone"
+all_devices.setdefault(DEVICE, Device())
 
 
 def _render(dg: str, pre: str, post: set[str], ns: dict) -> tuple[list[str], str]:
@@ -99,37 +214,36 @@ static double {name}(const double eta)
     const double* const x = {array(pre, "x")};
     const double* const x_prev = {array(pre, "x_prev")};
     double* const I_x = {array(post, "I_x")};
-    static int nz[{n_pre}];
+    // the non-zero inputs of the sample just closed (its update) and of the next (its drive)
+    static int up[{n_pre}], on[{n_pre}];
+    static double x_up[{n_pre}], x_on[{n_pre}];
     for (int c = 0; c < {copies}; c++)
     {{
-        int m = 0;
-        for (int j = 0; j < {n_pre} && {int(learns)}; j++)
-            if (x_prev[c * {n_pre} + j] != 0) nz[m++] = j;
+        int m_up = 0, m_on = 0;
+        for (int j = 0; j < {n_pre}; j++)
+        {{
+            const double a = x_prev[c * {n_pre} + j], b = x[c * {n_pre} + j];
+            if ({int(learns)} && a != 0) {{ up[m_up] = j; x_up[m_up++] = a; }}
+            if (b != 0) {{ on[m_on] = j; x_on[m_on++] = b; }}
+        }}
         for (int i = 0; i < {n_post}; i++)
         {{
+            // one row of W_1 at a time: updated, then read while it is in the cache
             const int p = c * {n_post} + i;
 {loads}
             double* const w_p = w + (size_t)p * {n_pre};
             double* const g_p = g + (size_t)p * {n_pre};
-            for (int k = 0; k < m; k++)
+            for (int k = 0; k < m_up; k++)
             {{
-                const int j = nz[k];
-                const double x_prev_pre = x_prev[c * {n_pre} + j];
+                const int j = up[k];
+                const double x_prev_pre = x_up[k];
                 const double dg = {expr};
                 g_p[j] += dg;
                 w_p[j] -= eta * dg;
             }}
-        }}
-        m = 0;
-        for (int j = 0; j < {n_pre}; j++)
-            if (x[c * {n_pre} + j] != 0) nz[m++] = j;
-        for (int i = 0; i < {n_post}; i++)
-        {{
-            const int p = c * {n_post} + i;
-            const double* const w_p = w + (size_t)p * {n_pre};
             double s = 0;
-            for (int k = 0; k < m; k++)
-                s += w_p[nz[k]] * x[c * {n_pre} + nz[k]];
+            for (int k = 0; k < m_on; k++)
+                s += w_p[on[k]] * x_on[k];
             I_x[p] = s;
         }}
     }}

@@ -58,18 +58,25 @@ def namespace(cfg: Spiking, schedule: Schedule) -> dict:
 
 
 def layer_equations(
-    spec: ModelSpec, rule: Rule, *, input_current: bool, output: bool, linked: bool = True
+    spec: ModelSpec,
+    rule: Rule,
+    *,
+    input_current: bool,
+    output: bool,
+    linked: bool = True,
+    trace: bool = True,
 ) -> b2.Equations:
     """The equations of one dynamic layer (module docstring), generated from the spec;
     ``linked``: ``I_x`` is linked to the slow ``drive`` group (else a plain variable that
-    :func:`spikeep.brian2.kernels.input_step` writes)."""
+    :func:`spikeep.brian2.kernels.input_step` writes); ``trace``: the layer has the trace
+    ``r`` (needed by the teaching current and the ``stdp`` rule only)."""
     cfg = spec.spiking
     model = neurons.get(cfg.neuron)
     drives = ["b"] + (["I_x"] if input_current else []) + (["I_teach"] if output else [])
     lines = [
         f"ds/dt = ({' + '.join(drives)} - s) / tau_syn : 1",
         model.equations.format(rho=neurons.rho_expression(spec.activation, "s")),
-        "dr/dt = -r / tau_trace : 1",
+        "dr/dt = -r / tau_trace : 1" if trace or output else "",
         "b : 1",
         rule.neuron_variables(),
     ]
@@ -274,6 +281,7 @@ def build(
     if fast and not isinstance(b2.get_device(), CPPStandaloneDevice):
         raise ValueError("fast=True lowers for cpp_standalone only (brian2.set_device)")
     kernel = fast and current
+    traces = not fast or rule_.name == "stdp"  # fast: r where it is read (and the output layer)
     model = neurons.get(cfg.neuron)
     # fast: two clocks in all, so the scheduler compares two per step instead of one per object
     step = {"clock": b2.Clock(dt, name="step_clock")} if fast else {"dt": dt}
@@ -308,17 +316,21 @@ def build(
             input_current=current and k == 1,
             output=k == len(sizes) - 1,
             linked=not kernel,
+            trace=traces,
         )
         g = b2.NeuronGroup(
             copies * sizes[k],
             eqs,
             threshold=model.threshold,
-            reset="\n".join([model.reset, "r += 1 / (r_max * tau_trace)", rule_.on_spike()]),
+            reset="\n".join([model.reset, "r += 1 / (r_max * tau_trace)", rule_.on_spike()])
+            if "r" in eqs.names
+            else "\n".join([model.reset, rule_.on_spike()]),
             refractory=cfg.refractory * b2.second if model.refractory else False,
             method="euler",
             **step,
             namespace=ns,
             name=f"layer{k}",
+            codeobj_class=kernels.CodeObject if fast else None,
         )
         g.b = np.tile(_as_numpy(params[f"b{k}"]), copies)
         g.eta_b = lr(f"b{k}")

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..spec import ModelSpec
+from . import kernels
 from .lowering import build
 from .schedules import Schedule
 
@@ -110,7 +111,8 @@ class Chunk:
             params[f"W{k}"] = np.zeros((sizes[k], sizes[k - 1]))
             params[f"b{k}"] = np.zeros(sizes[k])
         start = time.perf_counter()
-        b2.set_device("cpp_standalone", build_on_run=False, directory=str(self.directory))
+        device = kernels.DEVICE if fast else "cpp_standalone"
+        b2.set_device(device, build_on_run=False, directory=str(self.directory))
         self._open = True
         try:
             b2.device.reinit()
