@@ -167,7 +167,9 @@ def _render(dg: str, pre: str, post: set[str], ns: dict) -> tuple[list[str], str
     return consts + lio, render(expr)
 
 
-def input_step(dg: str, syn, pre, post, copies: int, name: str) -> b2.Function:
+def input_step(
+    dg: str, syn, pre, post, copies: int, samples: int, name: str, hold: int = 128
+) -> b2.Function:
     """The C++ function ``name(eta)`` that applies ``dg`` to ``syn`` (``W_1``) and sets
     ``post.I_x = W_1 x`` (module docstring); returns 0.
 
@@ -178,30 +180,51 @@ def input_step(dg: str, syn, pre, post, copies: int, name: str) -> b2.Function:
         syn: the ``Synapses`` holding ``w`` and ``g``, created by ``dense_pairs`` order.
         pre, post: the input group (``x``, ``x_prev``) and layer 1 (``I_x``, accumulators).
         copies: copies of the network side by side.
+        samples: samples lowered: the function is called ``samples + 1`` times (at every
+            sample start and once to close the last), and the last call completes ``g``.
         name: the C++ name (unique in the project).
+        hold: samples whose ``g`` terms are held before they are added (module docstring).
     """
     device = b2.get_device()
     ns = syn.namespace
-    post_vars = {v for v in get_identifiers(dg) if v.endswith("_post")}
+    post_vars = sorted(v for v in get_identifiers(dg) if v.endswith("_post"))
     symbolic = str_to_sympy(dg)
     zero = symbolic.subs({s: 0 for s in symbolic.free_symbols if s.name == "x_prev_pre"})
     if sympy.simplify(zero) != 0:
         raise ValueError(f"the input rule {dg!r} does not vanish with x_prev_pre = 0")
     learns = sympy.simplify(symbolic) != 0  # a free schedule's dg is 0: no update at all
-    consts, expr = _render(dg, "x_prev_pre", post_vars, ns) if learns else ([], "0")
+    consts, expr = _render(dg, "x_prev_pre", set(post_vars), ns) if learns else ([], "0")
     n_pre, n_post = len(pre) // copies, len(post) // copies
+    n_var = len(post_vars)
 
     def array(group, var: str) -> str:
         return "brian::" + device.get_array_name(group.variables[var], access_data=False)
 
     w = f"&brian::{device.get_array_name(syn.variables['w'], access_data=False)}[0]"
     g = f"&brian::{device.get_array_name(syn.variables['g'], access_data=False)}[0]"
-    loads = "\n".join(
-        f"            const double {v} = {array(post, v[: -len('_post')])}[p];"
-        for v in sorted(post_vars)
+    now = "\n".join(
+        f"            const double {v} = {array(post, v[: -len('_post')])}[p];" for v in post_vars
+    )
+    held = "\n".join(
+        f"                const double {v} = post_s[{k * copies * n_post} + p];"
+        for k, v in enumerate(post_vars)
+    )
+    keep = "\n".join(
+        f"        held_post.insert(held_post.end(), {array(post, v[: -len('_post')])}, "
+        f"{array(post, v[: -len('_post')])} + {copies * n_post});"
+        for v in post_vars
     )
     indent = "\n    "
     code = f"""
+// dg is evaluated on its own, as in Brian2's synaptic code where it feeds both g and w: the
+// compiler may not fold it into the statement that uses it (-ffast-math would round otherwise)
+#ifndef SPIKEEP_KEEP
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define SPIKEEP_KEEP(v) __asm__ volatile("" : "+x"(v))
+#else
+#define SPIKEEP_KEEP(v) do {{ volatile double _kept = (v); (v) = _kept; }} while (0)
+#endif
+#endif
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-vectorize")))
 #endif
@@ -214,31 +237,50 @@ static double {name}(const double eta)
     const double* const x = {array(pre, "x")};
     const double* const x_prev = {array(pre, "x_prev")};
     double* const I_x = {array(post, "I_x")};
-    // the non-zero inputs of the sample just closed (its update) and of the next (its drive)
-    static int up[{n_pre}], on[{n_pre}];
-    static double x_up[{n_pre}], x_on[{n_pre}];
+    // the samples whose g terms wait: per sample and copy, the non-zero inputs (held_j, held_x
+    // from held_at[s copies + c]), per sample the postsynaptic accumulators (held_post)
+    static std::vector<int> held_j, held_at(1, 0);
+    static std::vector<double> held_x, held_post;
+    static int calls = 0, held = 0;
+    static int on[{n_pre}];
+    static double x_on[{n_pre}];
+    if ({int(learns)})
+    {{
+{keep}
+        for (int c = 0; c < {copies}; c++)
+        {{
+            for (int j = 0; j < {n_pre}; j++)
+            {{
+                const double a = x_prev[c * {n_pre} + j];
+                if (a != 0) {{ held_j.push_back(j); held_x.push_back(a); }}
+            }}
+            held_at.push_back((int)held_j.size());
+        }}
+        held++;
+    }}
     for (int c = 0; c < {copies}; c++)
     {{
-        int m_up = 0, m_on = 0;
+        // this sample's non-zero inputs: the last entry of held_at (empty without learning)
+        const int first = {int(learns)} ? held_at[held_at.size() - 1 - {copies} + c] : 0;
+        const int last = {int(learns)} ? held_at[held_at.size() - {copies} + c] : 0;
+        int m_on = 0;
         for (int j = 0; j < {n_pre}; j++)
         {{
-            const double a = x_prev[c * {n_pre} + j], b = x[c * {n_pre} + j];
-            if ({int(learns)} && a != 0) {{ up[m_up] = j; x_up[m_up++] = a; }}
+            const double b = x[c * {n_pre} + j];
             if (b != 0) {{ on[m_on] = j; x_on[m_on++] = b; }}
         }}
         for (int i = 0; i < {n_post}; i++)
         {{
             // one row of W_1 at a time: updated, then read while it is in the cache
             const int p = c * {n_post} + i;
-{loads}
+{now}
             double* const w_p = w + (size_t)p * {n_pre};
-            double* const g_p = g + (size_t)p * {n_pre};
-            for (int k = 0; k < m_up; k++)
+            for (int k = first; k < last && {int(learns)}; k++)
             {{
-                const int j = up[k];
-                const double x_prev_pre = x_up[k];
-                const double dg = {expr};
-                g_p[j] += dg;
+                const int j = held_j[k];
+                const double x_prev_pre = held_x[k];
+                double dg = {expr};
+                SPIKEEP_KEEP(dg);
                 w_p[j] -= eta * dg;
             }}
             double s = 0;
@@ -246,6 +288,32 @@ static double {name}(const double eta)
                 s += w_p[on[k]] * x_on[k];
             I_x[p] = s;
         }}
+    }}
+    calls++;
+    if ({int(learns)} && (calls == {samples + 1} || held == {hold}))
+    {{
+        // g += dg of every held sample, in sample order: each row of g is read and written once
+        for (int c = 0; c < {copies}; c++)
+            for (int i = 0; i < {n_post}; i++)
+            {{
+                const int p = c * {n_post} + i;
+                double* const g_p = g + (size_t)p * {n_pre};
+                for (int h = 0; h < held; h++)
+                {{
+                    const double* const post_s = &held_post[(size_t)h * {n_var * copies * n_post}];
+{held}
+                    for (int k = held_at[h * {copies} + c]; k < held_at[h * {copies} + c + 1]; k++)
+                    {{
+                        const int j = held_j[k];
+                        const double x_prev_pre = held_x[k];
+                        double dg = {expr};
+                        SPIKEEP_KEEP(dg);
+                        g_p[j] += dg;
+                    }}
+                }}
+            }}
+        held_j.clear(); held_x.clear(); held_post.clear(); held_at.assign(1, 0);
+        held = 0;
     }}
     return 0;
 }}

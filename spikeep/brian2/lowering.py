@@ -395,7 +395,9 @@ def build(
         syn.eta = lr(f"W{k}")
         code = rule_.per_sample(current_input=k == 1 and current)
         if k == 1 and kernel:
-            fn = kernels.input_step(rule_.input_dg(), syn, inp, groups[1], copies, "_spikeep_W1")
+            fn = kernels.input_step(
+                rule_.input_dg(), syn, inp, groups[1], copies, samples, "_spikeep_W1"
+            )
             syn.namespace["spikeep_W1"] = fn
             code = "done = spikeep_W1(eta)"
         if code:
