@@ -104,10 +104,8 @@ def figure(panels: list[tuple[str, dict, dict[int, float]]], path: str | Path):
             ax.plot(es, [r[e] for e in es], color="C0", lw=0.8, alpha=0.7, label=label)
         es = sorted(ours)
         ax.plot(es, [ours[e] for e in es], "o-", color="C3", ms=3, lw=1.5, label="spikeep")
-        shown = [v for e, v in zip(epochs, lows) if e > 1 and v > 80] + [
-            ours[e] for e in es if e > 1
-        ]
-        bottom = max(80.0, min(shown, default=90.0) - 0.5)
+        shown = [v for v in lows + [ours[e] for e in es] if v > 80]  # collapsed runs: off scale
+        bottom = min(shown, default=90.0) - 0.5
         ax.set_ylim(bottom, 100)
         setting, algo = key.split("/")
         ax.set_title(f"{NAMES.get(algo, algo)}, {setting.replace('_', ' ')}")
