@@ -114,6 +114,22 @@ class SpikingNetwork:
     samples: int
     done: int = 0
     sizes: list = field(default_factory=list)
+    pre_major: list = field(default_factory=list)
+
+    def to_synapses(self, layer: int, W) -> np.ndarray:
+        """``W_layer`` (``(n_l, n_{l-1})``, tensor or array) as the values of its synapses' ``w``,
+        every copy the same, in the order its synapses were created (:func:`dense_pairs`)."""
+        W = _as_numpy(W)
+        W = W.T if layer - 1 < len(self.pre_major) and self.pre_major[layer - 1] else W
+        return np.tile(np.ascontiguousarray(W).ravel(), self.copies)
+
+    def from_synapses(self, layer: int, values) -> np.ndarray:
+        """A synaptic variable of coupling ``layer`` as an array ``(copies, n_l, n_{l-1})``."""
+        n_post, n_pre = self.sizes[layer], self.sizes[layer - 1]
+        values = np.asarray(values)
+        if layer - 1 < len(self.pre_major) and self.pre_major[layer - 1]:
+            return values.reshape(self.copies, n_pre, n_post).transpose(0, 2, 1)
+        return values.reshape(self.copies, n_post, n_pre)
 
     @property
     def cfg(self) -> Spiking:
@@ -150,8 +166,8 @@ class SpikingNetwork:
         count = self.copies * self.done
         out = {}
         for layer, syn in enumerate(self.synapses, start=1):
-            n_post, n_pre = self.sizes[layer], self.sizes[layer - 1]
-            g = np.asarray(syn.g[:]).reshape(self.copies, n_post, n_pre).sum(0) / count
+            n_post = self.sizes[layer]
+            g = self.from_synapses(layer, syn.g[:]).sum(0) / count
             gb = np.asarray(self.groups[layer].gb[:]).reshape(self.copies, n_post).sum(0) / count
             out[f"W{layer}"] = torch.from_numpy(g)
             out[f"b{layer}"] = torch.from_numpy(gb)
@@ -161,10 +177,8 @@ class SpikingNetwork:
         """The current weights and biases of copy 0, float64 tensors."""
         out = {}
         for layer, syn in enumerate(self.synapses, start=1):
-            n_post, n_pre = self.sizes[layer], self.sizes[layer - 1]
-            out[f"W{layer}"] = torch.from_numpy(
-                np.asarray(syn.w[:]).reshape(self.copies, n_post, n_pre)[0].copy()
-            )
+            n_post = self.sizes[layer]
+            out[f"W{layer}"] = torch.from_numpy(self.from_synapses(layer, syn.w[:])[0].copy())
             out[f"b{layer}"] = torch.from_numpy(
                 np.asarray(self.groups[layer].b[:]).reshape(self.copies, n_post)[0].copy()
             )
@@ -189,10 +203,17 @@ def _as_numpy(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def dense_pairs(n_pre: int, n_post: int, copies: int) -> tuple[np.ndarray, np.ndarray]:
+def dense_pairs(
+    n_pre: int, n_post: int, copies: int, pre_major: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Presynaptic and postsynaptic indices of ``copies`` dense blocks, synapse
-    ``(c n_post + i) n_pre + j`` joining unit ``j`` to unit ``i`` of copy ``c`` (``W[i, j]``)."""
-    c, i, j = np.meshgrid(np.arange(copies), np.arange(n_post), np.arange(n_pre), indexing="ij")
+    ``(c n_post + i) n_pre + j`` joining unit ``j`` to unit ``i`` of copy ``c`` (``W[i, j]``);
+    ``pre_major``: synapse ``(c n_pre + j) n_post + i`` (``W^T`` of each copy in row-major order,
+    the order :func:`spikeep.brian2.kernels.input_step` reads)."""
+    if pre_major:
+        c, j, i = np.meshgrid(np.arange(copies), np.arange(n_pre), np.arange(n_post), indexing="ij")
+    else:
+        c, i, j = np.meshgrid(np.arange(copies), np.arange(n_post), np.arange(n_pre), indexing="ij")
     return (c * n_pre + j).ravel(), (c * n_post + i).ravel()
 
 
@@ -341,10 +362,11 @@ def build(
         objects.append(g)
 
     drive = None
-    synapses = []
+    synapses, pre_major = [], []
     jump = "w / (r_max * tau_syn)"
     for k in range(1, len(sizes)):
-        pre_idx, post_idx = dense_pairs(sizes[k - 1], sizes[k], copies)
+        pre_major.append(k == 1 and kernel)
+        pre_idx, post_idx = dense_pairs(sizes[k - 1], sizes[k], copies, pre_major[-1])
         if k == 1 and kernel:
             # W_1 only holds w and g: the kernel updates them and sets layer 1's I_x
             syn = b2.Synapses(
@@ -391,7 +413,8 @@ def build(
                 name=f"W{k}",
             )
         syn.connect(i=pre_idx, j=post_idx)
-        syn.w = np.tile(_as_numpy(params[f"W{k}"]).ravel(), copies)
+        W = _as_numpy(params[f"W{k}"])
+        syn.w = np.tile(np.ascontiguousarray(W.T if pre_major[-1] else W).ravel(), copies)
         syn.eta = lr(f"W{k}")
         code = rule_.per_sample(current_input=k == 1 and current)
         if k == 1 and kernel:
@@ -410,5 +433,16 @@ def build(
         gc.collect()
         gc.freeze()
     return SpikingNetwork(
-        net, groups, synapses, drive, timed, spec, schedule, rule_, copies, samples, sizes=sizes
+        net,
+        groups,
+        synapses,
+        drive,
+        timed,
+        spec,
+        schedule,
+        rule_,
+        copies,
+        samples,
+        sizes=sizes,
+        pre_major=pre_major,
     )

@@ -192,11 +192,9 @@ class Chunk:
         lr = (lambda k: eta.get(k, 0.0)) if isinstance(eta, dict) else (lambda k: eta)  # noqa: E731
         run_args = {net.timed["x_t"]: x, net.timed["y_t"]: y}
         for k, syn in enumerate(net.synapses, start=1):
-            W = params[f"W{k}"]
-            W = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else np.asarray(W)
             b = params[f"b{k}"]
             b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
-            run_args[syn.w] = W.astype(np.float64).ravel()
+            run_args[syn.w] = net.to_synapses(k, params[f"W{k}"])
             run_args[net.groups[k].b] = b.astype(np.float64)
             run_args[syn.eta] = float(lr(f"W{k}"))
             run_args[net.groups[k].eta_b] = float(lr(f"b{k}"))
