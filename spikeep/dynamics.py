@@ -521,7 +521,8 @@ class _PlanarRun:
             self.beta_real = beta_r.repeat_interleave(B).unsqueeze(1)
         if C:
             cdtype = COMPLEX_OF[real_dtype]
-            self.cparams = cast_params(params, cdtype)
+            if not net.readout:  # the readout's nudge stays in real products (_nudge_readout)
+                self.cparams = cast_params(params, cdtype)
             self.y_cplx = y.to(cdtype).repeat(C, 1)
             beta_c = torch.tensor([complex(betas[k]) for k in self.cplx], dtype=cdtype)
             self.beta_cplx = beta_c.to(device).repeat_interleave(B).unsqueeze(1)
@@ -669,7 +670,6 @@ def _sigmoid_planar_(a: Tensor, b: Tensor, scratch: tuple[Tensor, Tensor, Tensor
     us = b.sin_().mul_(u)  # b: u sin b
     uu = u.mul_(u)  # a: u^2
     D = torch.add(uu, 1, out=d).add_(uc, alpha=2)
-    uu.masked_fill_(pos, 1.0).add_(uc).div_(
-        D
-    )  # a >= 0: (1 + u cos b) / D; else (u cos b + u^2) / D
+    # the real part: (1 + u cos b) / D where a >= 0, else (u cos b + u^2) / D
+    uu.masked_fill_(pos, 1.0).add_(uc).div_(D)
     us.div_(D)
