@@ -4,12 +4,14 @@ side by side, and the epoch time it extrapolates to.
 The problem: ``protocols/hep_table1_noise.toml`` (784-256-256-10, sigmoid4, cross-entropy
 readout, batch 20; holomorphic EP with N = 10 points on |beta| = 0.4, 200 free steps and 50 per
 point, noise 0.04) and, with ``--oscillation``, ``protocols/oscep_table1_noise.toml`` (900
-complex steps of the turning nudge). One training batch = the free phase plus the estimate, on
-the same random batch and the protocol model's initial weights, for each version of spikeep:
-``before`` is the package as committed at ``--before`` (extracted with ``git archive`` into a
-temporary folder and imported as ``spikeep_before``), ``after`` the working tree. The two are
-interleaved round by round, so that the machine's drift hits both alike (timings on the shared
-2-core machine drift by 2x); medians (min-max) are reported, and their ratio.
+complex steps of the turning nudge), and any other Table 1 protocol named with ``--protocol``
+(the one-sided ones: 350 free and 350 nudged steps). One training batch = the free phase plus
+the estimate, on the same random batch and the protocol model's initial weights, for each
+version of spikeep: ``before`` is the package as committed at ``--before`` (extracted with ``git
+archive`` into a temporary folder and imported as ``spikeep_before``), ``after`` the working
+tree. The two are interleaved round by round, so that the machine's drift hits both alike
+(timings on the shared 2-core machine drift by 2x); medians (min-max) are reported, and their
+ratio.
 
 The noise: the batch's Gaussian draws alone, in the shapes the relaxations draw them. The limit:
 the useful floating-point work of a batch (the dynamics' products, 2 FLOPs a
@@ -19,7 +21,7 @@ matrix-product throughput measured in the same run on one thread (a 1024^3 sgemm
 timed once.
 
     OMP_NUM_THREADS=1 python benchmarks/table1_epoch.py [--before REV] [--repeats 7]
-        [--oscillation] [--json]
+        [--oscillation] [--protocol ep_table1_noise_beta04 ...] [--json]
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def flops_per_batch(cfg, B: int) -> float:
         rows = cfg.points  # N/2 + 1 points, two rows for each complex one: N rows
         nudged = cfg.nudged_steps * rows * step
         grads = rows * 2 * (n1 * n2 + n2 * 10) + 2 * 784 * n1
+    elif cfg.name == "one-sided":  # one real nudged phase, the update at its two ends
+        nudged = cfg.nudged_steps * step
+        grads = 2 * 2 * (n1 * n2 + n2 * 10) + 2 * 784 * n1
     else:  # oscillation: two rows per step and a rank-2B update of W2 per step
         steps = cfg.steps_per_period * (cfg.periods + cfg.warmup)
         nudged = steps * 2 * step
@@ -120,6 +125,8 @@ def noise_draws(cfg, B: int) -> list[tuple[int, tuple[int, int]]]:
     draws = [(2 * cfg.free_steps, (B, 256))]
     if cfg.name == "holomorphic":
         draws.append((2 * cfg.nudged_steps, ((cfg.points // 2 + 1) * B, 256)))
+    elif cfg.name == "one-sided":
+        draws.append((2 * cfg.nudged_steps, (B, 256)))
     else:
         draws.append((2 * cfg.steps_per_period * (cfg.periods + cfg.warmup), (B, 256)))
     return draws
@@ -201,12 +208,16 @@ def main(argv=None):
     ap.add_argument("--before", default=BEFORE, help="git revision to compare against")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--oscillation", action="store_true", help="also time oscep_table1_noise")
+    ap.add_argument(
+        "--protocol", action="append", default=[], help="also time protocols/NAME.toml (repeat)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     protocols = [ROOT / "protocols" / "hep_table1_noise.toml"]
     if args.oscillation:
         protocols.append(ROOT / "protocols" / "oscep_table1_noise.toml")
+    protocols += [ROOT / "protocols" / f"{name}.toml" for name in args.protocol]
     with tempfile.TemporaryDirectory() as tmp:
         load_before(args.before, Path(tmp))
         results = [measure(p, args.repeats) for p in protocols]
