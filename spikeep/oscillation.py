@@ -25,7 +25,9 @@ imaginary first-order term drops out of ``Re``, leaving an error O((tau / K)^2),
 ``max |s_t - s_{t-K}|`` (0 on a periodic orbit).
 
 :class:`Demodulator` is the lock-in, separate from the rate-engine loop :func:`oscillate`, so that
-the spiking engines demodulate their own samples (e.g. ``r_i r_j`` per synapse) with it.
+the spiking engines demodulate their own samples (e.g. ``r_i r_j`` per synapse) with it. On dense
+prototypical networks :func:`oscillate` carries a complex state as two real rows and forms the
+lock-in from them with real products (:func:`_oscillate_planar`): the same estimate, to rounding.
 """
 
 from __future__ import annotations
