@@ -400,18 +400,32 @@ def build(
             objects.append(drive)
         else:
             clamped = k == 1  # the input is clamped: it receives no feedback
+            # fast: spikes that only transmit (no learning at spikes) go through one C++
+            # function per step instead of Brian2's spike queues
+            delivered = fast and not clamped and not (rule_.on_pre() or rule_.on_post())
             on_pre = "\n".join([f"s_post += {jump}", rule_.on_pre()])
             on_post = "\n".join(([] if clamped else [f"s_pre += {jump}"]) + [rule_.on_post()])
             syn = b2.Synapses(
                 groups[k - 1],
                 groups[k],
-                rule_.synapse_variables(),
-                on_pre=on_pre,
-                on_post=on_post.strip() or None,
+                rule_.synapse_variables() + ("\ndelivered : 1 (shared)" if delivered else ""),
+                on_pre=None if delivered else on_pre,
+                on_post=None if delivered else on_post.strip() or None,
                 **step,
-                namespace=ns,
+                namespace=dict(ns),
                 name=f"W{k}",
             )
+            if delivered:
+                fn = kernels.spike_step(
+                    jump, syn, groups[k - 1], groups[k], copies, f"_spikeep_W{k}_spikes"
+                )
+                syn.namespace[f"spikeep_W{k}_spikes"] = fn
+                syn.run_regularly(
+                    f"delivered = spikeep_W{k}_spikes(0)",
+                    **step,
+                    when="synapses",
+                    name=f"W{k}_spikes",
+                )
         syn.connect(i=pre_idx, j=post_idx)
         W = _as_numpy(params[f"W{k}"])
         syn.w = np.tile(np.ascontiguousarray(W.T if pre_major[-1] else W).ravel(), copies)
