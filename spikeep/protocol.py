@@ -218,9 +218,9 @@ def from_dict(
             if section not in _SECTIONS and section != "paper":
                 known = sorted([*_SECTIONS, "paper"])
                 close = difflib.get_close_matches(section, known, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
+                near = f"did you mean {close[0]!r}? " if close else ""
                 raise ProtocolError(
-                    f"--set {key}: unknown section {section!r}; {hint}expected one of {known}"
+                    f"--set {key}: unknown section {section!r}; {near}expected one of {known}"
                 )
             data.setdefault(section, {})[leaf] = value
         else:
@@ -228,7 +228,7 @@ def from_dict(
     fail = _failer(source)
     for key in data:
         if key not in _TOP:
-            fail(key, _unknown(key, _TOP))
+            fail(key, _toml.unknown(key, _TOP))
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str):
         fail("name", f"expected a string, got {name!r}")
@@ -267,12 +267,6 @@ def _failer(source):
     return fail
 
 
-def _unknown(key: str, allowed) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key; {hint}expected one of {sorted(allowed)}"
-
-
 def _section(fail, section: str, cls, raw: Any):
     if not isinstance(raw, dict):
         fail(section, f"expected a table, got {raw!r}")
@@ -282,7 +276,7 @@ def _section(fail, section: str, cls, raw: Any):
     for key, value in raw.items():
         where = f"{section}.{key}"
         if key not in allowed:
-            fail(where, _unknown(key, allowed))
+            fail(where, _toml.unknown(key, allowed))
         default = getattr(defaults, key)
         values[key] = _coerce(fail, where, value, default)
     return cls(**values)
@@ -293,12 +287,12 @@ _OPTIONAL_NUMBERS = {"estimator.eval_noise"}
 
 def _coerce(fail, where, value, default):
     if where in _OPTIONAL_NUMBERS:
-        if not _is_number(value):
+        if not _toml.is_number(value):
             fail(where, f"expected a number, got {value!r}")
         return float(value)
     if isinstance(default, tuple):  # learning rates: a number or a list of numbers
         items = value if isinstance(value, list) else [value]
-        if not items or not all(_is_number(v) for v in items):
+        if not items or not all(_toml.is_number(v) for v in items):
             fail(where, f"expected a number or a list of numbers, got {value!r}")
         return tuple(float(v) for v in items)
     if isinstance(default, bool):
@@ -310,7 +304,7 @@ def _coerce(fail, where, value, default):
             fail(where, f"expected a non-negative integer, got {value!r}")
         return value
     if isinstance(default, float):
-        if not _is_number(value):
+        if not _toml.is_number(value):
             fail(where, f"expected a number, got {value!r}")
         return float(value)
     if default is None or isinstance(default, str):
@@ -323,13 +317,7 @@ def _coerce(fail, where, value, default):
 def _choice(fail, where: str, value: str, allowed) -> None:
     """Refuse ``value`` unless it is one of ``allowed``, suggesting the closest."""
     if value not in allowed:
-        close = difflib.get_close_matches(value, list(allowed), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        fail(where, f"expected one of {list(allowed)}, got {value!r}{hint}")
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        fail(where, _toml.not_a_choice(value, allowed))
 
 
 def _check(fail, p: Protocol):

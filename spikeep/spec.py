@@ -222,7 +222,7 @@ class _Ctx:
             self.fail(where, f"expected a table, got {type(table).__name__}")
         for key in table:
             if key not in allowed:
-                self.fail(where, f"unknown key {key!r}; expected one of {sorted(allowed)}")
+                self.fail(where, _toml.unknown(key, allowed, named=True))
 
     def typed(self, table, key, types, where, default=None):
         if key not in table:
@@ -238,7 +238,7 @@ class _Ctx:
     def choice(self, table, key, options, where, default):
         value = self.typed(table, key, str, where, default)
         if value not in options:
-            self.fail(where, f"expected one of {list(options)}, got {value!r}")
+            self.fail(where, _toml.not_a_choice(value, options))
         return value
 
     def positive(self, table, key, where, default=None, minimum=1):

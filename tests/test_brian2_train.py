@@ -220,35 +220,3 @@ def test_spiking_eval_refuses_bad_flags_in_one_line(tiny, tmp_path, capsys):
         assert main(["eval", str(out / "checkpoint.pt"), *bad]) == 2
         err = capsys.readouterr().err
         assert match in err and err.count("\n") == 1 and "Traceback" not in err, err
-
-
-@pytest.mark.slow
-def test_resume_reaches_the_weights_of_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
-    p = _load(tiny, **{"train.checkpoint_every": 1})
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    _quiet(p, whole)
-
-    real, calls = b2train._train_chunk, {"n": 0}
-
-    def interrupted(*args, **kwargs):  # stop in epoch 2, at its second of three chunks
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(b2train, "_train_chunk", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _quiet(p, cut)
-    assert checkpoint.load(cut / "checkpoint.pt")["batch"] == 1  # the mid-epoch checkpoint
-    monkeypatch.setattr(b2train, "_train_chunk", real)
-    _quiet(p, cut, resume=True)
-    a = checkpoint.load(whole / "checkpoint.pt")["params"]
-    b = checkpoint.load(cut / "checkpoint.pt")["params"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-    def rows(out):
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-        skip = ("wall_s", "ms_per_sample")
-        return [{k: v for k, v in json.loads(r).items() if k not in skip} for r in lines]
-
-    assert rows(whole) == rows(cut)

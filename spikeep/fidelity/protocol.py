@@ -71,8 +71,6 @@ Every error is one line naming the file and the key, with a close match for an u
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -188,32 +186,32 @@ _ENGINE_CLASSES = {"rate": Rate, "snntorch": SNN, "brian2": Brian2}
 _TOP = {"name", "description", "batch", "seed", "model", "reference", *ENGINES}
 
 # value checks: (what it must be, test); "count" >= 1, "steps" >= 0, ...
-_POSITIVE_INT = ("an integer >= 1", lambda v: _is_int(v) and v >= 1)
-_NON_NEGATIVE_INT = ("an integer >= 0", lambda v: _is_int(v) and v >= 0)
-_BETA = ("a finite non-zero number", lambda v: _is_number(v) and v != 0)
-_TIME = ("a number >= 0 (0: the spec's)", lambda v: _is_number(v) and v >= 0)
+_POSITIVE_INT = ("an integer >= 1", lambda v: _toml.is_int(v) and v >= 1)
+_NON_NEGATIVE_INT = ("an integer >= 0", lambda v: _toml.is_int(v) and v >= 0)
+_BETA = ("a finite non-zero number", lambda v: _toml.is_number(v) and v != 0)
+_TIME = ("a number >= 0 (0: the spec's)", lambda v: _toml.is_number(v) and v >= 0)
 _CHECKS = {
     "beta": _BETA,
-    "points": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
+    "points": ("an integer >= 2", lambda v: _toml.is_int(v) and v >= 2),
     "free_steps": _POSITIVE_INT,
     "nudged_steps": _POSITIVE_INT,
     "check_steps": _POSITIVE_INT,
-    "noise": ("a finite number >= 0", lambda v: _is_number(v) and v >= 0),
-    "steps_per_period": ("an integer >= 3", lambda v: _is_int(v) and v >= 3),
+    "noise": ("a finite number >= 0", lambda v: _toml.is_number(v) and v >= 0),
+    "steps_per_period": ("an integer >= 3", lambda v: _toml.is_int(v) and v >= 3),
     "periods": _POSITIVE_INT,
     "warmup": _NON_NEGATIVE_INT,
-    "time_steps": ("an integer >= 5", lambda v: _is_int(v) and v >= 5),
-    "tau": ("a number of steps >= 1", lambda v: _is_number(v) and v >= 1),
+    "time_steps": ("an integer >= 5", lambda v: _toml.is_int(v) and v >= 5),
+    "tau": ("a number of steps >= 1", lambda v: _toml.is_number(v) and v >= 1),
     "settle": _TIME,
     "window": _TIME,
     "period": _TIME,
-    "rate_max": ("a rate in Hz >= 0 (0: the spec's)", lambda v: _is_number(v) and v >= 0),
+    "rate_max": ("a rate in Hz >= 0 (0: the spec's)", lambda v: _toml.is_number(v) and v >= 0),
     "batch": _POSITIVE_INT,
     "seed": _NON_NEGATIVE_INT,
 }
 _FLOATS = {"beta", "noise", "tau", "settle", "window", "period", "rate_max", "dt"}
-_RATE_DT = ("a step in [0, 1] (0: the spec's)", lambda v: _is_number(v) and 0 <= v <= 1)
-_B2_DT = ("a step in seconds >= 0 (0: the spec's)", lambda v: _is_number(v) and v >= 0)
+_RATE_DT = ("a step in [0, 1] (0: the spec's)", lambda v: _toml.is_number(v) and 0 <= v <= 1)
+_B2_DT = ("a step in seconds >= 0 (0: the spec's)", lambda v: _toml.is_number(v) and v >= 0)
 _CHOICES = {
     ("rate", "oscillation"): ("auto", "complex", "cosine"),
     ("snntorch", "input"): ("current", "rate"),
@@ -252,7 +250,7 @@ def from_dict(
     data = _apply(fail, data, overrides or {})
     for key in data:
         if key not in _TOP:
-            fail(key, _unknown(key, _TOP))
+            fail(key, _toml.unknown(key, _TOP))
     name = data.get("name", Path(source).stem)
     description = data.get("description", "")
     for key, value in (("name", name), ("description", description)):
@@ -279,7 +277,7 @@ def _apply(fail, data: dict, overrides: dict) -> dict:
         for i, part in enumerate(parts[:-1]):
             where = ".".join(parts[: i + 1])
             if i == 0 and part not in _TOP:
-                fail(f"--set {key}", _unknown(part, _TOP))
+                fail(f"--set {key}", _toml.unknown(part, _TOP))
             sub = table.setdefault(part, {})
             if not isinstance(sub, dict):
                 fail(f"--set {key}", f"{where} is not a table")
@@ -304,7 +302,7 @@ def _models(fail, raw, base: Path | None, configured: tuple[str, ...]) -> tuple[
             fail(where, f"expected a table, got {entry!r}")
         for key in entry:
             if key not in ("spec", "engines"):
-                fail(f"{where}.{key}", _unknown(key, ("spec", "engines")))
+                fail(f"{where}.{key}", _toml.unknown(key, ("spec", "engines")))
         spec_path = entry.get("spec")
         if not isinstance(spec_path, str):
             fail(f"{where}.spec", f"expected the path of a model spec, got {spec_path!r}")
@@ -342,7 +340,7 @@ def _engine(fail, engine: str, raw):
     for axis, values in sweep_raw.items():
         where = f"{engine}.sweep.{axis}"
         if axis not in SWEEPS[engine]:
-            fail(where, _unknown(axis, SWEEPS[engine]))
+            fail(where, _toml.unknown(axis, SWEEPS[engine]))
         if not isinstance(values, list) or not values:
             fail(where, f"expected a non-empty list of values, got {values!r}")
         sweep[axis] = tuple(_value(fail, engine, axis, where, v) for v in values)
@@ -357,7 +355,7 @@ def _table(fail, section: str, cls, raw):
     for key, value in raw.items():
         where = f"{section}.{key}"
         if key not in allowed:
-            fail(where, _unknown(key, allowed + (["sweep"] if section in ENGINES else [])))
+            fail(where, _toml.unknown(key, allowed + (["sweep"] if section in ENGINES else [])))
         if key == "estimators":
             values[key] = _names(fail, where, value, _ESTIMATORS[section])
         elif key == "rules":
@@ -371,7 +369,9 @@ def _value(fail, section: str, key: str, where: str, value):
     if (section, key) in _CHOICES:
         allowed = _CHOICES[(section, key)]
         if not isinstance(value, str) or value not in allowed:
-            fail(where, f"expected one of {list(allowed)}, got {value!r}{_hint(value, allowed)}")
+            fail(
+                where, f"expected one of {list(allowed)}, got {value!r}{_toml.hint(value, allowed)}"
+            )
         return value
     what, ok = _RATE_DT if (section, key) == ("rate", "dt") else _CHECKS.get(key, _B2_DT)
     if not ok(value):
@@ -391,26 +391,7 @@ def _names(fail, where: str, value, allowed) -> tuple[str, ...]:
         fail(where, f"expected a non-empty list of names from {list(allowed)}, got {value!r}")
     for v in value:
         if v not in allowed:
-            fail(where, f"expected names from {list(allowed)}, got {v!r}{_hint(v, allowed)}")
+            fail(where, f"expected names from {list(allowed)}, got {v!r}{_toml.hint(v, allowed)}")
     if len(set(value)) != len(value):
         fail(where, f"a name is listed twice: {value!r}")
     return tuple(value)
-
-
-def _hint(value, allowed) -> str:
-    close = difflib.get_close_matches(str(value), list(allowed), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _unknown(key: str, allowed) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key; {hint}expected one of {sorted(allowed)}"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
