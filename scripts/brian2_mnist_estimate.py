@@ -1,27 +1,39 @@
 """The Brian2 engine's EP estimate on real MNIST images, against the rate engine's.
 
-For a checkpoint of a 784-500-10 network (any engine's; its ``params``) and ``--batch`` embedded
-MNIST test images, prints per parameter the cosine of
+For a checkpoint of a 784-500-10 network (any engine's; its ``params``), or ``init`` (the model's
+initialisation, ``init_params(--seed)``), and ``--batch`` embedded MNIST test images, prints per
+parameter (and over all parameters) the cosine of
 
-- the rate engine's EP estimate with ``--steps`` free and nudged steps (converged) against the
-  exact implicit gradient (EP's own bias at ``beta``);
+- the rate engine's EP estimate at the same ``beta`` (``--steps`` free and nudged steps,
+  converged; for ``oscillation`` the real ``|beta| cos`` oscillation with ``--steps`` steps per
+  period, one warm-up and two demodulated periods from the free state) against the exact implicit
+  gradient (EP's own bias at ``beta``);
 - the spiking estimate (``B`` copies of the network in runtime mode, numpy target, one sample of
-  the estimator's schedule) against the exact gradient and against the converged rate estimate
-  (the spiking error: settling, rate resolution, shot noise);
+  the estimator's schedule, learning rate 0) against the exact gradient and against the rate
+  estimate (the spiking error: settling, lag, rate resolution);
 
-and the largest distance between the spiking free rates and the rate fixed point. ``--rate-max``,
-``--settle`` and ``--window`` override the model's ``[spiking]`` values. Usage::
+and the largest distance between the spiking rates of the first window (the free window; the
+mean rate ``m`` over the demodulated periods when oscillating) and the rate fixed point.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/brian2_mnist_estimate.py CHECKPOINT \
-        [--estimator one-sided|symmetric] [--beta 0.5] [--settle 0.055] [--window 0.02] \
-        [--rate-max 1000] [--model models/spiking_784_500_10.toml]
+``--previous``: each copy first runs one sample of another test image (image ``B + c`` with its
+label) and the second sample, which starts where the first ended (no reset), is the one measured,
+as in a training chunk; without it each copy starts from rest. ``--rate-max``, ``--settle``,
+``--window`` and ``--period`` override the model's ``[spiking]`` values. Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/brian2_mnist_estimate.py CHECKPOINT|init \
+        [--estimator one-sided|symmetric|oscillation] [--beta 0.5] [--rule endpoint|stdp] \
+        [--settle 0.055] [--window 0.02] [--period 0.1 --periods 1 --warmup 1] \
+        [--rate-max 1000] [--previous] [--batch 16] [--json] \
+        [--model models/spiking_784_500_10.toml]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+import time
 from pathlib import Path
 
 import brian2 as b2
@@ -31,68 +43,185 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spikeep import Network, data, estimators, load_spec, reference  # noqa: E402
+from spikeep import Network, checkpoint, data, estimators, load_spec, reference  # noqa: E402
 from spikeep.brian2 import schedules  # noqa: E402
 from spikeep.brian2.lowering import build  # noqa: E402
 from spikeep.dynamics import relax  # noqa: E402
 from spikeep.gradcheck import compare  # noqa: E402
 
 
-def cosines(g, ref) -> str:
-    per = compare(g, ref)["per_param"]
-    return "  ".join(f"{k} {v['cosine']:+.3f}" for k, v in per.items())
+def cosines(g, ref) -> dict[str, float]:
+    """Cosine per parameter and over all of them (``all``)."""
+    c = compare(g, ref)
+    return {**{k: v["cosine"] for k, v in c["per_param"].items()}, "all": c["cosine"]}
+
+
+def norms(g, ref) -> dict[str, float]:
+    """``|g| / |ref|`` per parameter: how much larger a step the estimate takes."""
+    return {k: float(g[k].norm() / ref[k].norm()) for k in ref}
+
+
+def line(c: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:+.3f}" for k, v in c.items())
+
+
+def images(name: str, B: int, offset: int = 0):
+    """``B`` test images from ``offset`` as float64 rows in [0, 1] and their one-hot labels."""
+    test = data.load(name, "test")
+    if offset + B > len(test.labels):
+        raise SystemExit(f"{name} has {len(test.labels)} test images; {offset + B} needed")
+    sl = slice(offset, offset + B)
+    x = data.to_float(test.images[sl]).reshape(B, -1).to(torch.float64)
+    y = torch.nn.functional.one_hot(test.labels[sl].long(), 10).to(torch.float64)
+    return x, y
+
+
+def rate_estimate(args, net, params, x, y, free):
+    """The rate engine's estimate at ``args.beta`` (converged)."""
+    if args.estimator == "oscillation":
+        est = estimators.make(
+            "oscillation", args.beta, steps_per_period=args.steps, periods=2, warmup=1, real=True
+        )
+    else:
+        est = estimators.make(args.estimator, args.beta, args.steps)
+    return est.estimate(net, params, x, y, free).grads
+
+
+def spiking_estimate(args, spec, params, x, y, schedule, x_prev=None, y_prev=None):
+    """The rule's estimate of one sample per copy (of the second sample with ``x_prev``), the
+    first window's rates per layer and the spikes per copy and sample."""
+    if x_prev is not None:
+        x, y = torch.stack([x_prev, x]), torch.stack([y_prev, y])
+    b2.prefs.codegen.target = "numpy"
+    sn = build(spec, params, x, y, schedule, rule=args.rule, seed=args.seed)
+    counters = [b2.SpikeMonitor(g, record=False) for g in sn.groups if "v" in g.variables]
+    sn.network.add(*counters)
+    B = sn.copies
+    if x_prev is None:
+        sn.run()
+        g, spikes = sn.gradient(), sum(int(c.num_spikes) for c in counters)
+    else:  # the second sample's share of the summed estimate
+        sn.run(1)
+        first = {k: v * B for k, v in sn.gradient().items()}
+        before = sum(int(c.num_spikes) for c in counters)
+        sn.run(1)
+        g = {k: v * 2 * B - first[k] for k, v in sn.gradient().items()}
+        g = {k: v / B for k, v in g.items()}
+        spikes = sum(int(c.num_spikes) for c in counters) - before
+    return g, sn.rates(schedule.accumulators[0])[1:], spikes / B
+
+
+def measure(args) -> dict:
+    spec = load_spec(args.model)
+    cfg = spec.spiking
+    changes = {"rate_max": args.rate_max, "period": args.period}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    spec = dataclasses.replace(spec, spiking=cfg)
+    net = Network(spec)
+    if args.checkpoint == "init":
+        params = net.init_params(args.seed, dtype=torch.float64)
+    else:
+        params = {
+            k: v.to(torch.float64) for k, v in checkpoint.load(args.checkpoint)["params"].items()
+        }
+    B = args.batch
+    x, y = images(args.data, B)
+    x_prev = y_prev = None
+    if args.previous:
+        x_prev, y_prev = images(args.data, B, offset=B)
+
+    free = relax(net, params, x, steps=args.steps)
+    exact = reference.implicit_gradient(net, params, x, y, s_star=free.s)
+    ep = rate_estimate(args, net, params, x, y, free)
+
+    schedule = schedules.for_estimator(
+        args.estimator,
+        args.beta,
+        cfg,
+        args.settle,
+        args.window,
+        periods=args.periods,
+        warmup=args.warmup,
+    )
+    start = time.perf_counter()
+    spiking, rates, spikes = spiking_estimate(args, spec, params, x, y, schedule, x_prev, y_prev)
+    wall = time.perf_counter() - start
+    r_ref = [r.numpy() for r in net.dynamics.rates(net, free.s)]
+    gap = max(float(np.abs(a - b).max()) for a, b in zip(rates, r_ref, strict=True))
+    out = {
+        "checkpoint": args.checkpoint,
+        "model": str(spec.source),
+        "estimator": args.estimator,
+        "rule": args.rule,
+        "beta": args.beta,
+        "rate_max": cfg.rate_max,
+        "batch": B,
+        "previous": args.previous,
+        "ms_per_sample": 1e3 * schedule.duration,
+        "rate_vs_exact": cosines(ep, exact),
+        "spiking_vs_exact": cosines(spiking, exact),
+        "spiking_vs_rate": cosines(spiking, ep),
+        "norm_vs_exact": norms(spiking, exact),
+        "rate_gap": gap,
+        "spikes_per_sample": spikes,
+        "wall_s": wall,
+    }
+    if schedule.oscillating:
+        out.update(period=schedule.period, periods=schedule.periods, warmup=schedule.warmup)
+    else:
+        phase = schedule.phases[0]
+        out.update(settle=phase.settle, window=phase.window)
+    return out
+
+
+def report(r: dict) -> str:
+    if "period" in r:
+        how = (
+            f"period {r['period'] * 1e3:g} ms, {r['warmup']} warm-up + {r['periods']} "
+            f"demodulated periods"
+        )
+    else:
+        how = f"settle {r['settle'] * 1e3:g} ms, window {r['window'] * 1e3:g} ms"
+    start = "after another image" if r["previous"] else "from rest"
+    return "\n".join(
+        [
+            f"{r['estimator']} beta {r['beta']}, rule {r['rule']}, {r['batch']} MNIST test images, "
+            f"{r['checkpoint']}, {r['model']}",
+            f"  rate EP vs exact:          {line(r['rate_vs_exact'])}",
+            f"  spiking ({r['rate_max']:g} Hz, {how}, {r['ms_per_sample']:g} ms per sample, "
+            f"{start}, {r['spikes_per_sample']:.0f} spikes per sample)",
+            f"    vs exact:                {line(r['spiking_vs_exact'])}",
+            f"    vs rate EP:              {line(r['spiking_vs_rate'])}",
+            f"    norm / exact norm:       {line(r['norm_vs_exact'])}",
+            f"    first window's rates, largest gap from the free fixed point: {r['rate_gap']:.3f}",
+        ]
+    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("checkpoint")
+    ap.add_argument("checkpoint", help="a checkpoint, or 'init' (init_params(--seed))")
     ap.add_argument("--model", default=str(ROOT / "models/spiking_784_500_10.toml"))
-    ap.add_argument("--estimator", choices=["one-sided", "symmetric"], default="symmetric")
-    ap.add_argument("--beta", type=float, default=0.5)
+    ap.add_argument("--data", default="mnist-embedded", help="the test images' data set")
+    ap.add_argument(
+        "--estimator", choices=["one-sided", "symmetric", "oscillation"], default="symmetric"
+    )
+    ap.add_argument("--rule", choices=["endpoint", "stdp"], default="endpoint")
+    ap.add_argument("--beta", type=float, default=0.5, help="|beta| when oscillating")
     ap.add_argument("--settle", type=float, default=None, help="s (default: the model's)")
     ap.add_argument("--window", type=float, default=None, help="s (default: the model's)")
+    ap.add_argument("--period", type=float, default=None, help="s (default: the model's)")
+    ap.add_argument("--periods", type=int, default=1, help="demodulated periods")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up periods (discarded)")
     ap.add_argument("--rate-max", type=float, default=None, help="Hz (default: the model's)")
+    ap.add_argument("--previous", action="store_true", help="measure after another sample")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=300, help="rate engine steps per phase")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=300, help="rate engine steps per phase/period")
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-
-    spec = load_spec(args.model)
-    if args.rate_max is not None:
-        spec = dataclasses.replace(
-            spec, spiking=dataclasses.replace(spec.spiking, rate_max=args.rate_max)
-        )
-    net = Network(spec)
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    params = {k: v.to(torch.float64) for k, v in ckpt["params"].items()}
-    test = data.load("mnist-embedded", "test")
-    B = args.batch
-    x = data.to_float(test.images[:B]).reshape(B, -1).to(torch.float64)
-    y = torch.nn.functional.one_hot(test.labels[:B].long(), 10).to(torch.float64)
-
-    free = relax(net, params, x, steps=args.steps)
-    exact = reference.implicit_gradient(net, params, x, y, s_star=free.s)
-    est = estimators.make(args.estimator, args.beta, args.steps)
-    ep = est.estimate(net, params, x, y, free).grads
-    print(f"{args.estimator} beta {args.beta}, {B} MNIST test images, {spec.source}")
-    print(f"  rate EP ({args.steps} steps) vs exact:     {cosines(ep, exact)}")
-
-    schedule = schedules.for_estimator(
-        args.estimator, args.beta, spec.spiking, args.settle, args.window
-    )
-    b2.prefs.codegen.target = "numpy"
-    sn = build(spec, params, x, y, schedule)
-    sn.run()
-    spiking = sn.gradient()
-    r_ref = [r.numpy() for r in net.dynamics.rates(net, free.s)]
-    gap = max(float(np.abs(a - b).max()) for a, b in zip(sn.rates("rho0")[1:], r_ref))
-    phase = schedule.phases[0]
-    print(
-        f"  spiking (rate_max {spec.spiking.rate_max:g} Hz, settle {phase.settle * 1e3:g} ms, "
-        f"window {phase.window * 1e3:g} ms, {schedule.duration * 1e3:g} ms per sample)"
-    )
-    print(f"    vs exact:                   {cosines(spiking, exact)}")
-    print(f"    vs rate EP:                 {cosines(spiking, ep)}")
-    print(f"    free rates' largest gap from the fixed point: {gap:.3f}")
+    r = measure(args)
+    print(json.dumps(r) if args.json else report(r))
     return 0
 
 
