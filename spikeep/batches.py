@@ -54,6 +54,12 @@ def check_data(net: Network, ds: data.Dataset, protocol: Protocol):
             f"{protocol.source}: data {ds.name!r} has {ds.classes} classes but model "
             f"{protocol.model.name} has {n_out} outputs"
         )
+    side = min(ds.images.shape[-2:])
+    if protocol.data.crop_padding >= side:
+        raise ProtocolError(
+            f"{protocol.source}: data.crop_padding: {protocol.data.crop_padding} would shift whole "
+            f"{ds.name} images out of the frame, expected less than {side} (their side)"
+        )
 
 
 def subset(ds: data.Dataset, n: int) -> data.Dataset:

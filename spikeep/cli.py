@@ -10,14 +10,16 @@
                       --beta B [--time-steps T] [--tau STEPS] [--input current|rate]
     spikeep gdu --model PATH [--beta 1e-4] [--steps 10] [--free-steps 300] [--json]
     spikeep bench ep-step --model PATH [--batch 100] [--free-steps 20] [--nudged-steps 4] [--json]
-    spikeep train PROTOCOL [--set section.key=value ...] [--out DIR] [--resume] [--json]
+    spikeep train PROTOCOL [--set section.key=value ...] [--out DIR] [--resume | --overwrite]
+                  [--json]
     spikeep fidelity PROTOCOL [--set key=value ...] --out DIR [--jobs N] [--json]
     spikeep eval CHECKPOINT [--data NAME] [--data-dir DIR] [--noise SIGMA] [--json]
     spikeep plot OUT
     spikeep data fetch NAME --to DIR
 
 A bad argument prints one line and exits with status 2; a relaxation or a training run that
-diverges exits with 1.
+diverges exits with 1; a training run stopped by Ctrl-C saves its last finished step, says how to
+resume it and exits with 130.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 
 from . import estimators, spec
@@ -65,7 +68,7 @@ _beta = _number(float, lambda v: math.isfinite(v) and v != 0, "a finite non-zero
 _positive_beta = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _points = _number(int, lambda v: v >= 2, "an integer >= 2")
-_seed = _number(int, lambda v: v >= 0, "a non-negative integer")
+_seed = _number(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)")
 _lr = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive learning rate")
 _noise = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 _period_steps = _number(int, lambda v: v >= 3, "an integer >= 3")
@@ -73,6 +76,14 @@ _non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 _seconds = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive duration in seconds")
 _time_steps = _number(int, lambda v: v >= 5, "an integer number of steps >= 5")
 _trace_tau = _number(float, lambda v: math.isfinite(v) and v >= 1, "a number of steps >= 1")
+
+
+def _device(text: str) -> str:
+    from .protocol import DEVICE
+
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def _add_set(parser: argparse.ArgumentParser, metavar: str, example: str) -> None:
@@ -190,9 +201,15 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("protocol", help="protocol file (TOML)")
     _add_set(tr, "SECTION.KEY=VALUE", "train.epochs=2")
     tr.add_argument("--out", default=None, help="output folder (default out/<protocol name>)")
-    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    again = tr.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUT that holds a run (its metrics and checkpoint are replaced)",
+    )
     tr.add_argument("--data-dir", default=None, help="where the datasets are")
-    tr.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    tr.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:N or auto")
     tr.add_argument("--json", action="store_true", help="end with one JSON line of results")
 
     fi = sub.add_parser(
@@ -254,9 +271,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from . import checkpoint, data
+    from . import _dist, checkpoint, data
     from . import protocol as proto
-    from .train import TrainingError, train
+    from .train import Interrupted, OutputError, TrainingError, train
 
     try:
         p = proto.load(args.protocol, proto.parse_overrides(args.set))
@@ -264,12 +281,45 @@ def _train(args) -> int:
         raise UsageError(str(err)) from None
     out = args.out or f"out/{p.name}"
     try:
-        summary = train(p, out, resume=args.resume, data_dir=args.data_dir, device=args.device)
+        summary = train(
+            p,
+            out,
+            resume=args.resume,
+            data_dir=args.data_dir,
+            device=args.device,
+            overwrite=args.overwrite,
+        )
     except TrainingError as err:
         print(f"spikeep train: {err}", file=sys.stderr)
         return 1
-    except (proto.ProtocolError, checkpoint.CheckpointError, data.DataError) as err:
+    except (
+        proto.ProtocolError,
+        spec.SpecError,
+        checkpoint.CheckpointError,
+        data.DataError,
+        OutputError,
+    ) as err:
         raise UsageError(str(err)) from None  # bad data folder, shapes, checkpoint, ...
+    except Interrupted as stop:
+        again = [a for a in args.argv if a != "--overwrite"]
+        again += [] if "--resume" in again else ["--resume"]
+        if _dist.rank() == 0:
+            print(
+                f"spikeep train: interrupted at epoch {stop.epoch + 1}, batch {stop.batch}; "
+                f"saved {stop.checkpoint}; continue with: spikeep {shlex.join(again)}",
+                file=sys.stderr,
+            )
+        return 130
+    except KeyboardInterrupt:
+        if _dist.rank() == 0:
+            print(
+                f"spikeep train: interrupted; {out}/checkpoint.pt (if any) holds the last saved "
+                f"step: continue with --resume",
+                file=sys.stderr,
+            )
+        return 130
+    if _dist.rank() != 0:  # under torchrun, one summary: the first process's
+        return 0
     if args.json:
         print(_json(summary))
     else:
@@ -290,6 +340,8 @@ def _fidelity(args) -> int:
         p = fidelity.load(args.protocol, proto.parse_overrides(args.set))
     except (proto.ProtocolError, spec.SpecError) as err:
         raise UsageError(str(err)) from None
+    for m in p.models:  # a model behind the protocol that is not a valid spec: before writing
+        _load(m.spec)
     summary = fidelity.study(p, args.out, args.jobs or default_jobs(), progress_printer())
     line = {k: summary[k] for k in ("out", "rows", "ok", "errors", "na", "wall_s")}
     if args.json:
@@ -590,7 +642,9 @@ def _bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     commands = {
         "gradcheck": _gradcheck,
         "gdu": _gdu,

@@ -63,6 +63,7 @@ __all__ = [
     "STATS",
     "read_idx",
     "find",
+    "location",
     "load",
     "fetch",
     "to_float",
@@ -247,12 +248,26 @@ def _has_idx_files(folder: Path) -> bool:
     return all(_idx_file(folder, stem) is not None for stem in IDX_FILES)
 
 
+def _given_folder(data_dir: str | Path, name: str) -> Path:
+    """``data_dir`` as a folder that exists, or :class:`DataError` naming it."""
+    folder = Path(data_dir)
+    if not folder.exists():
+        raise DataError(f"{name} data folder {folder}: no such folder")
+    if not folder.is_dir():
+        raise DataError(f"{name} data folder {folder}: not a folder")
+    return folder
+
+
 def _candidates(name: str, data_dir: str | Path | None) -> list[Path]:
-    """The folders :func:`find` searches, in order, without duplicates."""
+    """The folders :func:`find` searches, in order, without duplicates: ``data_dir`` and
+    ``data_dir/name`` alone when a folder is given, else the environment's and the shared ones."""
+    if data_dir is not None:
+        folder = _given_folder(data_dir, name)
+        return [folder, folder / name]
     places: list[Path] = []
-    for base in (data_dir, os.environ.get("SPIKEEP_DATA") or None):
-        if base is not None:
-            places += [Path(base), Path(base) / name]
+    env = os.environ.get("SPIKEEP_DATA") or None
+    if env is not None:
+        places += [Path(env), Path(env) / name]
     places.append(Path.cwd().parent / "shared" / "data" / name)
     places.append(_ROOT.parent / "shared" / "data" / name)
     unique: list[Path] = []
@@ -265,9 +280,11 @@ def _candidates(name: str, data_dir: str | Path | None) -> list[Path]:
 def find(name: str, data_dir: str | Path | None = None) -> Path:
     """The folder holding the four IDX files of ``name`` (``"mnist"`` or ``"fashion-mnist"``).
 
-    Searched in order: ``data_dir`` and ``data_dir/name``; ``$SPIKEEP_DATA`` and
-    ``$SPIKEEP_DATA/name``; ``../shared/data/name`` from the current directory; the same from the
-    repository root. Raises :class:`DataError` listing every place searched when none has them.
+    A given ``data_dir`` is the only place searched (it and ``data_dir/name``): a missing folder,
+    a file or a folder without all four files is an error, never a silent fall-back. Without one:
+    ``$SPIKEEP_DATA`` and ``$SPIKEEP_DATA/name``; ``../shared/data/name`` from the current
+    directory; the same from the repository root. Raises :class:`DataError` listing every place
+    searched when none has them.
     """
     _check_name(name, IDX_DATASETS)
     places = _candidates(name, data_dir)
@@ -278,6 +295,16 @@ def find(name: str, data_dir: str | Path | None = None) -> Path:
     raise DataError(
         f"no {name} IDX files ({', '.join(IDX_FILES)}, each optionally .gz) in any of: {searched}"
     )
+
+
+def location(name: str, data_dir: str | Path | None = None) -> str:
+    """Where :func:`load` reads data set ``name`` from (a folder, or the package's subset)."""
+    _check_name(name, DATASETS)
+    if name == "mnist-embedded":
+        return f"{_embedded_path()} (the MNIST subset shipped in the package)"
+    if name == "cifar10":
+        return str(_cifar_folder("train", data_dir).resolve())
+    return str(find(name, data_dir).resolve())
 
 
 def _load_idx(name: str, split: str, data_dir: str | Path | None) -> Dataset:
@@ -300,6 +327,8 @@ def _load_idx(name: str, split: str, data_dir: str | Path | None) -> Dataset:
 
 
 def _dataset(images: np.ndarray, labels: np.ndarray, name: str, split: str, source: str):
+    if len(images) == 0:
+        raise DataError(f"{source}: holds no {split} images, expected at least one")
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= CLASSES):
         raise DataError(
@@ -431,7 +460,8 @@ def _cifar_folder(split: str, data_dir: str | Path | None) -> Path:
         raise DataError(
             f"cifar10 needs data_dir: a folder holding {_CIFAR_FOLDER} (or that folder itself)"
         )
-    places = [Path(data_dir), Path(data_dir) / _CIFAR_FOLDER]
+    folder = _given_folder(data_dir, "cifar10")
+    places = [folder, folder / _CIFAR_FOLDER]
     for place in places:
         if all((place / f).is_file() for f in _CIFAR_FILES[split]):
             return place
@@ -513,6 +543,11 @@ def augment(
     if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
         raise DataError(f"crop_padding={crop_padding!r}, expected a non-negative integer")
     n, c, h, w = x.shape
+    if crop_padding >= min(h, w):
+        raise DataError(
+            f"crop_padding={crop_padding} would shift whole {h}x{w} images out of the frame, "
+            f"expected less than {min(h, w)}"
+        )
     p = crop_padding
 
     def draw_offsets() -> torch.Tensor:
@@ -653,8 +688,13 @@ def fetch(
     """
     _check_name(name, IDX_DATASETS)
     prefixes = _mirrors(name, mirrors)
+    if Path(to).exists() and not Path(to).is_dir():
+        raise DataError(f"{to}: not a folder, expected the folder to write {name}/ into")
     folder = Path(to) / name
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{folder}: cannot create the folder ({err.strerror or err})") from None
     for stem in IDX_FILES:
         _fetch_file(stem, folder, prefixes, SHA256[name][stem], timeout, progress)
     return folder

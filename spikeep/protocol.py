@@ -41,6 +41,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-embedded", "cifar10")
+SEED_LIMIT = 2**32  # seeds are in [0, 2^32): every engine's generators take them (numpy's too)
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 ENGINES = ("rate", "brian2", "snntorch")
 BRIAN2_RULES = ("endpoint", "stdp")  # spikeep.brian2.rules.RULES (not imported: no brian2 here)
 SNN_INPUTS = ("current", "rate")  # spikeep.snn.config.INPUTS (not imported: no snntorch here)
@@ -126,6 +129,8 @@ class Train:
     checkpoint_every: int = 0  # batches (brian2: chunks); 0: once per epoch
     device: str = "auto"
     engine: str = "rate"  # one of ENGINES
+    init: str = ""  # a checkpoint whose parameters the run starts from ("": train.seed's draw)
+    eval_engines: tuple[str, ...] = ()  # further engines whose free phase tests every epoch
 
 
 @dataclass(frozen=True)
@@ -209,8 +214,11 @@ def from_dict(
     source: str = "<dict>",
     base: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    check_model: bool = True,
 ) -> Protocol:
-    """Validate a parsed protocol, with dotted-key ``overrides`` applied, into a Protocol."""
+    """Validate a parsed protocol, with dotted-key ``overrides`` applied, into a Protocol
+    (``check_model=False``: the model file need not exist, e.g. for a checkpoint that stores its
+    model spec)."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for key, value in (overrides or {}).items():
         section, _, leaf = key.rpartition(".")
@@ -236,7 +244,7 @@ def from_dict(
     if not isinstance(model, str):
         fail("model", f"expected the path of a model spec, got {model!r}")
     model_path = _resolve(model, base)
-    if not model_path.is_file():
+    if check_model and not model_path.is_file():
         fail("model", f"no model spec at {model!r} (looked for {model_path})")
     sections = {}
     for section, cls in _SECTIONS.items():
@@ -283,6 +291,7 @@ def _section(fail, section: str, cls, raw: Any):
 
 
 _OPTIONAL_NUMBERS = {"estimator.eval_noise"}
+_STRING_LISTS = {"train.eval_engines"}
 
 
 def _coerce(fail, where, value, default):
@@ -290,6 +299,11 @@ def _coerce(fail, where, value, default):
         if not _toml.is_number(value):
             fail(where, f"expected a number, got {value!r}")
         return float(value)
+    if where in _STRING_LISTS:
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in items):
+            fail(where, f"expected a list of names, got {value!r}")
+        return tuple(items)
     if isinstance(default, tuple):  # learning rates: a number or a list of numbers
         items = value if isinstance(value, list) else [value]
         if not items or not all(_toml.is_number(v) for v in items):
@@ -356,9 +370,15 @@ def _check(fail, p: Protocol):
         fail("optimizer.weight_decay", f"expected >= 0, got {p.optimizer.weight_decay}")
     if p.train.epochs < 1 or p.train.batch_size < 1:
         fail("train", "epochs and batch_size must be positive integers")
-    if p.train.device not in ("auto", "cpu") and not p.train.device.startswith("cuda"):
+    if not DEVICE.fullmatch(p.train.device):
         fail("train.device", f"expected auto, cpu, cuda or cuda:N, got {p.train.device!r}")
+    if p.train.seed >= SEED_LIMIT:
+        fail("train.seed", f"expected an integer in [0, 2^32), got {p.train.seed}")
     _choice(fail, "train.engine", p.train.engine, ENGINES)
+    for name in p.train.eval_engines:
+        _choice(fail, "train.eval_engines", name, ENGINES)
+        if name == p.train.engine:
+            fail("train.eval_engines", f"{name!r} is the run's own engine, which tests anyway")
     _choice(fail, "brian2.rule", p.brian2.rule, BRIAN2_RULES)
     if p.brian2.chunk < 1:
         fail("brian2.chunk", f"expected a positive integer, got {p.brian2.chunk}")

@@ -139,6 +139,8 @@ class ModelSpec:
     init: Init = field(default_factory=Init)
     source: str = "<dict>"
     spiking: Spiking | None = None
+    # the parsed table it was read from (stored in checkpoints, so a run needs no file to go on)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def readout(self) -> bool:
@@ -204,7 +206,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> ModelSpec:
         spiking = _spiking(ctx, data["spiking"])
         _check_spiking_network(ctx, layers, cost, activation, dynamics)
     return ModelSpec(
-        name, layers, activation, cost, dynamics, dt, dtype, init, source, spiking=spiking
+        name, layers, activation, cost, dynamics, dt, dtype, init, source, spiking=spiking, raw=data
     )
 
 

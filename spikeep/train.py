@@ -36,7 +36,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +74,8 @@ from .protocol import (
 __all__ = [
     "protocol_changes",
     "TrainingError",
+    "OutputError",
+    "Interrupted",
     "TrainState",
     "Engine",
     "RateEngine",
@@ -86,6 +91,7 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"  # held by the run writing the folder: "<pid> <host>"
 PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line at most this often within an epoch
 
 checkpoint_eval_steps = eval_free_steps  # the name scripts know
@@ -93,6 +99,21 @@ checkpoint_eval_steps = eval_free_steps  # the name scripts know
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, state or parameters)."""
+
+
+class OutputError(ValueError):
+    """An output folder the run may not write: a file, read-only, holding another run (without
+    ``resume`` or ``overwrite``), or locked by a run in progress."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run after its last finished step, whose state was saved:
+    ``resume=True`` continues it exactly. ``checkpoint`` is the file, ``epoch`` (0-based) and
+    ``batch`` (steps done in it) where the run stopped."""
+
+    def __init__(self, checkpoint: Path, epoch: int, batch: int):
+        super().__init__(f"interrupted at epoch {epoch + 1}, batch {batch}; saved {checkpoint}")
+        self.checkpoint, self.epoch, self.batch = checkpoint, epoch, batch
 
 
 def train(
@@ -103,6 +124,7 @@ def train(
     device: str | None = None,
     progress: bool | None = None,
     log=None,
+    overwrite: bool = False,
 ) -> dict:
     """Run ``protocol`` with its engine, writing ``out/metrics.jsonl`` and ``out/checkpoint.pt``.
 
@@ -110,33 +132,159 @@ def train(
     ``log(line)`` gets one line per epoch (default: stderr); within an epoch ``progress`` picks a
     tqdm bar (True; None on a terminal), a plain line through ``log`` every minute (None off a
     terminal) or nothing (False).
+
+    ``out`` may not hold another run (a checkpoint or metrics) unless ``resume`` (continue it) or
+    ``overwrite`` (start afresh over it); a lock file (``out/.lock``, the writer's pid) refuses a
+    second run into the same folder while the first runs. A resumed run uses the model spec
+    stored in its checkpoint. Ctrl-C (SIGINT, one process) stops the run after the step in
+    progress, saves its state and raises :class:`Interrupted`.
     """
     log = log or _default_log()
-    net = Network(spec.load(protocol.model))
-    engine = engines.get(protocol.train.engine)(protocol, net)  # refuses what it cannot train
-    engine.log = log  # what the engine reports (a compilation, say) goes where the epochs go
-    check_against_model(protocol, len(net.couplings))
-    owns_group = _dist.world() > 1 and not torch.distributed.is_initialized()
-    if owns_group:
-        backend = "nccl" if (device or protocol.train.device).startswith("cuda") else "gloo"
-        torch.distributed.init_process_group(backend)
-    # a process that exits with gloo's threads still running aborts ("terminate called without
-    # an active exception"), so the group is torn down explicitly, after every rank is done
+    out = Path(out)
+    lock = _Lock(out, resume, overwrite) if _dist.rank() == 0 else None
     try:
-        summary = _run(protocol, net, engine, Path(out), resume, data_dir, device, progress, log)
-    except BaseException:
-        if owns_group:  # no barrier: the other ranks may be waiting in a collective
+        ckpt = _resumable(out, resume, log)
+        model = _model_spec(protocol, ckpt, out, log)
+        net = Network(model)
+        engine = engines.get(protocol.train.engine)(protocol, net)  # refuses what it cannot train
+        engine.log = log  # what the engine reports (a compilation, say) goes where the epochs go
+        # [train] eval_engines: the same weights tested by other engines' free phases
+        others = [engines.get(n)(protocol, net, False) for n in protocol.train.eval_engines]
+        check_against_model(protocol, len(net.couplings))
+        owns_group = _dist.world() > 1 and not torch.distributed.is_initialized()
+        if owns_group:
+            backend = "nccl" if (device or protocol.train.device).startswith("cuda") else "gloo"
+            torch.distributed.init_process_group(backend)
+        # a process that exits with gloo's threads still running aborts ("terminate called
+        # without an active exception"), so the group is torn down explicitly, after every rank
+        # is done
+        try:
+            summary = _run(
+                protocol, net, engine, out, ckpt, data_dir, device, progress, log, overwrite, others
+            )
+        except BaseException:
+            if owns_group:  # no barrier: the other ranks may be waiting in a collective
+                torch.distributed.destroy_process_group()
+            raise
+        finally:
+            for e in (engine, *others):
+                e.close()
+        if owns_group:
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
-        raise
+        return summary
     finally:
-        engine.close()
-    if owns_group:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return summary
+        if lock is not None:
+            lock.release()
 
 
-def _run(protocol, net, engine, out, resume, data_dir, device, progress, log) -> dict:
+def _resumable(out: Path, resume: bool, log) -> dict | None:
+    """The checkpoint to resume from (``resume`` and one in ``out``), else None."""
+    path = out / CHECKPOINT
+    if not resume:
+        return None
+    if not path.is_file():
+        log(f"no checkpoint in {out}: starting afresh")
+        return None
+    return checkpoint.load(path)
+
+
+def _model_spec(protocol: Protocol, ckpt: dict | None, out: Path, log) -> spec.ModelSpec:
+    """The protocol's model spec, or a resumed run's: the one its checkpoint stores (the file
+    named by the protocol is compared with it, one warning line when they differ)."""
+    if ckpt is None or not ckpt.get("model_spec"):
+        return spec.load(protocol.model)
+    return checkpoint.model_spec({**ckpt, "model_source": str(protocol.model)}, log)
+
+
+class _Lock:
+    """``out/.lock``, created exclusively and holding ``"<pid> <host>"``; a lock whose process is
+    gone (same host, no such pid) is stale and taken over. Made only after ``out`` is checked
+    (:func:`_check_out`), and an output folder this lock created and nothing else filled is
+    removed again on release."""
+
+    def __init__(self, out: Path, resume: bool, overwrite: bool):
+        _check_out(out, resume, overwrite)
+        self.created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"{out}: cannot create the output folder ({_reason(err)})") from None
+        self.out, self.path = out, out / LOCK
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(self.path)
+                if holder is not None:
+                    raise OutputError(
+                        f"{out}: another run ({holder}) is writing there (lock {self.path}); wait "
+                        f"for it or use another --out (delete the lock if that run is gone)"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except OSError as err:
+                self._undo()
+                raise OutputError(f"{out}: cannot write there ({_reason(err)})") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+            break
+        else:
+            raise OutputError(f"{out}: could not take the lock {self.path}")
+        # what killed runs left: temporary checkpoints (only this run writes here now)
+        checkpoint.remove_temporaries(out / CHECKPOINT)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._undo()
+
+    def _undo(self) -> None:
+        if self.created:
+            try:
+                self.out.rmdir()  # only when empty: nothing of the run's is lost
+            except OSError:
+                pass
+
+
+def _lock_holder(path: Path) -> str | None:
+    """``"pid N on HOST"`` of a live run holding the lock at ``path``; None when it is stale
+    (its process is gone, or the file is unreadable or empty)."""
+    try:
+        pid_text, _, host = path.read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host and host != socket.gethostname():
+        return f"pid {pid} on {host}"  # another machine: cannot tell, so it holds
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return f"pid {pid}"
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder that is a file, or that holds a run neither resumed nor
+    overwritten."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: a file, expected a folder")
+    held = [name for name in (CHECKPOINT, METRICS) if (out / name).exists()]
+    if held and not (resume or overwrite):
+        raise OutputError(
+            f"{out} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+            f"--overwrite to start it again, or another --out"
+        )
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or type(err).__name__
+
+
+def _run(
+    protocol, net, engine, out, ckpt, data_dir, device, progress, log, overwrite, others=()
+) -> dict:
     world, rank = _dist.world(), _dist.rank()
     main_process = rank == 0
     dev = engine.device(device)
@@ -156,7 +304,7 @@ def _run(protocol, net, engine, out, resume, data_dir, device, progress, log) ->
             f"examples"
         )
 
-    state = _start(protocol, net, out, resume, dtype, dev, log)
+    state = _start(protocol, net, out, ckpt, dtype, dev, log)
     if protocol.train.persistent and state.persistent is None:
         n = len(train_set.labels)
         state.persistent = [
@@ -164,68 +312,116 @@ def _run(protocol, net, engine, out, resume, data_dir, device, progress, log) ->
         ]
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
+        if ckpt is None and overwrite:  # starting again: the old run's files go now
+            for name in (CHECKPOINT, METRICS):
+                (out / name).unlink(missing_ok=True)
         _truncate_metrics(out / METRICS, state.epoch)
+    log(
+        f"data: {protocol.data.name} from {data.location(protocol.data.name, data_dir)} "
+        f"({len(train_set.labels)} training, {len(test_set.labels)} test images)"
+    )
+
+    def save():
+        checkpoint.save(state.to_checkpoint(protocol, net.spec.raw), out / CHECKPOINT)
 
     show = _progress_bar(progress, main_process, log, unit=engine.unit)
     last = None
-    for epoch in range(state.epoch, protocol.train.epochs):
-        t_epoch = time.perf_counter()
-        lrs = learning_rates(protocol, epoch)
-        g = _epoch_generator(protocol.train.seed, epoch)
-        perm = torch.randperm(len(train_set.labels), generator=g)
-        if state.batch > 0 and state.generator is not None:
-            g.set_state(state.generator)
-        sums = _sums(state.sums, B)
-        bar = show(range(state.batch, n_batches), epoch, protocol.train.epochs, n_batches)
-        for b in bar:
-            batch_idx = perm[b * B : (b + 1) * B]
-            _train_step(
-                net,
-                state,
-                engine,
-                protocol,
-                train_set,
-                batch_idx,
-                g,
-                lrs,
-                normalize,
-                dtype,
-                dev,
-                sums,
-                rank,
-                world,
+    with _Deferred(world == 1, log) as stop:
+        for epoch in range(state.epoch, protocol.train.epochs):
+            t_epoch = time.perf_counter()
+            lrs = learning_rates(protocol, epoch)
+            g = _epoch_generator(protocol.train.seed, epoch)
+            perm = torch.randperm(len(train_set.labels), generator=g)
+            if state.batch > 0 and state.generator is not None:
+                g.set_state(state.generator)
+            sums = _sums(state.sums, B)
+            bar = show(range(state.batch, n_batches), epoch, protocol.train.epochs, n_batches)
+            for b in bar:
+                batch_idx = perm[b * B : (b + 1) * B]
+                _train_step(
+                    net,
+                    state,
+                    engine,
+                    protocol,
+                    train_set,
+                    batch_idx,
+                    g,
+                    lrs,
+                    normalize,
+                    dtype,
+                    dev,
+                    sums,
+                    rank,
+                    world,
+                )
+                state.batch = b + 1
+                every = protocol.train.checkpoint_every
+                due = every and state.batch % every == 0
+                if (due or stop.requested) and state.batch < n_batches:
+                    state.generator, state.sums = g.get_state(), dict(sums)
+                    state.wall_s += time.perf_counter() - t_epoch
+                    t_epoch = time.perf_counter()
+                    if main_process:
+                        save()
+                    if stop.requested:
+                        raise Interrupted(out / CHECKPOINT, epoch, state.batch)
+            evaluation = engine.evaluate(
+                net, state.params, test_set, normalize, (rank, world), epoch
             )
-            state.batch = b + 1
-            every = protocol.train.checkpoint_every
-            if every and state.batch % every == 0 and state.batch < n_batches:
-                state.generator, state.sums = g.get_state(), dict(sums)
-                state.wall_s += time.perf_counter() - t_epoch
-                t_epoch = time.perf_counter()
-                if main_process:
-                    checkpoint.save(state.to_checkpoint(protocol), out / CHECKPOINT)
-        evaluation = engine.evaluate(net, state.params, test_set, normalize, (rank, world), epoch)
-        keys = sorted(sums)  # the same keys on every rank
-        totals = dict(zip(keys, _dist.all_reduce([sums[k] for k in keys], world), strict=True))
-        state.wall_s += time.perf_counter() - t_epoch
-        n = totals["count"]
-        extra = {
-            k: totals[k] / max(1.0, n / B) for k in keys if k not in ("loss", "wrong", "count")
-        }
-        last = {
-            "epoch": epoch + 1,
-            **engine.tag,
-            "loss": totals["loss"] / n,
-            "train_error": 100.0 * totals["wrong"] / n,
-            **evaluation,
-            **extra,
-            "lr": list(lrs),
-            "wall_s": state.wall_s,
-        }
-        state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
-        if main_process:
-            _record_epoch(protocol, state, out, last)
-            log(_epoch_line(protocol, last))
+            for other in others:  # test_error_<engine>, test_loss_<engine>
+                e = other.evaluate(net, state.params, test_set, normalize, (rank, world), epoch)
+                evaluation[f"test_error_{other.name}"] = e["test_error"]
+                evaluation[f"test_loss_{other.name}"] = e["test_loss"]
+            keys = sorted(sums)  # the same keys on every rank
+            totals = dict(zip(keys, _dist.all_reduce([sums[k] for k in keys], world), strict=True))
+            state.wall_s += time.perf_counter() - t_epoch
+            n = totals["count"]
+            extra = {
+                k: totals[k] / max(1.0, n / B) for k in keys if k not in ("loss", "wrong", "count")
+            }
+            last = {
+                "epoch": epoch + 1,
+                **engine.tag,
+                "loss": totals["loss"] / n,
+                "train_error": 100.0 * totals["wrong"] / n,
+                **evaluation,
+                **extra,
+                "lr": list(lrs),
+                "wall_s": state.wall_s,
+            }
+            state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
+            if main_process:
+                _record_epoch(state, out, last, save)
+                log(_epoch_line(protocol, last))
+            if stop.requested and state.epoch < protocol.train.epochs:
+                raise Interrupted(out / CHECKPOINT, state.epoch, 0)
     return _summary(protocol, state, out, last)
+
+
+class _Deferred:
+    """While active (one process, the main thread), the first Ctrl-C (SIGINT) only sets
+    ``requested``, so the loop finishes its step, saves a consistent state and stops; a second
+    one interrupts at once (KeyboardInterrupt, nothing saved beyond the last checkpoint)."""
+
+    def __init__(self, active: bool, log):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.log, self.requested, self.previous = log, False, None
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log("interrupt: stopping after this step to save it (Ctrl-C again stops at once)")
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def _sums(saved: dict | None, B: int) -> dict:
@@ -251,6 +447,8 @@ def _epoch_line(protocol: Protocol, m: dict) -> str:
     )
     if "test_error_rate" in m:
         line += f" (spiking), {m['test_error_rate']:.2f}% (rate)"
+    for key in sorted(k for k in m if k.startswith("test_error_") and k != "test_error_rate"):
+        line += f", {m[key]:.2f}% ({key.removeprefix('test_error_')})"
     if "free_residual" in m:
         line += f"  residual {m['free_residual']:.1e}"
     if "spikes_per_sample" in m:
@@ -265,36 +463,52 @@ def _default_log():
     return lambda msg: print(msg, file=sys.stderr) if _dist.rank() == 0 else None
 
 
-def _start(protocol: Protocol, net: Network, out: Path, resume: bool, dtype, dev, log):
-    """The state to train from: ``out``'s checkpoint when resuming (and there is one), else
-    fresh parameters (``train.seed``) and zero momentum."""
-    ckpt_path = out / CHECKPOINT
-    if resume and ckpt_path.is_file():
-        ckpt = checkpoint.load(ckpt_path)
+def _start(protocol: Protocol, net: Network, out: Path, ckpt: dict | None, dtype, dev, log):
+    """The state to train from: the checkpoint ``ckpt`` when resuming, else fresh parameters
+    (``train.seed``) and zero momentum."""
+    if ckpt is not None:
+        ckpt_path = out / CHECKPOINT
         engine = ckpt["protocol"].get("train", {}).get("engine", Train.engine)
         if engine != protocol.train.engine:
             raise ProtocolError(
                 f"{ckpt_path}: written by the {engine!r} engine, but {protocol.source} trains "
                 f"with train.engine = {protocol.train.engine!r}"
             )
+        checkpoint.check_params(ckpt, net, ckpt_path)
         state = TrainState.from_checkpoint(ckpt, dev)
         log(f"resuming {ckpt_path} at epoch {state.epoch + 1}, batch {state.batch}")
         changed = protocol_changes(ckpt["protocol"], protocol.raw)
         if changed:  # allowed (e.g. more epochs), but never silent
             log(f"the protocol differs from the checkpoint's: {'; '.join(changed)}")
         return state
-    if resume:
-        log(f"no checkpoint in {out}: starting afresh")
-    params = net.init_params(protocol.train.seed, dtype=dtype, device=dev)
+    if protocol.train.init:
+        params = _init_params(protocol.train.init, net, dtype, dev, log)
+    else:
+        params = net.init_params(protocol.train.seed, dtype=dtype, device=dev)
     return TrainState(params, {k: torch.zeros_like(v) for k, v in params.items()})
 
 
-def _record_epoch(protocol: Protocol, state: TrainState, out: Path, row: dict) -> None:
+def _init_params(path: str, net: Network, dtype, dev, log) -> dict:
+    """``[train] init``: the parameters of another run's checkpoint (any engine's, e.g. a rate
+    run fine-tuned in spikes), which must have the model's shapes; the new run keeps its own
+    model spec, momentum starts at zero and the schedule at epoch 1."""
+    ckpt = checkpoint.load(path)
+    checkpoint.check_params(ckpt, net, path)
+    engine = ckpt["protocol"].get("train", {}).get("engine", Train.engine)
+    log(f"starting from the parameters of {path} ({engine} engine, epoch {ckpt['epoch']})")
+    stored = ckpt.get("model_spec")
+    changed = protocol_changes(stored, net.spec.raw) if stored else []
+    if changed:  # e.g. max pooling trained, average pooling now: allowed, never silent
+        log(f"its model spec differs from this run's: {'; '.join(changed)}")
+    return {k: v.to(device=dev, dtype=dtype) for k, v in ckpt["params"].items()}
+
+
+def _record_epoch(state: TrainState, out: Path, row: dict, save) -> None:
     """Append the epoch's metrics line, then checkpoint (a crash in between only repeats the
     epoch's line, which a resumed run truncates)."""
     with open(out / METRICS, "a") as f:
         f.write(json.dumps(row) + "\n")
-    checkpoint.save(state.to_checkpoint(protocol), out / CHECKPOINT)
+    save()
 
 
 def _summary(protocol: Protocol, state: TrainState, out: Path, last: dict | None) -> dict:
@@ -434,13 +648,28 @@ def _duration(seconds: float) -> str:
     return f"{s} s"
 
 
+def _metric_rows(path: Path) -> list[str]:
+    """The complete metric lines of ``path``: a last line cut short (a process killed while
+    writing it) is dropped; a damaged line elsewhere is refused in one line."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        try:
+            json.loads(ln)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                return lines[:-1]
+            raise OutputError(f"{path}: line {i + 1} is not JSON ({ln[:40]!r})") from None
+    return lines
+
+
 def _truncate_metrics(path: Path, epochs_done: int):
     """Keep the metric lines of the epochs the checkpoint covers (a resumed run redoes the rest)."""
     if not path.is_file():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    text = path.read_text()
+    lines = _metric_rows(path)
     kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epochs_done]
-    if len(kept) != len(lines):
+    if "".join(ln + "\n" for ln in kept) != text:
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(ln + "\n" for ln in kept))
         os.replace(tmp, path)
@@ -449,5 +678,5 @@ def _truncate_metrics(path: Path, epochs_done: int):
 def _last_metrics(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    lines = _metric_rows(path)
     return json.loads(lines[-1]) if lines else None

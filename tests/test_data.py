@@ -247,17 +247,63 @@ def test_find_accepts_plain_files_and_skips_incomplete_folders(tmp_path, clean_e
 def test_find_error_lists_every_place(tmp_path, clean_env):
     clean_env.setenv("SPIKEEP_DATA", str(tmp_path / "env"))
     with pytest.raises(DataError) as err:
-        data.find("mnist", tmp_path / "given")
+        data.find("mnist")
     message = one_line(err)
     places = [
-        tmp_path / "given",
-        tmp_path / "given" / "mnist",
         tmp_path / "env",
         tmp_path / "env" / "mnist",
         tmp_path / "cwd" / "shared" / "data" / "mnist",
         tmp_path / "root" / "shared" / "data" / "mnist",
     ]
     assert message.split("in any of: ")[1].split("; ") == [str(p) for p in places]
+
+
+def test_a_given_data_folder_is_the_only_place_searched(tmp_path, clean_env):
+    """A missing, partial or non-folder data_dir is an error, never a fall-back to the shared
+    folders (which hold the data here)."""
+    fake_dataset(tmp_path / "env" / "mnist")
+    clean_env.setenv("SPIKEEP_DATA", str(tmp_path / "env"))
+    (tmp_path / "file").write_text("x")
+    partial = fake_dataset(tmp_path / "partial")
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    for given, words in [
+        (tmp_path / "missing", "no such folder"),
+        (tmp_path / "file", "not a folder"),
+        (partial, "in any of: "),
+    ]:
+        with pytest.raises(DataError) as err:
+            data.find("mnist", given)
+        message = one_line(err)
+        assert str(given) in message and words in message and "env" not in message
+    assert "partial/mnist" in message.split("in any of: ")[1]
+    with pytest.raises(DataError, match="no such folder"):
+        data.load("cifar10", "test", tmp_path / "missing")
+    assert data.location("mnist") == str((tmp_path / "env" / "mnist").resolve())
+    assert "shipped in the package" in data.location("mnist-embedded", tmp_path / "missing")
+
+
+def test_a_data_file_with_no_images_is_refused(tmp_path, clean_env):
+    folder = fake_dataset(tmp_path / "d")
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), np.uint8), 0x08)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros((0,), np.uint8), 0x08)
+    with pytest.raises(DataError, match="holds no test images"):
+        data.load("mnist", "test", folder)
+
+
+def test_crop_padding_must_leave_the_image_in_the_frame():
+    x = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    assert data.augment(x, g, 27).shape == x.shape
+    with pytest.raises(DataError, match="expected less than 28"):
+        data.augment(x, g, 28)
+
+
+def test_fetch_to_a_file_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("keep")
+    with pytest.raises(DataError, match="not a folder"):
+        data.fetch("mnist", target, mirrors=["file:///nowhere/"])
+    assert target.read_text() == "keep"
 
 
 def test_unknown_names_and_splits():
