@@ -52,6 +52,7 @@ def namespace(cfg: Spiking, schedule: Schedule) -> dict:
         "tau_syn": cfg.tau_syn * b2.second,
         "tau_trace": cfg.tau_trace * b2.second,
         "tau_mem": cfg.tau_mem * b2.second,
+        "t_ref": cfg.refractory * b2.second,
         "beta_abs": schedule.beta,
         "omega": schedule.omega * b2.Hz,
     }
@@ -115,6 +116,7 @@ class SpikingNetwork:
     done: int = 0
     sizes: list = field(default_factory=list)
     pre_major: list = field(default_factory=list)
+    sample_clock: object = None
 
     def to_synapses(self, layer: int, W) -> np.ndarray:
         """``W_layer`` (``(n_l, n_{l-1})``, tensor or array) as the values of its synapses' ``w``,
@@ -459,4 +461,5 @@ def build(
         samples,
         sizes=sizes,
         pre_major=pre_major,
+        sample_clock=per_sample.get("clock"),
     )
