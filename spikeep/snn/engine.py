@@ -25,8 +25,14 @@ Metrics per epoch (``metrics.jsonl``), from the spiking network unless named ``_
   test set, in batches of 1000;
 - ``test_error_rate``, ``test_loss_rate``: the rate engine's free phase on the same parameters
   (``[estimator] eval_free_steps``), which is what ``spikeep eval`` measures;
+- ``test_spikes_per_sample``: spikes of the spiking test pass's free phase per test image (all
+  layers; the first process's share under ``torchrun``);
 - ``spikes_per_sample`` (all layers, all phases of a training step), ``ms_per_sample`` (wall time
   of the spiking phases per training sample), ``lr``, ``wall_s``.
+
+Built with ``training=False`` (``spikeep eval``, or another engine's run testing in spikes every
+epoch with ``[train] eval_engines = ["snntorch"]``), :meth:`SNNEngine.evaluate` gives the spiking
+metrics alone (no rate reference: the run's own engine reports its own).
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ class SNNEngine(Engine):
 
     def __init__(self, protocol: Protocol, net, training: bool = True):
         super().__init__(protocol, net, training)
+        self.training = training
         if not training:
             try:
                 gain(net)
@@ -135,23 +142,32 @@ class SNNEngine(Engine):
     def evaluate(self, net, params, ds, normalize, shard, epoch) -> dict:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         spiking = self._spiking_score(net, params, ds, normalize, shard, g)
-        rated = evaluate(net, params, ds, self.eval_steps, normalize, shard=shard)
-        return {
+        out = {
             "test_error": spiking["error"],
             "test_loss": spiking["loss"],
-            "test_error_rate": rated["error"],
-            "test_loss_rate": rated["loss"],
+            "test_spikes_per_sample": spiking["spikes_per_sample"],
         }
+        if self.training:
+            rated = evaluate(net, params, ds, self.eval_steps, normalize, shard=shard)
+            out |= {"test_error_rate": rated["error"], "test_loss_rate": rated["loss"]}
+        return out
 
     def _spiking_score(self, net, params, ds, normalize, shard, g) -> dict:
-        """Error and loss of the spiking free phase (``eval_config``) on ``ds``; input spikes
-        (rate coding) drawn from generators seeded by draws from ``g``."""
+        """Error, loss and spikes per sample (all layers; this process's share) of the spiking
+        free phase (``eval_config``) on ``ds``; input spikes (rate coding) drawn from generators
+        seeded by draws from ``g``."""
         cfg = self.eval_config
+        spikes = []  # (spikes per sample, samples) per batch
 
         def free(x):
-            return phase(net, params, x, config=cfg, generator=self._input_generator(g, 0)).rates
+            out = phase(net, params, x, config=cfg, generator=self._input_generator(g, 0))
+            spikes.append((out.spikes, x.shape[0]))
+            return out.rates
 
-        return score(net, params, ds, free, normalize, shard=shard)
+        result = score(net, params, ds, free, normalize, shard=shard)
+        n = sum(b for _, b in spikes)
+        result["spikes_per_sample"] = sum(s * b for s, b in spikes) / max(n, 1)
+        return result
 
     def score(self, net, params, ds, normalize) -> dict:
         g = torch.Generator().manual_seed(self.seed * 1_000_003)
