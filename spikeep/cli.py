@@ -229,6 +229,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--split", choices=["train", "test"], default="test")
     ev.add_argument(
+        "--all",
+        action="store_true",
+        help="score the whole split (default: the first data.train_subset / test_subset images "
+        "the run itself was measured on, when the data set is the run's)",
+    )
+    ev.add_argument(
         "--free-steps",
         type=_positive_int,
         default=None,
@@ -389,28 +395,33 @@ def _eval(args) -> int:
     from . import checkpoint, data
     from . import engine as engines
     from . import protocol as proto
-    from .batches import checkpoint_normalization
+    from .batches import checkpoint_normalization, subset
     from .energy import Network
 
     engine_cls = engines.get(args.engine)
     overrides = _eval_overrides(args, engine_cls)
+    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
     try:
         ckpt = checkpoint.load(args.checkpoint)
-        net = Network(spec.load(ckpt["model_source"]))
+        net = Network(checkpoint.model_spec(ckpt, warn))  # the stored spec, when it has one
+        checkpoint.check_params(ckpt, net, args.checkpoint)
     except (checkpoint.CheckpointError, spec.SpecError) as err:
         raise UsageError(str(err)) from None
     raw = ckpt["protocol"]
-    name = args.data or raw.get("data", {}).get("name", "mnist-embedded")
+    own = raw.get("data", {}).get("name", "mnist-embedded")
+    name = args.data or own
     try:
         ds = data.load(name, args.split, args.data_dir or raw.get("data", {}).get("dir"))
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if not args.all and name == own:  # the images the run was measured on
+        ds = subset(ds, raw.get("data", {}).get(f"{args.split}_subset", 0))
     normalize = checkpoint_normalization(raw, name)
     # the run's own protocol, on this engine, with the evaluation settings given here
     where = {"model": str(Path(ckpt["model_source"]).resolve()), "train.engine": args.engine}
     try:
         overrides = {**engine_cls.eval_defaults(raw, net), **overrides, **where}
-        p = proto.from_dict(raw, source=args.checkpoint, overrides=overrides)
+        p = proto.from_dict(raw, source=args.checkpoint, overrides=overrides, check_model=False)
         engine = engine_cls(p, net, training=False)
         result = engine.score(net, ckpt["params"], ds, normalize)
     except proto.ProtocolError as err:
@@ -425,6 +436,7 @@ def _eval(args) -> int:
         "engine": args.engine,  # whose free phase classified, whichever engine trained
         "data": name,
         "split": args.split,
+        "images": len(ds),
         "epoch": ckpt["epoch"],
         "error": result["error"],
         "loss": result["loss"],
@@ -435,7 +447,8 @@ def _eval(args) -> int:
     print(
         _json(out)
         if args.json
-        else f"{args.checkpoint}: {name} {args.split} error {out['error']:.2f}%  "
+        else f"{args.checkpoint}: {name} {args.split} ({len(ds)} images) error "
+        f"{out['error']:.2f}%  "
         f"loss {out['loss']:.4f}  ({args.engine} engine"
         + (f", {shown})" if shown else ")")
         + (f"  noise {noise}" if noise else "")
@@ -454,8 +467,12 @@ def _plot(args) -> int:
 
 
 def _data(args) -> int:
+    from pathlib import Path
+
     from . import data
 
+    if Path(args.to).exists() and not Path(args.to).is_dir():
+        raise UsageError(f"--to {args.to}: a file, expected the folder to write {args.name}/ into")
     try:
         path = data.fetch(args.name, args.to)
     except data.DataError as err:

@@ -354,13 +354,15 @@ def _load_embedded(split: str) -> Dataset:
 def load(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
     """One split (``"train"`` or ``"test"``) of data set ``name`` (see :data:`DATASETS`).
 
-    ``mnist`` and ``fashion-mnist`` are located by :func:`find` (``data_dir`` first);
-    ``mnist-embedded`` is read from the package and ignores ``data_dir``; ``cifar10`` needs
-    ``data_dir``: the ``cifar-10-batches-py`` folder or its parent.
+    ``mnist`` and ``fashion-mnist`` are located by :func:`find` (in ``data_dir`` alone when
+    given); ``mnist-embedded`` is read from the package (a given ``data_dir`` must still be a
+    folder); ``cifar10`` needs ``data_dir``: the ``cifar-10-batches-py`` folder or its parent.
     """
     _check_name(name, DATASETS)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}, expected one of {', '.join(SPLITS)}")
+    if data_dir is not None:  # a folder given for nothing is still checked: never ignored
+        _given_folder(data_dir, name)
     if name == "mnist-embedded":
         return _load_embedded(split)
     if name == "cifar10":

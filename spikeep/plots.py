@@ -21,11 +21,19 @@ class PlotError(ValueError):
 
 
 def read_metrics(out: str | Path) -> list[dict]:
-    """The metric lines of a run folder, one dict per epoch."""
+    """The metric lines of a run folder, one dict per epoch (a last line cut short, from a run
+    killed while writing it, is left out)."""
     path = Path(out) / "metrics.jsonl"
     if not path.is_file():
         raise PlotError(f"{out}: no metrics.jsonl (is this a `spikeep train` output folder?)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:  # a last line cut short is a run writing (or killed): skipped
+                raise PlotError(f"{path}: line {i + 1} is not JSON ({line[:40]!r})") from None
     if not rows:
         raise PlotError(f"{path}: no epochs recorded yet")
     return rows
