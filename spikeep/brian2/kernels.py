@@ -42,33 +42,40 @@ __all__ = ["input_step", "spike_step", "CodeObject", "Device", "DEVICE"]
 # Brian2's thresholder appends a neuron to the spike list under an `if`: with IF neurons firing
 # every few steps at irregular intervals the branch is mispredicted often, and the thresholder of
 # 500 neurons cost more than their state update. This one evaluates the condition of every neuron
-# into a byte array (no branch; vectorised when the condition is), then reads the bytes eight at
-# a time and lists the neurons of the non-zero ones in ascending order: the same spike list.
+# into a byte array (no branch; vectorised when the condition is), packs the bytes into one bit
+# per neuron, 64 neurons to a word (multiplying 8 bytes of 0 or 1 by 0x0102040810204080 gathers
+# their low bits in the top byte), and lists the set bits of each word in ascending order: the
+# same spike list.
 _THRESHOLD = """{# USES_VARIABLES { N } #}
 {% extends 'common_group.cpp' %}
 {% block maincode %}
-    //// MAIN CODE (spikeep.brian2.kernels: two-pass thresholder) ////////////
+    //// MAIN CODE (spikeep.brian2.kernels: thresholder by 64-neuron words) ////////////
     const int _vectorisation_idx = -1;
     {{scalar_code|autoindent}}
     {% set _eventspace = get_array_name(eventspace_variable) %}
-    static char _flags[N + 8];
+    static unsigned char _flags[N + 64];
     for(size_t _idx=0; _idx<N; _idx++)
     {
         const size_t _vectorisation_idx = _idx;
         {{vector_code|autoindent}}
         _flags[_idx] = _cond ? 1 : 0;
     }
-    for(size_t _idx=N; _idx<N + 8; _idx++)
+    for(size_t _idx=N; _idx<N + 64; _idx++)
         _flags[_idx] = 0;
     long _count = 0;
-    for(size_t _block=0; _block<N; _block+=8)
+    for(size_t _base=0; _base<N; _base+=64)
     {
-        uint64_t _bits;
-        __builtin_memcpy(&_bits, &_flags[_block], 8);
-        while(_bits)
+        uint64_t _word = 0;
+        for(int _byte=0; _byte<8; _byte++)
         {
-            const size_t _idx = _block + (__builtin_ctzll(_bits) >> 3);
-            _bits &= _bits - 1;
+            uint64_t _eight;
+            __builtin_memcpy(&_eight, &_flags[_base + 8 * _byte], 8);
+            _word |= ((_eight * 0x0102040810204080ULL) >> 56) << (8 * _byte);
+        }
+        while(_word)
+        {
+            const size_t _idx = _base + __builtin_ctzll(_word);
+            _word &= _word - 1;
             {% if _uses_refractory %}
             {{not_refractory}}[_idx] = false;
             {{lastspike}}[_idx] = {{t}};
