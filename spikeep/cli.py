@@ -15,7 +15,10 @@
     spikeep fidelity PROTOCOL [--set key=value ...] --out DIR [--jobs N] [--json]
     spikeep eval CHECKPOINT [--data NAME] [--data-dir DIR] [--noise SIGMA] [--json]
     spikeep plot OUT
+    spikeep list                       the built-in models and protocols (usable by name)
     spikeep data fetch NAME --to DIR
+
+PROTOCOL and --model PATH take a file or a built-in name (``quickstart``, ``tiny``).
 
 A bad argument prints one line and exits with status 2; a relaxation or a training run that
 diverges exits with 1; a training run stopped by Ctrl-C saves its last finished step, says how to
@@ -98,15 +101,35 @@ def _add_set(parser: argparse.ArgumentParser, metavar: str, example: str) -> Non
 
 
 def _load(path: str) -> spec.ModelSpec:
+    """A model spec: a file, or a built-in model's name (``tiny``)."""
+    from . import catalog
+
     try:
-        return spec.load(path)
+        return spec.load(catalog.resolve(path, "models"))
     except spec.SpecError as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(_unknown_name(str(err), path, "models")) from None
+
+
+def _unknown_name(message: str, text: str, kind: str) -> str:
+    """``message``, plus where built-in names are listed when ``text`` is a bare name."""
+    from pathlib import Path
+
+    if "no such" in message and len(Path(text).parts) == 1:
+        return f"{message} (nor a built-in {kind[:-1]}: `spikeep list` names them)"
+    return message
+
+
+def _protocol_file(text: str):
+    from . import catalog
+
+    return catalog.resolve(text, "protocols")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="spikeep", description="Equilibrium Propagation: gradient checks and benchmarks."
+        prog="spikeep",
+        description="Equilibrium Propagation: training, evaluation, gradient checks and "
+        "benchmarks.",
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -198,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     e.add_argument("--json", action="store_true")
     tr = sub.add_parser("train", help="train with EP as a protocol describes")
-    tr.add_argument("protocol", help="protocol file (TOML)")
+    tr.add_argument("protocol", help="protocol file (TOML) or built-in name (spikeep list)")
     _add_set(tr, "SECTION.KEY=VALUE", "train.epochs=2")
     tr.add_argument("--out", default=None, help="output folder (default out/<protocol name>)")
     again = tr.add_mutually_exclusive_group()
@@ -268,6 +291,8 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="training curves of an output folder (PNG)")
     pl.add_argument("out")
 
+    sub.add_parser("list", help="the built-in models and protocols, with their descriptions")
+
     da = sub.add_parser("data", help="datasets")
     dsub = da.add_subparsers(dest="what", required=True, parser_class=_Parser)
     fe = dsub.add_parser("fetch", help="download a dataset and verify its SHA-256")
@@ -282,9 +307,9 @@ def _train(args) -> int:
     from .train import Interrupted, OutputError, TrainingError, train
 
     try:
-        p = proto.load(args.protocol, proto.parse_overrides(args.set))
+        p = proto.load(_protocol_file(args.protocol), proto.parse_overrides(args.set))
     except (proto.ProtocolError, spec.SpecError) as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(_unknown_name(str(err), args.protocol, "protocols")) from None
     out = args.out or f"out/{p.name}"
     try:
         summary = train(
@@ -343,9 +368,9 @@ def _fidelity(args) -> int:
     from .fidelity.sweep import default_jobs, progress_printer
 
     try:
-        p = fidelity.load(args.protocol, proto.parse_overrides(args.set))
+        p = fidelity.load(_protocol_file(args.protocol), proto.parse_overrides(args.set))
     except (proto.ProtocolError, spec.SpecError) as err:
-        raise UsageError(str(err)) from None
+        raise UsageError(_unknown_name(str(err), args.protocol, "protocols")) from None
     for m in p.models:  # a model behind the protocol that is not a valid spec: before writing
         _load(m.spec)
     summary = fidelity.study(p, args.out, args.jobs or default_jobs(), progress_printer())
@@ -479,6 +504,18 @@ def _data(args) -> int:
         print(f"spikeep data: {err}", file=sys.stderr)
         return 1
     print(path)
+    return 0
+
+
+def _list(args) -> int:
+    from . import catalog
+
+    for kind in catalog.KINDS:
+        rows = catalog.entries(kind)
+        width = max((len(name) for name, _, _ in rows), default=0)
+        print(f"{kind} ({len(rows)}):")
+        for name, description, _ in rows:
+            print(f"  {name:<{width}}  {description}".rstrip())
     return 0
 
 
@@ -670,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         "fidelity": _fidelity,
         "eval": _eval,
         "plot": _plot,
+        "list": _list,
         "data": _data,
     }
     try:

@@ -317,8 +317,8 @@ def _run(
                 (out / name).unlink(missing_ok=True)
         _truncate_metrics(out / METRICS, state.epoch)
     log(
-        f"data: {protocol.data.name} from {data.location(protocol.data.name, data_dir)} "
-        f"({len(train_set.labels)} training, {len(test_set.labels)} test images)"
+        f"data: {protocol.data.name} ({len(train_set.labels)} training, {len(test_set.labels)} "
+        f"test images) from {data.location(protocol.data.name, data_dir)}"
     )
 
     def save():

@@ -383,3 +383,84 @@ def test_only_the_first_process_prints_the_summary(tmp_path, capsys, monkeypatch
     monkeypatch.setattr("spikeep._dist.rank", lambda: 0)
     code, out, _ = run(["train", str(QUICK), "--json"], capsys)
     assert code == 0 and json.loads(out)["test_error"] == 1.0
+
+
+# -- built-in models and protocols, by name ---------------------------------------------------
+
+
+def test_built_in_names_resolve_from_any_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["list"], capsys)
+    assert code == 0, err
+    models, protocols = out.split("protocols (")
+    assert re.search(r"(?m)^  tiny +5-7-6-3 dense", models)
+    assert re.search(r"(?m)^  quickstart +784-500-10", protocols)
+    gc = ["gradcheck", "--model", "tiny", "--estimator", "symmetric", "--beta", "0.01"]
+    code, out, err = run(
+        [*gc, "--batch", "2", "--free-steps", "20", "--nudged-steps", "20"], capsys
+    )
+    assert code == 0 and out.startswith("model ") and "models/tiny.toml" in out, err
+    code, _, err = run(["train", "quickstart", "--out", "o", *sets()], capsys)
+    assert code == 0 and (tmp_path / "o" / "checkpoint.pt").is_file(), err
+    assert_usage_error(*run(["train", "quickstartt"], capsys), "quickstartt", "spikeep list")
+    assert_usage_error(*run(["gdu", "--model", "tinyy"], capsys), "tinyy", "spikeep list")
+
+
+@pytest.mark.slow
+def test_the_wheel_runs_outside_the_repository(tmp_path):
+    """Build the wheel from the checkout's files, unpack it elsewhere and run the commands from
+    there: the built-in names resolve to the copies inside the package."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+    )
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    src = tmp_path / "src"
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*pip, "-w", str(tmp_path / "dist"), str(src)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("spikeep-*.whl")
+    site, cwd = tmp_path / "site", tmp_path / "elsewhere"
+    cwd.mkdir()
+    shutil.unpack_archive(wheel, site, "zip")
+    assert (site / "spikeep" / "_builtin" / "protocols" / "quickstart.toml").is_file()
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+
+    def spikeep(*argv):
+        proc = subprocess.run(
+            [sys.executable, "-m", "spikeep.cli", *argv],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    assert "quickstart" in spikeep("list").stdout
+    gc = spikeep(
+        "gradcheck",
+        "--model",
+        "tiny",
+        "--estimator",
+        "symmetric",
+        "--beta",
+        "0.01",
+        "--batch",
+        "2",
+        "--free-steps",
+        "20",
+        "--nudged-steps",
+        "20",
+        "--json",
+    )
+    assert json.loads(gc.stdout)["model"].startswith(str(site))
+    two = sets(**{"data.train_subset": 40, "data.test_subset": 20})
+    done = spikeep("train", "quickstart", "--out", "o", "--json", *two)
+    assert json.loads(done.stdout)["epochs"] == 1 and str(site) in done.stderr
