@@ -11,10 +11,25 @@ states are projected onto by the continuous-time dynamics (``None`` when unbound
 | `holotanh`          | (softplus(k s/2) - softplus(k (s/2 - 1))) / k, k=4  | yes         | none   |
 | `tanh`              | tanh(s)                                             | yes         | none   |
 | `hard_sigmoid_half` | clip(s/2, 0, 1) (Laborieux et al. 2021's convnets)  | no          | [0, 2] |
+| `lif_rate`          | a leaky integrate-and-fire neuron's measured rate (below) | no  | none   |
 
 ``holotanh`` is spikeep's smooth holomorphic clip of ``s/2`` to [0, 1] (Laborieux & Zenke 2022 use a
 clip of that kind for convnets): its derivative ``(sigmoid(k s/2) - sigmoid(k (s/2 - 1))) / 2`` is a
 difference of two sigmoids, close to 1/2 on (0, 2) and to 0 outside.
+
+``lif_rate`` is the rate function of the Brian2 engine's ``lif_bio`` neuron (membrane time constant
+``tau_mem`` 20 ms, refractory ``t_ref`` 2 ms, ``r_max`` 200 Hz, ``dt`` 0.2 ms; a synaptic current
+``s`` whose fluctuations have standard deviation 0.1 and correlation time 20 ms), divided by
+``r_max``, as measured by :func:`spikeep.brian2.calibrate.transfer` and fitted by :func:`soft_lif`
+(``scripts/bio_figures.py``): the LIF rate ``1 / (t_ref + tau_mem ln(1 + 1 / (a q)))`` of a drive
+``q`` above threshold that is smoothed at the threshold and saturates at 1, times a logistic gate
+for the chance that the fluctuating current is above threshold::
+
+    z = g softplus(s / g),   q = exp(-softplus(-k ln z) / k)   (= z / (1 + z^k)^(1/k))
+    rho(s) = sigmoid((s - c) / w) R(q) / R(1),   R(q) = 1 / (t_ref + tau_mem ln(1 + 1 / (a q)))
+
+with ``(g, k, a, c, w)`` = :data:`LIF_RATE`; ``rho`` rises from 0 (``s`` below about -0.3) to 1
+(``s`` above about 1.2), concave above threshold (``docs/spiking.md``, "A biological regime").
 
 Adding an activation: write ``rho`` and ``drho`` for real and complex tensors and call
 :func:`register`; the parametrised tests pick it up (``drho`` is checked against autograd).
@@ -22,13 +37,14 @@ Adding an activation: write ``rho`` and ``drho`` for real and complex tensors an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["Activation", "register", "get", "names"]
+__all__ = ["Activation", "register", "get", "names", "soft_lif", "LIF_RATE"]
 
 
 @dataclass(frozen=True)
@@ -154,5 +170,61 @@ register(
         holomorphic=False,
         box=(0.0, 2.0),
         slope=0.5,
+    )
+)
+
+
+#: ``lif_rate``'s fitted ``(g, k, a, c, w)`` (``scripts/bio_figures.py transfer``), with the
+#: neuron's ``t_ref`` (s) and ``tau_mem`` (s).
+LIF_RATE = {
+    "g": 0.0618,
+    "k": 17.94,
+    "a": 4.886,
+    "c": -0.0238,
+    "w": 0.0606,
+    "t_ref": 0.002,
+    "tau_mem": 0.02,
+}
+
+
+def _ratio(x: Tensor) -> Tensor:
+    """``sigmoid(x) / softplus(x)``, finite for every real ``x`` (1 as ``x -> -inf``)."""
+    far = x < -30
+    xs = torch.where(far, torch.zeros_like(x), x)
+    return torch.where(
+        far, 1 - torch.exp(x) / 2, torch.sigmoid(xs) / torch.nn.functional.softplus(xs, 1, 40)
+    )
+
+
+def soft_lif(s: Tensor, g, k, a, c, w, t_ref, tau_mem, derivative: bool = False) -> Tensor:
+    """The soft LIF rate function (module docstring), in units of its value at ``s -> inf``; or
+    its derivative ``d rho / d s`` with ``derivative``. Real tensors, any shape."""
+
+    def softplus(v):  # linear only where it is exactly so in float64 (torch's default: v > 20)
+        return torch.nn.functional.softplus(v, 1, 40)
+
+    x = s / g
+    log_z = math.log(g) + torch.log(softplus(x))
+    soft = softplus(-k * log_z)
+    q = torch.exp(-soft / k)
+    L = torch.log1p(1 / (a * q))
+    R1 = 1 / (t_ref + tau_mem * math.log1p(1 / a))
+    R = 1 / (t_ref + tau_mem * L) / R1
+    gate = torch.sigmoid((s - c) / w)
+    if not derivative:
+        return gate * R
+    # dq/ds = q sigmoid(-k ln z) dln z/ds, dln z/ds = sigmoid(x) / (g softplus(x));
+    # dL/dq = -1 / (q (1 + a q)); dR/dL = -tau_mem R^2 R1 (R in units of R1)
+    dL = -torch.sigmoid(-k * log_z) * _ratio(x) / (g * (1 + a * q))
+    dR = -tau_mem * R * R * R1 * dL
+    return gate * dR + gate * (1 - gate) / w * R
+
+
+register(
+    Activation(
+        "lif_rate",
+        rho=lambda s: soft_lif(s, **LIF_RATE),
+        drho=lambda s: soft_lif(s, **LIF_RATE, derivative=True),
+        holomorphic=False,
     )
 )

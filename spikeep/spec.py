@@ -46,8 +46,8 @@ DTYPES = ("float32", "float64")
 POOLS = ("none", "max", "avg", "softmax")
 INIT_SCHEMES = ("glorot_uniform", "uniform_fan_in", "normal")
 BIAS_INITS = ("zeros", "uniform_fan_in")
-NEURONS = ("if", "lif")
-SPIKING_ACTIVATIONS = ("hard_sigmoid", "hard_sigmoid_half", "sigmoid4", "holotanh")
+NEURONS = ("if", "lif", "lif_bio")
+SPIKING_ACTIVATIONS = ("hard_sigmoid", "hard_sigmoid_half", "sigmoid4", "holotanh", "lif_rate")
 SPIKING_INPUTS = ("poisson", "current")
 
 

@@ -54,7 +54,11 @@ def _spiking(**changes):
 
 BAD_SPECS = [
     ("unknown-key", _spiking(tau_bogus=1.0), "spiking: unknown key 'tau_bogus'"),
-    ("neuron", _spiking(neuron="hh"), "spiking.neuron: expected one of ['if', 'lif'], got 'hh'"),
+    (
+        "neuron",
+        _spiking(neuron="hh"),
+        "spiking.neuron: expected one of ['if', 'lif', 'lif_bio'], got 'hh'",
+    ),
     ("input", _spiking(input="rate"), "spiking.input"),
     ("negative-tau", _spiking(tau_syn=-0.01), "spiking.tau_syn: expected a finite number > 0"),
     ("string-rate", _spiking(rate_max="fast"), "spiking.rate_max: expected int/float"),

@@ -7,6 +7,12 @@ spike per window; for ``"lif"`` it bends away (a threshold at ``r_max rho(s) tau
 ceiling at ``1 / refractory``) and matches the analytic rate of
 :attr:`spikeep.brian2.neurons.NeuronModel.rate`. The rate engine can take the measured curve in
 place of ``rho`` (``numpy.interp`` over ``levels``) when the two must share one energy.
+
+``noise``: in a network ``s`` is a filtered spike train, and fluctuates around its mean; with
+``noise = sigma`` the clamped level becomes the mean of an Ornstein-Uhlenbeck process of standard
+deviation ``sigma`` and correlation time ``tau_syn`` (the diffusion approximation of the synaptic
+current), and the measured curve is the rate averaged over those fluctuations: the smoothed rate
+function that ``lif_bio``'s activation ``lif_rate`` fits (docs/spiking.md, "A biological regime").
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ __all__ = ["transfer"]
 
 
 def transfer(
-    spec: ModelSpec, levels=None, duration: float = 1.0, target: str = "numpy"
+    spec: ModelSpec,
+    levels=None,
+    duration: float = 1.0,
+    target: str = "numpy",
+    noise: float = 0.0,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Measure the transfer function of ``spec``'s neuron model.
 
@@ -32,10 +43,14 @@ def transfer(
         levels: the clamped states ``s``, shape ``(n,)`` (default 101 levels over [-0.25, 1.25]).
         duration: seconds simulated.
         target: Brian2 runtime code generation target.
+        noise: standard deviation of the fluctuations of ``s`` around each level (an
+            Ornstein-Uhlenbeck process with correlation time ``tau_syn``); 0: ``s`` held constant.
+        seed: Brian2's random seed (with ``noise``).
 
     Returns:
         ``s`` (the levels), ``measured`` (rate / ``r_max``), ``rho`` (the activation),
-        ``predicted`` (the model's analytic rate / ``r_max``), all shape ``(n,)``.
+        ``predicted`` (the model's analytic rate / ``r_max`` at the constant level, without
+        ``noise``), all shape ``(n,)``.
     """
     cfg = spec.spiking
     if cfg is None:
@@ -43,11 +58,19 @@ def transfer(
     s = np.linspace(-0.25, 1.25, 101) if levels is None else np.asarray(levels, dtype=float)
     model = neurons.get(cfg.neuron)
     b2.prefs.codegen.target = target
-    eqs = "s : 1\n" + model.equations.format(rho=neurons.rho_expression(spec.activation))
+    if noise > 0:
+        eqs = "ds/dt = (level - s) / tau_syn + sigma * sqrt(2 / tau_syn) * xi : 1\nlevel : 1\n"
+    else:
+        eqs = "s : 1\n"
+    eqs += model.equations.format(rho=neurons.rho_expression(spec.activation))
     ns = {
         "r_max": cfg.rate_max * b2.Hz,
         "tau_mem": cfg.tau_mem * b2.second,
+        "t_ref": cfg.refractory * b2.second,
+        "tau_syn": cfg.tau_syn * b2.second,
+        "sigma": float(noise),
     }
+    b2.seed(seed)
     group = b2.NeuronGroup(
         s.size,
         eqs,
@@ -59,9 +82,11 @@ def transfer(
         namespace=ns,
     )
     group.s = s
+    if noise > 0:
+        group.level = s
     spikes = b2.SpikeMonitor(group, record=False)
     b2.Network(group, spikes).run(duration * b2.second, namespace={})
     measured = np.asarray(spikes.count[:], dtype=float) / (cfg.rate_max * duration)
     rho = activations.get(spec.activation).rho(torch.from_numpy(s)).numpy()
-    predicted = model.rate(cfg.rate_max * rho, cfg) / cfg.rate_max if model.rate else None
+    predicted = model.rate(s, rho, cfg) / cfg.rate_max if model.rate else None
     return {"s": s, "measured": measured, "rho": rho, "predicted": predicted}

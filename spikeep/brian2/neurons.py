@@ -13,6 +13,25 @@ Brian2's expression language (:data:`RHO`), and fires at ``v > 1``. With ``r_max
     dv/dt = r_max rho(s) - v / tau_mem,   v > 1  ->  v = 0
     rate  = 1 / (t_ref + tau_mem ln(a tau_mem / (a tau_mem - 1))),   a = r_max rho(s) > 1/tau_mem
 
+``lif_bio`` (leaky, driven by the synaptic current itself; the biological regime)::
+
+    tau_mem dv/dt = u(s) - v,   u(s) = 1 + (u_1 - 1) clip(s, -1, 1),   v > 1  ->  v = 0, t_ref
+    u_1 = 1 / (1 - (1 - dt / tau_mem)^(N - 1/2)),   N = 1 / (r_max dt) - t_ref / dt + 1
+    rate = 1 / (t_ref - dt + n(s) dt),   n(s) = ceil(ln(1 - 1 / u(s)) / ln(1 - dt / tau_mem)),
+           0 for s <= 0
+
+``v`` is the membrane potential in units of the threshold above rest, ``u(s)`` the synaptic drive
+in the same units: at ``s = 0`` the neuron sits at threshold (the rheobase; the bias ``b`` moves
+it), and the drive saturates at ``s = +-1`` (as a conductance does near its reversal potential).
+The rate is that of the Euler steps Brian2 takes: ``n(s)`` steps from reset to threshold after
+the ``t_ref / dt - 1`` steps a refractory neuron is held; as ``dt -> 0`` it is the classical
+``1 / (t_ref + tau_mem ln(u / (u - 1)))``. The gain ``u_1`` puts ``N - 1/2`` steps of
+integration at ``s = 1``, so the interval there is exactly ``1 / r_max`` (needs
+``t_ref < 1 / r_max``) and a neuron never fires faster than ``r_max``: ``rate / r_max`` is in
+[0, 1]. The curve does not use the spec's ``rho``: its rate function, measured
+(:mod:`spikeep.brian2.calibrate`, smoothed by the fluctuations of ``s``) and fitted, is the
+activation ``lif_rate`` of :mod:`spikeep.activations`, which the rate twin uses.
+
 The ``if`` model is the spiking twin of the hard sigmoid: the clip sits in the drive (a current that
 saturates), so a neuron fires at most ``r_max`` and never below 0, and its rate divided by ``r_max``
 *is* ``rho(s)``; ``rate_max * dt <= 1`` keeps it to one spike per step. The ``lif`` rate bends
@@ -26,11 +45,13 @@ its name to ``spikeep.spec.NEURONS``; ``tests/test_brian2.py`` calibrates every 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import activations
 from ..spec import Spiking
 
 __all__ = ["RHO", "NeuronModel", "MODELS", "rho_expression", "get"]
@@ -43,6 +64,23 @@ RHO: dict[str, str] = {
     "sigmoid4": "1 / (1 + exp(2 - 4 * {s}))",
     "holotanh": "(log(1 + exp(2 * {s})) - log(1 + exp(2 * {s} - 4))) / 4",
 }
+
+
+def _softplus(x: str) -> str:
+    return f"(({x}) + abs({x})) / 2 + log(1 + exp(-abs({x})))"
+
+
+def _lif_rate() -> str:
+    p = activations.LIF_RATE
+    g, k, a = p["g"], p["k"], p["a"]
+    z = f"{g!r} * ({_softplus('{s} / ' + repr(g))})"
+    q = f"exp(-({_softplus(f'-{k!r} * log({z})')}) / {k!r})"
+    r1 = p["t_ref"] + p["tau_mem"] * math.log1p(1 / a)
+    rate = f"{r1!r} / ({p['t_ref']!r} + {p['tau_mem']!r} * log(1 + 1 / ({a!r} * {q})))"
+    return f"{rate} / (1 + exp(-({{s}} - ({p['c']!r})) / {p['w']!r}))"
+
+
+RHO["lif_rate"] = _lif_rate()
 
 
 def rho_expression(activation: str, s: str = "s") -> str:
@@ -63,8 +101,8 @@ class NeuronModel:
         equations: Brian2 equation lines for ``v`` with ``{rho}`` (the rate function of ``s``).
         threshold, reset: Brian2 code; the reset is completed by the learning rule's spike code.
         refractory: whether the spec's ``refractory`` applies.
-        rate: ``rate(drive, cfg)``, the analytic firing rate (Hz) for a constant drive
-            ``r_max rho(s)`` (Hz), numpy in and out; ``None`` if there is none.
+        rate: ``rate(s, rho, cfg)``, the analytic firing rate (Hz) at a constant state ``s``
+            whose activation is ``rho = rho(s)`` (numpy in and out); ``None`` if there is none.
     """
 
     name: str
@@ -72,18 +110,40 @@ class NeuronModel:
     threshold: str
     reset: str
     refractory: bool
-    rate: Callable[[np.ndarray, Spiking], np.ndarray] | None = None
+    rate: Callable[[np.ndarray, np.ndarray, Spiking], np.ndarray] | None = None
 
 
-def _if_rate(drive: np.ndarray, cfg: Spiking) -> np.ndarray:
-    return np.asarray(drive, dtype=float)
+def _if_rate(s: np.ndarray, rho: np.ndarray, cfg: Spiking) -> np.ndarray:
+    return cfg.rate_max * np.asarray(rho, dtype=float)
 
 
-def _lif_rate(drive: np.ndarray, cfg: Spiking) -> np.ndarray:
-    a = np.asarray(drive, dtype=float) * cfg.tau_mem
+def _lif_rate(s: np.ndarray, rho: np.ndarray, cfg: Spiking) -> np.ndarray:
+    a = cfg.rate_max * np.asarray(rho, dtype=float) * cfg.tau_mem
     out = np.zeros_like(a)
     on = a > 1
     out[on] = 1.0 / (cfg.refractory + cfg.tau_mem * np.log(a[on] / (a[on] - 1)))
+    return out
+
+
+def lif_bio_drive(s: np.ndarray, cfg: Spiking) -> np.ndarray:
+    """``u(s) = 1 + (u_1 - 1) clip(s, -1, 1)``, the drive of ``lif_bio`` (threshold units)."""
+    h = cfg.dt / cfg.tau_mem
+    n = 1.0 / (cfg.rate_max * cfg.dt) - cfg.refractory / cfg.dt + 1
+    if not n > 1:
+        raise ValueError(
+            f"lif_bio needs refractory < 1 / rate_max, got {cfg.refractory:g} s and "
+            f"{cfg.rate_max:g} Hz"
+        )
+    u1 = 1.0 / (1.0 - (1.0 - h) ** (n - 0.5))
+    return 1.0 + (u1 - 1.0) * np.clip(np.asarray(s, dtype=float), -1.0, 1.0)
+
+
+def _lif_bio_rate(s: np.ndarray, rho: np.ndarray, cfg: Spiking) -> np.ndarray:
+    u = lif_bio_drive(s, cfg)
+    out = np.zeros_like(u)
+    on = u > 1
+    steps = np.ceil(np.log1p(-1.0 / u[on]) / math.log1p(-cfg.dt / cfg.tau_mem))
+    out[on] = 1.0 / (cfg.refractory - cfg.dt + steps * cfg.dt)
     return out
 
 
@@ -103,6 +163,15 @@ MODELS: dict[str, NeuronModel] = {
         reset="v = 0",
         refractory=True,
         rate=_lif_rate,
+    ),
+    "lif_bio": NeuronModel(
+        "lif_bio",
+        equations="dv/dt = (1 + (u_1 - 1) * clip(s, -1, 1) - v) / tau_mem : 1 (unless refractory)\n"
+        "u_1 = 1 / (1 - (1 - dt / tau_mem) ** (1 / (r_max * dt) - t_ref / dt + 0.5)) : 1 (shared)",
+        threshold="v > 1",
+        reset="v = 0",
+        refractory=True,
+        rate=_lif_bio_rate,
     ),
 }
 
