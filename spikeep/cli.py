@@ -15,6 +15,7 @@
     spikeep fidelity PROTOCOL [--set key=value ...] --out DIR [--jobs N] [--json]
     spikeep eval CHECKPOINT [--data NAME] [--data-dir DIR] [--noise SIGMA] [--json]
     spikeep plot OUT
+    spikeep export CHECKPOINT --format nir --out FILE [--tau STEPS] [--decay D]
     spikeep list                       the built-in models and protocols (usable by name)
     spikeep data fetch NAME --to DIR
 
@@ -291,6 +292,23 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="training curves of an output folder (PNG)")
     pl.add_argument("out")
 
+    ex = sub.add_parser("export", help="a checkpoint's spiking network as a NIR graph")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--format", choices=["nir"], default="nir", help="nir (the only one)")
+    ex.add_argument("--out", required=True, help="the file to write (NIR: HDF5)")
+    ex.add_argument(
+        "--tau",
+        type=_trace_tau,
+        default=None,
+        help="trace time constant (steps; default: the run's [snntorch] tau, else 10)",
+    )
+    ex.add_argument(
+        "--decay",
+        type=_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        default=None,
+        help="membrane decay per step (default: the run's [snntorch] decay, else 1: IF)",
+    )
+
     sub.add_parser("list", help="the built-in models and protocols, with their descriptions")
 
     da = sub.add_parser("data", help="datasets")
@@ -477,6 +495,42 @@ def _eval(args) -> int:
         f"loss {out['loss']:.4f}  ({args.engine} engine"
         + (f", {shown})" if shown else ")")
         + (f"  noise {noise}" if noise else "")
+    )
+    return 0
+
+
+def _export(args) -> int:
+    """The checkpoint's network as snntorch neurons, written as a NIR graph
+    (:mod:`spikeep.snn.export`); what NIR cannot express is refused in one line."""
+    from . import checkpoint
+    from .energy import Network
+
+    try:
+        from .snn import export
+        from .snn.config import SNNConfig
+    except ImportError as err:  # nir is an optional extra
+        raise UsageError(
+            f"--format nir needs the nir package ({err}): pip install spikeep[nir]"
+        ) from None
+    try:
+        ckpt = checkpoint.load(args.checkpoint)
+        net = Network(checkpoint.model_spec(ckpt))
+        checkpoint.check_params(ckpt, net, args.checkpoint)
+    except (checkpoint.CheckpointError, spec.SpecError) as err:
+        raise UsageError(str(err)) from None
+    own = ckpt["protocol"].get("snntorch", {})
+    try:
+        config = SNNConfig(
+            decay=args.decay or own.get("decay", 1.0), tau=args.tau or own.get("tau", 10.0)
+        )
+        export.write(args.out, net, ckpt["params"], config)
+    except ValueError as err:  # a network NIR cannot express
+        raise UsageError(f"{args.checkpoint}: {err}") from None
+    except OSError as err:
+        raise UsageError(f"--out {args.out}: cannot write there ({err.strerror or err})") from None
+    neuron = "IF" if config.decay == 1 else f"LIF, decay {config.decay:g}"
+    print(
+        f"{args.out}: {net.spec.name} as NIR ({neuron} neurons, traces of tau {config.tau:g} steps)"
     )
     return 0
 
@@ -707,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         "fidelity": _fidelity,
         "eval": _eval,
         "plot": _plot,
+        "export": _export,
         "list": _list,
         "data": _data,
     }

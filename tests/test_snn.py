@@ -271,7 +271,7 @@ def _graph_currents(graph, x, r):
     into = {name: 0 for name in layers}
     for src, op in graph.edges:
         node = graph.nodes[op]
-        if op in into or src not in value:
+        if op in into or src not in value or isinstance(node, nir.Output):
             continue
         (target,) = [t for s, t in graph.edges if s == op]
         v = value[src]

@@ -5,9 +5,9 @@ layer ``L`` a neuron node ``L`` and its spike trace ``L.trace``; per coupling ``
 ``W{i}`` (``nir.Affine``: ``W_i r_{i-1} + b_i``) from the trace below (the input ``x`` for
 ``i = 1``) to the neuron above, and the feedback ``W{i}.T`` (``nir.Linear``: ``W_i^T r_i``) from
 the trace above to the neuron below: the symmetric couplings of the energy, both ways with the
-one weight (a cyclic graph: :func:`read` turns NIR's type inference off). The output node ``y``
-reads the last layer's trace. NIR is continuous time; spikeep's discrete steps
-are read as Euler steps of ``DT`` seconds, snntorch's own convention
+one weight (a cyclic graph: :func:`read` turns NIR's type inference off). The output node ``output``
+reads the last layer's trace (or the readout's logits, below). NIR is continuous time;
+spikeep's discrete steps are read as Euler steps of ``DT`` seconds, snntorch's own convention
 (``snntorch.export_nir``):
 
 - ``decay = 1``: ``nir.IF`` with ``r = 1 / DT`` (``v += I`` per step), threshold 1;
@@ -24,8 +24,12 @@ padding ``H - 1, W - 1``: NIR has no reshape between a flat vector and an image,
 nodes have shape ``(n, 1, 1)`` (its ``nir_shape`` in the metadata). Refused, in one line: conv
 couplings with pooling or stride > 1 (their feedback is an upsampling, or the pool's adjoint,
 followed by a transposed convolution; NIR 1.0 has ``Conv2d``, ``AvgPool2d`` and ``SumPool2d`` but no
-transposed convolution, upsampling or max-unpooling, so that feedback has no faithful NIR form),
-and the cross-entropy readout (a softmax; NIR has none).
+transposed convolution, upsampling or max-unpooling, so that feedback has no faithful NIR form).
+
+The cross-entropy readout (``cost = "cross_entropy"``: the last layer is no state) is exported as
+what classifies a free-running network: the ``nir.Affine`` ``W_L r_{L-1} + b_L`` (the logits,
+weights without the gain: they feed no neuron) from the last dynamic layer's trace to the output
+node; the softmax belongs to the cost alone and has no node (NIR has none).
 
 The teaching current is not part of the graph (a trained network runs free). The membrane clip
 to [0, 2] and the delayed subtractive reset have no NIR field: they are recorded in the graph's
@@ -49,6 +53,7 @@ from .phases import gain
 __all__ = ["DT", "to_nir", "from_nir", "write", "read"]
 
 DT = 1e-4  # seconds per step in the exported graph (snntorch's convention)
+OUTPUT = "output"  # the graph's output node (not "y": specs name their output layer y)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -68,8 +73,6 @@ def to_nir(net, params: dict[str, Tensor], config: SNNConfig | None = None) -> n
                 f"transposed conv, upsampling or max-unpooling), but layer {layer.name!r} of "
                 f"{net.spec.source} has pool {c.pool!r}, stride {c.stride}"
             )
-    if net.readout:
-        raise ValueError(f"NIR export needs cost 'mse' (no readout), {net.spec.source} has one")
     dynamic = net.spec.dynamic_layers
     names = [layer.name for layer in dynamic]
     x_name = net.spec.layers[0].name
@@ -95,8 +98,17 @@ def to_nir(net, params: dict[str, Tensor], config: SNNConfig | None = None) -> n
         if i >= 2:
             nodes[f"W{i}.T"] = back
             edges += [(trace, f"W{i}.T"), (f"W{i}.T", names[i - 2])]
-    nodes["y"] = nir.Output({"output": np.array(shapes[-1])})
-    edges.append((f"{names[-1]}.trace", "y"))
+    last = f"{names[-1]}.trace"
+    if net.readout:  # the logits W_L r_{L-1} + b_L, read off the last trace (no gain)
+        i = len(dynamic) + 1
+        layer = net.spec.layers[i]
+        W, b = params[f"W{i}"], params[f"b{i}"]
+        nodes[f"W{i}"], _, shape = _coupling(layer.coupling, W, b, shapes[-1], layer.shape)
+        edges += [(last, f"W{i}"), (f"W{i}", OUTPUT)]
+        shapes.append(shape)
+        last = f"W{i}"
+    nodes[OUTPUT] = nir.Output({"output": np.array(shapes[-1])})
+    edges.append((last, OUTPUT))
     metadata = {
         "spikeep": {
             "model": net.spec.source,
@@ -106,6 +118,7 @@ def to_nir(net, params: dict[str, Tensor], config: SNNConfig | None = None) -> n
             "tau_steps": config.tau,
             "decay": config.decay,
             "gain": g,
+            "readout": bool(net.readout),
             "v_clip": [0.0, V_MAX],
             "reset": "subtract, delayed one step (snntorch Leaky)",
             "dt": DT,
@@ -144,17 +157,20 @@ def from_nir(graph: nir.NIRGraph, dtype=torch.float64) -> tuple[dict[str, Tensor
     if meta is None:
         raise ValueError("not a spikeep graph: its metadata has no 'spikeep' entry")
     layers = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["layers"]]
-    g = float(meta["gain"])
     kinds = [k.decode() if isinstance(k, bytes) else str(k) for k in meta.get("kinds", [])]
     params = {}
-    for i in range(1, len(layers) + 1):
+    readout = bool(meta.get("readout", False))
+    for i in range(1, len(layers) + 1 + readout):
+        g = 1.0 if i > len(layers) else float(meta["gain"])  # the readout's weights have no gain
         node = nodes.get(f"W{i}")
         if not isinstance(node, nir.Affine | nir.Conv2d):
             raise ValueError(
                 f"node 'W{i}' must be a nir.Affine or nir.Conv2d, got {type(node).__name__}"
             )
         W = torch.as_tensor(np.asarray(node.weight), dtype=dtype) / g
-        if isinstance(node, nir.Conv2d) and kinds and kinds[i - 1] == "dense":
+        if isinstance(node, nir.Conv2d) and (
+            i > len(layers) or (kinds and kinds[i - 1] == "dense")
+        ):
             W = W.reshape(W.shape[0], -1)  # the image-wide kernel of a dense coupling
         params[f"W{i}"] = W
         params[f"b{i}"] = torch.as_tensor(np.asarray(node.bias), dtype=dtype) / g
