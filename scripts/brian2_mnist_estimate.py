@@ -76,6 +76,17 @@ def images(name: str, B: int, offset: int = 0):
     return x, y
 
 
+def informative(net, params, x, y, free) -> int:
+    """How many of the images have a non-zero exact gradient (on a trained network most
+    outputs sit clipped at their targets, where the gradient is exactly 0)."""
+    count = 0
+    for k in range(len(x)):
+        one = tuple(s[k : k + 1] for s in free.s)
+        g = reference.implicit_gradient(net, params, x[k : k + 1], y[k : k + 1], s_star=one)
+        count += any(float(v.abs().max()) > 0 for v in g.values())
+    return count
+
+
 def rate_estimate(args, net, params, x, y, free):
     """The rate engine's estimate at ``args.beta`` (converged)."""
     if args.estimator == "oscillation":
@@ -156,6 +167,7 @@ def measure(args) -> dict:
         "beta": args.beta,
         "rate_max": cfg.rate_max,
         "batch": B,
+        "informative": informative(net, params, x, y, free),
         "previous": args.previous,
         "ms_per_sample": 1e3 * schedule.duration,
         "rate_vs_exact": cosines(ep, exact),
@@ -186,7 +198,7 @@ def report(r: dict) -> str:
     return "\n".join(
         [
             f"{r['estimator']} beta {r['beta']}, rule {r['rule']}, {r['batch']} MNIST test images, "
-            f"{r['checkpoint']}, {r['model']}",
+            f"{r['checkpoint']}, {r['model']}; {r['informative']} with a non-zero exact gradient",
             f"  rate EP vs exact:          {line(r['rate_vs_exact'])}",
             f"  spiking ({r['rate_max']:g} Hz, {how}, {r['ms_per_sample']:g} ms per sample, "
             f"{start}, {r['spikes_per_sample']:.0f} spikes per sample)",

@@ -93,6 +93,7 @@ def test_estimate_script_oscillation_json(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert (r["estimator"], r["period"], r["warmup"], r["periods"]) == ("oscillation", 0.02, 1, 1)
     assert r["ms_per_sample"] == pytest.approx(40.0) and r["previous"]
+    assert 0 <= r["informative"] <= 2
     for key in ("rate_vs_exact", "spiking_vs_exact", "spiking_vs_rate"):
         assert set(r[key]) == {"W1", "b1", "W2", "b2", "all"}
         assert all(-1.0 <= c <= 1.0 for c in r[key].values())
