@@ -72,6 +72,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import _checks
 from ._dtypes import COMPLEX_OF
 
 __all__ = [
@@ -357,6 +358,7 @@ def relax(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if beta != 0 and y is None:
         raise ValueError(f"a nudged phase (beta={beta}) needs targets y")
+    _checks.check_batch(net, params, x, y if beta != 0 else None)  # named, before torch fails
     check_noise(noise, generator)
     params, x, y, static, s0 = prepare(net, params, x, y, beta, s, static)
     dyn = net.dynamics

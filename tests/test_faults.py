@@ -464,3 +464,29 @@ def test_the_wheel_runs_outside_the_repository(tmp_path):
     two = sets(**{"data.train_subset": 40, "data.test_subset": 20})
     done = spikeep("train", "quickstart", "--out", "o", "--json", *two)
     assert json.loads(done.stdout)["epochs"] == 1 and str(site) in done.stderr
+
+
+# -- the Python API ------------------------------------------------------------------------
+
+
+def test_the_api_names_a_bad_argument():
+    from spikeep import Network, estimators, load_spec, relax
+
+    net = Network(load_spec(ROOT / "models" / "tiny.toml"))
+    p = net.init_params(0)
+    x = torch.rand(4, 5, dtype=torch.float64)
+    for bad, words in [
+        (torch.rand(0, 5, dtype=torch.float64), "x: an empty batch"),
+        (torch.rand(4, 6, dtype=torch.float64), "x: shape [4, 6], expected (B, 5)"),
+        (torch.rand(4, 5), "x: dtype torch.float32"),
+        ([[0.0] * 5], "x: expected a torch.Tensor"),
+        (torch.rand(4, 5, dtype=torch.float64, device="meta"), "x: on meta"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            relax(net, p, bad, steps=3)
+    with pytest.raises(ValueError, match=re.escape("params: missing ['W3', 'b3']")):
+        relax(net, {k: v for k, v in p.items() if k[1] != "3"}, x, steps=3)
+    free = relax(net, p, x, steps=5)
+    y = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=re.escape("y: shape [4, 2], expected (4, 3)")):
+        estimators.make("symmetric", beta=0.1, steps=3).estimate(net, p, x, y, free)
