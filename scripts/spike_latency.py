@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -174,12 +175,11 @@ def figure(result: dict, path: str | Path, title: str | None = None) -> Path:
     right.plot(T, [r["spikes_per_sample"] for r in rows], "s:", color="C1")
     right.set_ylabel("spikes per test image", color="C1")
     right.set_ylim(bottom=0)
-    ax.set_title(
-        title
-        or f"{result['model']}: {result['test_images']} {result['data']} test images, "
-        f"tau {result['tau']:g} steps",
-        fontsize=9,
+    title = title or (
+        f"{result['model']}: {result['test_images']} {result['data']} test images, "
+        f"tau {result['tau']:g} steps"
     )
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

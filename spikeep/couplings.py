@@ -108,12 +108,46 @@ class Dense(Coupling):
 
 
 class Conv(Coupling):
-    """``forward = pool(conv2d(r_prev, W))``, ``W`` of shape ``(C_next, C_prev, k, k)``."""
+    """``forward = pool(conv2d(r_prev, W))``, ``W`` of shape ``(C_next, C_prev, k, k)``.
+
+    A stride-1 conv followed by ``s x s`` average pooling is one conv of stride ``s`` whose kernel
+    is ``W`` convolved with the ``s x s`` box of ``1 / s^2`` (size ``k + s - 1``): real tensors
+    take that form (``_folded``), and its transposed conv for the feedback. For 5x5 kernels and
+    2x2 pools it does 2.8x fewer multiply-adds and no pooling copies; it equals the conv-then-pool
+    to rounding (another order of summation).
+    """
 
     def __init__(self, prev, layer, spec):
         super().__init__(prev, layer, spec)
         self.holomorphic = pooling.HOLOMORPHIC[spec.pool]
         self.feedback_needs_forward = spec.pool in ("max", "softmax")  # the pre-pool values
+        self.folds = spec.pool == "avg" and spec.stride == 1 and spec.pool_size > 1
+
+    def _folded(self, W, *r) -> Tensor | None:
+        """The folded kernel of conv + average pool (class docstring), or None where the
+        coupling does not fold (another pooling, a stride, complex tensors)."""
+        if not self.folds or W.is_complex() or any(x is not None and x.is_complex() for x in r):
+            return None
+        s, k = self.spec.pool_size, W.shape[-1]
+        box = W.new_full((1, 1, s, s), 1.0 / (s * s))
+        K = F.conv2d(W.reshape(-1, 1, k, k), box, padding=s - 1)
+        return K.reshape(*W.shape[:2], k + s - 1, k + s - 1)
+
+    def _conv_folded(self, K, r_prev):
+        r_prev = r_prev.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(r_prev, K, stride=self.spec.pool_size, padding=self.spec.padding)
+
+    def _transpose_folded(self, K, g):
+        """The adjoint of :meth:`_conv_folded`: the transposed conv of stride ``s``, with the
+        rows and columns the pool dropped (a ragged edge) given back as zeros."""
+        s, p = self.spec.pool_size, self.spec.padding
+        g = g.contiguous(memory_format=torch.channels_last)
+        pad = tuple(
+            n - ((m - 1) * s - 2 * p + K.shape[-1])
+            for n, m in zip(self.prev.shape[1:], g.shape[-2:], strict=True)
+        )
+        out = F.conv_transpose2d(g, K, stride=s, padding=p, output_padding=pad)
+        return out.contiguous(memory_format=torch.channels_last)
 
     @property
     def weight_shape(self):
@@ -125,10 +159,16 @@ class Conv(Coupling):
         return F.conv2d(r_prev, W, stride=self.spec.stride, padding=self.spec.padding)
 
     def forward(self, W, r_prev):
+        K = self._folded(W, r_prev)
+        if K is not None:
+            return self._conv_folded(K, r_prev)
         return pooling.pool(self._conv(W, r_prev), self.spec.pool, self.spec.pool_size)
 
     def feedback(self, W, r_prev, r_next):
         sp = self.spec
+        K = self._folded(W, r_prev, r_next)
+        if K is not None:
+            return self._transpose_folded(K, r_next)
         if self.feedback_needs_forward:
             _, g = pooling.pool_and_adjoint(self._conv(W, r_prev), r_next, sp.pool, sp.pool_size)
         else:
@@ -157,6 +197,10 @@ class Conv(Coupling):
         sp = self.spec
         if r_next is None:
             return h_prev, h_next + self.forward(W, r_prev)
+        K = self._folded(W, r_prev, r_next)
+        if K is not None:
+            forward = self._conv_folded(K, r_prev)
+            return self._transpose_folded(K, r_next).add_(h_prev), forward.add_(h_next)
         z = self._conv(W, r_prev)  # shared by the forward drive and the pooled feedback
         forward, g = pooling.pool_and_adjoint(z, r_next, sp.pool, sp.pool_size)
         # both results are fresh tensors: add the other drives in place, no new allocation
@@ -164,6 +208,17 @@ class Conv(Coupling):
 
     def forward_with_feedback(self, W, r_prev):
         sp = self.spec
+        K = self._folded(W, r_prev)
+        if K is not None:
+
+            def back(r_next):
+                if r_next.is_complex():
+                    shape = (*r_next.shape[:2], *self._conv_hw())
+                    g = pooling.adjoint(r_next, sp.pool, sp.pool_size, shape=shape)
+                    return self._transpose(W, g)
+                return self._transpose_folded(K, r_next)
+
+            return self._conv_folded(K, r_prev), back
         forward, adjoint_at_z = pooling.pool_with_adjoint(
             self._conv(W, r_prev), sp.pool, sp.pool_size
         )

@@ -5,7 +5,9 @@ not fill a window are dropped). ``adjoint(z, g)`` is the gradient of ``<g, pool(
 to ``z``: the feedback a pooled coupling sends to the layer below.
 
 - ``max``: the window's maximum; adjoint routes ``g`` to the arg-max (real states only).
-- ``avg``: the window's mean; adjoint spreads ``g / k^2``.
+- ``avg``: the window's mean; adjoint spreads ``g / k^2``. Real tensors take torch's pooling and
+  nearest-neighbour upsampling (no window copies): the windows' spread bitwise, their mean bitwise
+  for 2x2 windows and to rounding for larger ones (another order of summation).
 - ``softmax``: ``sum_j p_j z_j`` with ``p = softmax(z)`` over the window (temperature 1), the
   holomorphic pooling of Laborieux & Zenke 2022; adjoint ``g p_j (1 + z_j - pool(z))``.
 """
@@ -53,6 +55,8 @@ def pool(z: Tensor, kind: str, k: int) -> Tensor:
         return z
     if kind == "max":
         return F.max_pool2d(z, k)
+    if kind == "avg" and not z.is_complex():
+        return F.avg_pool2d(z, k)
     win = _windows(z, k)
     if kind == "avg":
         return win.mean(dim=-1)
@@ -68,6 +72,10 @@ def adjoint(g: Tensor, kind: str, k: int, z: Tensor | None = None, shape=None) -
     """
     if kind == "none":
         return g
+    if kind == "avg" and not g.is_complex():
+        spread = F.interpolate(g / (k * k), scale_factor=k, mode="nearest")
+        h, w = shape[-2:]
+        return F.pad(spread, (0, w - spread.shape[-1], 0, h - spread.shape[-2]))
     if kind == "avg":
         return _unwindows(g.unsqueeze(-1).expand(*g.shape, k * k) / (k * k), k, shape)
     if kind == "max":

@@ -48,6 +48,8 @@ class Neuron:
         self._leaky = snntorch.Leaky(
             beta=self.decay, threshold=1.0, reset_mechanism="subtract", surrogate_disable=True
         )
+        # the decay snntorch multiplies by (its beta is a float32 buffer): the fused step's
+        self.beta = float(self._leaky.beta.clamp(0, 1))
 
     def step(self, current: Tensor, state: NeuronState) -> tuple[Tensor, NeuronState]:
         """``(z, state)``: the spikes (0/1, shape and dtype of ``current``) and the new state,

@@ -23,6 +23,13 @@ A phase runs ``settle + window`` steps at one ``beta`` and returns the rate esti
 window`` (spikes counted after ``settle``) and the final :class:`SNNState`; the next phase starts
 from it (the nudged phases of EP from the free state, passed back in). Everything runs under
 ``torch.no_grad()``: EP needs no surrogate gradient.
+
+The step is fused and in place (:func:`_advance`): a phase copies the state it starts from once,
+then updates membranes, traces and spike counts in their own buffers, and keeps the last step's
+spikes ``z``, which *are* snntorch's delayed reset (``H(v_{t-1} - 1)``: the clip to [0, 2] keeps
+which side of the threshold ``v`` is on). It gives bitwise the spikes, membranes and traces of
+snntorch's own ``Leaky`` module (:class:`~spikeep.snn.neuron.Neuron`), which ``reference=True``
+steps instead (the slower path, kept for tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from torch import Tensor
 
 from ..dynamics import DivergenceError
 from .config import SNNConfig
-from .neuron import Neuron, NeuronState
+from .neuron import V_MAX, Neuron, NeuronState
 
 __all__ = ["SNNState", "Phase", "gain", "init_state", "simulate", "phase"]
 
@@ -126,6 +133,7 @@ def simulate(
     generator: torch.Generator | None = None,
     count_from: int | None = None,
     observe: Callable[[int, tuple[Tensor, ...], float], None] | None = None,
+    reference: bool = False,
 ) -> tuple[SNNState, tuple[Tensor, ...], Tensor]:
     """Run ``steps`` steps; the step-by-step form that :func:`phase` and the oscillation use.
 
@@ -136,7 +144,10 @@ def simulate(
         beta: ``t -> beta_t``, the nudging at step ``t`` (0-based).
         generator: draws of the input spike trains (``input = "rate"``).
         count_from: spikes are counted from this step on (default: never).
-        observe: called as ``observe(t, r, beta_t)`` after every step with the new traces.
+        observe: called as ``observe(t, r, beta_t)`` after every step with the new traces (its
+            own copies: it may keep them).
+        reference: step snntorch's ``Leaky`` module instead of the fused update (same numbers,
+            slower).
 
     Returns:
         ``(state, counts, spikes)``: the final state, the spike counts per layer (zeros when
@@ -146,6 +157,63 @@ def simulate(
     _check_input(x, config)
     if config.input == "rate" and generator is None:
         generator = torch.Generator(device=x.device).manual_seed(config.seed)
+    if reference:
+        return _simulate_reference(
+            net, params, x, y, state, steps, beta, config, generator, count_from, observe, g
+        )
+    neuron = Neuron(config.decay)
+    decay, k = neuron.beta, 1.0 / config.tau
+    # the phase's own buffers: the state it starts from may start another phase too
+    v = tuple(vl.clone() for vl in state.v)
+    r = tuple(rl.clone() for rl in state.r)
+    z = tuple((vl > 1.0).to(vl.dtype) for vl in v)  # the spikes of the step before: the reset
+    total = tuple(torch.zeros_like(vl) for vl in v)  # spikes per unit since the phase began
+    counted = None  # total at count_from
+    xr = None if state.x is None else state.x.clone()
+    static = net.static_drive(params, x) if config.input == "current" else None
+    block = None
+    for t in range(steps):
+        if t == count_from:
+            counted = tuple(c.clone() for c in total)
+        if config.input == "rate":
+            if t % _BLOCK == 0:
+                block = _input_spikes(x, min(_BLOCK, steps - t), generator)
+            xr.lerp_(block[t % _BLOCK], k)
+            static = net.static_drive(params, xr)
+        beta_t = beta(t)
+        h = net.dphi(params, r, static, y, beta_t)
+        for hl, vl, zl, rl, cl in zip(h, v, z, r, total, strict=True):
+            _advance(hl.mul_(g) if g != 1 else hl, vl, zl, rl, cl, decay, k)
+        if observe is not None:
+            observe(t, tuple(rl.clone() for rl in r), beta_t)
+    if counted is None:
+        counts = tuple(torch.zeros_like(c) for c in total)
+    else:
+        counts = tuple(c.sub_(s) for c, s in zip(total, counted, strict=True))
+        total = tuple(c.add(s) for c, s in zip(counts, counted, strict=True))
+    spikes = sum(c.sum(dtype=torch.float64) for c in total)
+    return SNNState(v, r, xr), counts, (spikes / x.shape[0]).to(x.dtype)
+
+
+def _advance(h: Tensor, v: Tensor, z: Tensor, r: Tensor, total: Tensor, decay: float, k: float):
+    """One step of one layer, in place: ``v <- clip(decay v + h - z, 0, 2)`` (``z`` the previous
+    step's spikes: snntorch's delayed subtractive reset), ``z <- H(v - 1)``, the trace
+    ``r <- r + k (z - r)`` and the spike count ``total += z``; in snntorch's order of
+    operations, so bitwise its ``Leaky``."""
+    if decay != 1.0:
+        v.mul_(decay)
+    v.add_(h).sub_(z)
+    torch.gt(v, 1.0, out=z)
+    v.clamp_(0.0, V_MAX)
+    r.lerp_(z, k)
+    total.add_(z)
+
+
+def _simulate_reference(
+    net, params, x, y, state, steps, beta, config, generator, count_from, observe, g
+):
+    """:func:`simulate` stepping snntorch's ``Leaky`` module (:class:`Neuron`), new tensors at
+    every step: the reference the fused update is checked against, and timed beside."""
     neuron = Neuron(config.decay)
     k = 1.0 / config.tau
     v, r, xr = state.v, state.r, state.x
