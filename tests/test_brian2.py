@@ -317,3 +317,58 @@ def test_standalone_chunk_reruns_with_new_data_and_weights_without_recompiling(s
         assert not torch.equal(second["gradient"][k], first["gradient"][k])
     leftovers = list((chunk.directory / "static_arrays").glob("init_x_t_values_*"))
     assert leftovers == []  # the run_args arrays are deleted after each run
+
+
+# -- the fast path (spikeep.brian2.kernels) against Brian2's generated code ----------------------
+
+
+def test_fast_lowering_refuses_the_runtime_device(small):
+    net = Network(small)
+    with pytest.raises(ValueError, match="cpp_standalone only"):
+        build(small, net.init_params(0), np.zeros((1, 20)), fast=True)
+
+
+FAST_CASES = [
+    # the spiking_mnist recipe's settings: the input kernel, the spike kernel, no hidden trace
+    ("symmetric-endpoint", "symmetric", "endpoint", {}),
+    # the input kernel's dg with a constant (beta_abs) and the m, q accumulators
+    ("oscillation-endpoint", "oscillation", "endpoint", {}),
+    # Poisson input (rand() in the thresholder), LIF (refractory in the thresholder), stdp
+    # (traces kept, Brian2's spike queues): only the device's thresholder and loop change
+    ("phased-stdp-lif-poisson", "one-sided", "stdp", {"input": "poisson", "neuron": "lif"}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "estimator,rule,changes", [c[1:] for c in FAST_CASES], ids=[c[0] for c in FAST_CASES]
+)
+def test_fast_chunk_gives_the_generated_codes_results(small, estimator, rule, changes):
+    # measured with g++ 12 (-O3 -ffast-math -march=native): the same estimates, rates and spike
+    # counts bit for bit, and weights that differ by at most one rounding (1.4e-17 in W1 of the
+    # endpoint cases: -ffast-math orders the rule's expression differently in the hand-written
+    # loop; bit for bit on 784-500-10, benchmarks/brian2_sample.py --code both). The tolerance
+    # leaves room for rounding only: one spike more or less anywhere moves a weight by about
+    # eta * 0.02 / (2 beta) = 2.5e-3 times an input.
+    from spikeep.brian2.standalone import Chunk
+
+    cfg = dataclasses.replace(small.spiking, refractory=0.002, tau_mem=0.02, **changes)
+    spec = dataclasses.replace(small, spiking=cfg)
+    sched = schedules.for_estimator(
+        estimator, 0.2, cfg, settle=0.05, window=0.1, periods=1, warmup=1, period=0.2
+    )
+    net = Network(spec)
+    params = net.init_params(1)
+    x, y = random_batch(net, SAMPLES, 3)
+    outs = {}
+    for fast in (False, True):
+        with Chunk(spec, sched, samples=SAMPLES, rule=rule, fast=fast) as c:
+            first = c.run(x, y, params, eta=0.05)
+            outs[fast] = [first, c.run(x.flip(0), y.flip(0), first["params"], eta=0.05)]
+    for old, new in zip(outs[False], outs[True], strict=True):
+        assert new["spikes"] == old["spikes"] > 0
+        np.testing.assert_allclose(new["rates"], old["rates"], rtol=0, atol=1e-12)
+        for k in params:
+            np.testing.assert_allclose(new["params"][k], old["params"][k], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(new["gradient"][k], old["gradient"][k], rtol=0, atol=1e-12)
+        assert float(new["gradient"]["W1"].abs().max()) > 0

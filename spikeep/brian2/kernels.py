@@ -310,7 +310,9 @@ static double {name}(const double eta)
     static std::vector<double> held_x, held_post;
     static int calls = 0, held = 0;
     // dg of one input for every unit: stored, then used (never folded into the use, which
-    // -ffast-math would round differently from Brian2's synaptic code)
+    // -ffast-math would round differently from Brian2's synaptic code); w -= eta dg and
+    // I_x += w x are single roundings (fused multiply-adds), as g++ -O3 -ffast-math compiles
+    // Brian2's code for them on a machine with FMA
     static double dg_i[{n_post}];
     if ({int(learns)})
     {{
@@ -332,7 +334,7 @@ static double {name}(const double eta)
                 dg_i[i] = {expr};
             }}
             for (int i = 0; i < {n_post}; i++)
-                w_j[i] -= eta * dg_i[i];
+                w_j[i] = __builtin_fma(-eta, dg_i[i], w_j[i]);
         }}
         double* const I_c = I_x + c * {n_post};
         for (int i = 0; i < {n_post}; i++)
@@ -344,7 +346,7 @@ static double {name}(const double eta)
                 continue;
             const double* const w_j = w + (size_t)(c * {n_pre} + j) * {n_post};
             for (int i = 0; i < {n_post}; i++)
-                I_c[i] += w_j[i] * x_pre;
+                I_c[i] = __builtin_fma(w_j[i], x_pre, I_c[i]);
         }}
     }}
     calls++;
