@@ -331,6 +331,8 @@ def test_fast_lowering_refuses_the_runtime_device(small):
 FAST_CASES = [
     # the spiking_mnist recipe's settings: the input kernel, the spike kernel, no hidden trace
     ("symmetric-endpoint", "symmetric", "endpoint", {}),
+    # the input kernel under stdp (dg = -x_prev gate), Brian2's spike queues for W2's learning
+    ("symmetric-stdp", "symmetric", "stdp", {}),
     # the input kernel's dg with a constant (beta_abs) and the m, q accumulators
     ("oscillation-endpoint", "oscillation", "endpoint", {}),
     # Poisson input (rand() in the thresholder), LIF (refractory in the thresholder), stdp
