@@ -149,7 +149,8 @@ def train(
         engine = engines.get(protocol.train.engine)(protocol, net)  # refuses what it cannot train
         engine.log = log  # what the engine reports (a compilation, say) goes where the epochs go
         # [train] eval_engines: the same weights tested by other engines' free phases
-        others = [engines.get(n)(protocol, net, False) for n in protocol.train.eval_engines]
+        names = [n for n in protocol.train.eval_engines if n != protocol.train.engine]
+        others = [engines.get(n)(protocol, net, False) for n in names]
         check_against_model(protocol, len(net.couplings))
         owns_group = _dist.world() > 1 and not torch.distributed.is_initialized()
         if owns_group:

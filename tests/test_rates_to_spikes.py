@@ -153,11 +153,21 @@ def test_init_of_another_shape_is_refused_in_one_line(rated, tmp_path, capsys):
     assert code == 2 and "nowhere.pt: no such checkpoint" in err and len(err.splitlines()) == 1
 
 
+def test_spiking_eval_of_a_run_that_tested_in_spikes(rated, capsys):
+    """spikeep eval --engine snntorch builds the run's protocol on the snntorch engine, whose
+    eval_engines then name the run's own engine: tested once, not refused."""
+    _, out = rated
+    sets = ["--set", "snntorch.eval_settle=40", "--set", "snntorch.eval_window=100"]
+    assert main(["eval", str(out / "checkpoint.pt"), "--engine", "snntorch", *sets, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["error"] == pytest.approx(_rows(out)[-1]["test_error_snntorch"])
+    assert got["spikes_per_sample"] > 0
+
+
 @pytest.mark.parametrize(
     "over,match",
     [
         ({"train.eval_engines": ["snntorh"]}, r"train\.eval_engines: .*did you mean 'snntorch'\?"),
-        ({"train.eval_engines": ["rate"]}, r"train\.eval_engines: 'rate' is the run's own engine"),
         ({"train.eval_engines": [1]}, r"train\.eval_engines: expected a list of names, got \[1\]"),
     ],
 )
