@@ -26,6 +26,7 @@ Use it as a context manager (or call :meth:`Chunk.close`), which returns to runt
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import shutil
@@ -174,6 +175,12 @@ class Chunk:
             b2.device.reinit()
             b2.set_device("runtime")
             self._open = False
+            # Brian2 names a code object "<name>_1" while one of that name is alive: the next
+            # Chunk of this process would write new sources and compile them again (40 s here
+            # instead of 3) unless these objects are gone first
+            self.net = self.monitor = None
+            self.counters = []
+            gc.collect()
         if getattr(self, "_results", None):
             shutil.rmtree(self._results, ignore_errors=True)
             self._results = None
