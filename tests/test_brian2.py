@@ -264,6 +264,12 @@ def test_lif_rate_follows_its_analytic_curve_not_rho(small):
     assert np.abs(c["measured"] - c["rho"]).max() > 0.3
 
 
+def test_fast_lowering_refuses_the_runtime_device(small):
+    net = Network(small)
+    with pytest.raises(ValueError, match="cpp_standalone only"):
+        build(small, net.init_params(0), np.zeros((1, 20)), fast=True)
+
+
 # -- cpp_standalone ----------------------------------------------------------------------------
 
 
@@ -320,12 +326,6 @@ def test_standalone_chunk_reruns_with_new_data_and_weights_without_recompiling(s
 
 
 # -- the fast path (spikeep.brian2.kernels) against Brian2's generated code ----------------------
-
-
-def test_fast_lowering_refuses_the_runtime_device(small):
-    net = Network(small)
-    with pytest.raises(ValueError, match="cpp_standalone only"):
-        build(small, net.init_params(0), np.zeros((1, 20)), fast=True)
 
 
 FAST_CASES = [
