@@ -1,23 +1,37 @@
-r"""Hand-written C++ for the once-per-sample work of the input layer (cpp_standalone only).
+r"""Hand-written C++ for the cpp_standalone fast path (``Chunk(fast=True)``, ``build(fast=True)``).
 
-With ``[spiking] input = "current"`` the input layer costs one product per synapse per sample:
-the learning rule's update of ``W_1`` and the drive ``I_x = W_1 x`` of the next sample
-(:mod:`spikeep.brian2.lowering`). Brian2 generates both as loops over the 392,000 synapses of
-784-500-10 that look up each synapse's pre- and postsynaptic index and, for the drive, add into
-the postsynaptic neuron one synapse at a time (a chain of dependent additions): about half of
-a sample's wall time. :func:`input_step` writes the same arithmetic as one C++ function over the
-dense blocks of :func:`~spikeep.brian2.lowering.dense_pairs` (synapse ``(c n_1 + i) n_0 + j``
-joins input ``j`` to unit ``i`` of copy ``c``), visiting only the non-zero inputs:
+Profiled on ``spiking_mnist`` (784-500-10, 1125 steps of 0.2 ms per sample), Brian2's generated
+code spent its time on the input layer's once-per-sample work (about half), the thresholders,
+the spike queues of ``W_2`` and the network loop. Each piece here does the same arithmetic in
+the same order (``benchmarks/brian2_sample.py --code both`` checks that the weights come out
+bit for bit the same; ``tests/test_brian2.py`` compares the two to 1e-12):
 
-    for every synapse with x_prev_j != 0:  dg = <the rule's dg>,  g += dg,  w -= eta dg
-    for every unit i:  I_x_i = sum over j with x_j != 0 of w_ij x_j      (j ascending)
+- :func:`input_step` (``input = "current"``): the learning rule's update of ``W_1`` and the
+  drive ``I_x = W_1 x`` of the next sample, one C++ function called once per sample. Brian2
+  loops over all 392,000 synapses, looks up each synapse's indices and adds into the
+  postsynaptic unit one synapse at a time (a chain of dependent additions). Here ``W_1`` is
+  stored input-major (``dense_pairs(..., pre_major=True)``: synapse ``(c n_0 + j) n_1 + i``)
+  and only the rows of non-zero inputs are visited, whole and vectorised::
 
-A synapse with ``x_prev_j = 0`` has ``dg = -0`` (every term of the rule's ``dg`` under a
-constant input current is a multiple of ``x_prev_pre``: checked symbolically) and a zero input
-adds ``+-0`` to the sum, so skipping them changes no bit; ``dg`` is the expression Brian2's own
-optimiser renders for the synaptic code, and the sum keeps Brian2's order. The function is a
-Brian2 :class:`~brian2.Function` called once per sample by a ``run_regularly`` whose only
-statement assigns a shared variable; it reads and writes the arrays of the groups through the
+      for every input j with x_prev_j != 0, every unit i:  w_ji -= eta dg(x_prev_j, post_i)
+      I_x_i = sum over j with x_j != 0 (ascending) of w_ji x_j
+
+  A synapse with ``x_prev_j = 0`` has ``dg = -0`` (every term of the rule's ``dg`` under a
+  constant input current is a multiple of ``x_prev_pre``: checked symbolically) and a zero
+  input adds ``+-0`` to the sum, so skipping them changes no bit. ``dg`` is the expression
+  Brian2's own optimiser renders for the synaptic code. The estimate ``g`` (read only after
+  the run) is not touched per sample: the inputs and accumulators of up to ``hold`` samples
+  are kept and their terms added row by row, in sample order, at the last close of the run.
+- :func:`spike_step` (a dense coupling that does not learn at spikes): a step's spikes in
+  both directions, as Brian2's spike queues deliver them (``s_post += w / (r_max tau_syn)``
+  per presynaptic spike, unit by unit), without the queues.
+- :class:`CodeObject` (``_THRESHOLD``): a thresholder without a branch per neuron.
+- :class:`Device` (``brian2.set_device(DEVICE)``): code objects of :class:`CodeObject`, and a
+  network loop that reads the process CPU clock (a system call) once per run instead of once
+  per step.
+
+The functions are Brian2 :class:`~brian2.Function` s called by a ``run_regularly`` whose only
+statement assigns a shared variable; they read and write the groups' arrays through the
 global names the standalone project gives them.
 """
 
