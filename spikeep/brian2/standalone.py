@@ -15,13 +15,23 @@ error (:mod:`spikeep.brian2.engine`).
 
 The project lives under the cache folder ``$SPIKEEP_CACHE/brian2`` (default
 ``~/.cache/spikeep/brian2``), in a subfolder named by a hash of everything that shapes the code
-(the spec's layers, activation and ``[spiking]`` section, the schedule, the rule, ``samples``):
-a later process with the same network regenerates identical sources, which Brian2 leaves
-untouched, so ``make`` has nothing to rebuild. The ``run_args`` arrays of a run are deleted after
-it.
+(the spec's layers, activation and ``[spiking]`` section, the schedule, the rule, ``samples``,
+``fast``): a later process with the same network regenerates identical sources, which Brian2
+leaves untouched, so ``make`` has nothing to rebuild. The ``run_args`` arrays of a run are
+deleted after it.
+
+``fast=True`` (the default) lowers with ``build(fast=True)`` on the device of
+:mod:`spikeep.brian2.kernels` (hand-written C++ for the input layer, the spike delivery, the
+thresholder and the network loop; the same arithmetic as Brian2's generated code, which
+``fast=False`` keeps) and has the binary write its result files to a memory file system
+(:data:`RAM`, a folder removed by :meth:`Chunk.close`): on disk, each run truncated the last
+run's files and waited for their write-back. ``benchmarks/brian2_sample.py --code both`` times
+the two side by side (docs/benchmarks.md).
 
 Brian2's device is global: while a :class:`Chunk` is open the process is in standalone mode.
-Use it as a context manager (or call :meth:`Chunk.close`), which returns to runtime mode.
+Use it as a context manager (or call :meth:`Chunk.close`), which returns to runtime mode and
+lets go of the chunk's Brian2 objects, so that the next chunk of the process gets the same
+code-object names (and the cached sources) instead of ``<name>_1`` and a recompilation.
 """
 
 from __future__ import annotations
