@@ -101,6 +101,9 @@ class SpikingNetwork:
         drive: the slow group carrying ``I_x = W_1 x`` (``input = "current"``), else ``None``.
         timed: the ``TimedArray`` s by name (``x_t``, ``y_t``, and the schedule's tables).
         spec, schedule, rule, copies, samples: what was lowered.
+        pre_major: per coupling, whether its synapses are stored input-major (``W_1`` under
+            ``build(fast=True)``); :meth:`to_synapses` and :meth:`from_synapses` convert.
+        sample_clock: the clock of the once-per-sample objects under ``build(fast=True)``.
     """
 
     network: b2.Network
