@@ -6,6 +6,7 @@
     rules        local learning rules: endpoint (rate traces) and STDP-like (spike events)
     gradcheck    the spiking estimate against the rate engine's implicit gradient
     standalone   cpp_standalone: a chunk of samples compiled once, rerun with new data and weights
+    kernels      hand-written C++ of the standalone fast path (input layer, spikes, thresholder)
     engine       spikeep train with [train] engine = "brian2": online learning, chunk by chunk
     calibrate    a neuron model's measured rate transfer function against rho
     plots        raster, rate-versus-fixed-point and calibration figures
