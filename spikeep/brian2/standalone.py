@@ -83,6 +83,9 @@ def _key(
             version,
         )
     )
+    threads = b2.prefs.devices.cpp_standalone.openmp_threads
+    if threads:  # OpenMP changes every code object (0, the default, keeps the keys as they were)
+        text += f" openmp_threads={threads}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
