@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(ROOT / "models" / "spiking_784_500_10.toml"))
     p.add_argument("--code", choices=[*CODES, "both"], default="fast")
     p.add_argument("--rounds", type=int, default=None, help="default: 3 with both, else 1")
-    p.add_argument("--input", choices=["current", "poisson"], default="current")
+    p.add_argument("--input", choices=list(spec.SPIKING_INPUTS), default="current")
     p.add_argument("--rule", choices=["endpoint", "stdp"], default="endpoint")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--chunks", type=int, default=3)

@@ -48,7 +48,7 @@ INIT_SCHEMES = ("glorot_uniform", "uniform_fan_in", "normal")
 BIAS_INITS = ("zeros", "uniform_fan_in")
 NEURONS = ("if", "lif", "lif_bio")
 SPIKING_ACTIVATIONS = ("hard_sigmoid", "hard_sigmoid_half", "sigmoid4", "holotanh", "lif_rate")
-SPIKING_INPUTS = ("poisson", "current")
+SPIKING_INPUTS = ("poisson", "current", "poisson_frozen")
 
 
 class SpecError(ValueError):

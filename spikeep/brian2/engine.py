@@ -73,7 +73,7 @@ def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) 
         "estimator.noise": (est.noise != 0, "spikes are its noise: set 0"),
         "data.augment": (protocol.data.augment, "has no augmentation: set false"),
         "data.normalize": (
-            protocol.data.normalize and model.spiking.input == "poisson",
+            protocol.data.normalize and model.spiking.input != "current",
             "Poisson input needs rates in [0, 1]: set false",
         ),
     }

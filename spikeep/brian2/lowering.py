@@ -38,7 +38,7 @@ import torch
 from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
 
 from ..spec import ModelSpec, Spiking
-from . import kernels, neurons
+from . import inputs, kernels, neurons
 from .rules import Rule
 from .schedules import Schedule
 
@@ -322,10 +322,14 @@ def build(
     else:
         inp_eqs += "\n" + "dr/dt = -r / tau_trace : 1\n" + rule_.neuron_variables()
         inp_eqs += "\nb : 1"  # unused: keeps the closing code uniform
+        threshold = "rand() < x * r_max * dt"
+        if cfg.input == "poisson_frozen":  # one realisation, replayed in every phase
+            threshold = inputs.THRESHOLD
+            ns.update(inputs.frozen_poisson(cfg, schedule, sizes[0], seed))
         inp = b2.NeuronGroup(
             copies * sizes[0],
             inp_eqs,
-            threshold="rand() < x * r_max * dt",
+            threshold=threshold,
             reset="r += 1 / (r_max * tau_trace)\n" + rule_.on_spike(),
             **step,
             namespace=ns,
