@@ -190,13 +190,14 @@ def rates(args) -> None:
 
     fig, axes = plt.subplots(1, len(per_layer), figsize=(4 * len(per_layer), 3.2))
     bins = np.linspace(0, max(cfg.rate_max * 1.2, max(r.max() for r in per_layer.values())), 41)
-    for ax, (name, r) in zip(axes, per_layer.items(), strict=True):
+    for k, (ax, (name, r)) in enumerate(zip(axes, per_layer.items(), strict=True)):
         ax.hist(r, bins=bins, color="0.4")
         ax.axvline(r.mean(), color="r", lw=1, label=f"mean {r.mean():.1f} Hz")
         ax.axvline(cfg.rate_max, color="k", ls="--", lw=1, label=f"r_max {cfg.rate_max:g} Hz")
         ax.set_yscale("log")
         ax.set_xlabel("rate (Hz)")
-        ax.set_title(f"{name} ({len(r) // B} neurons x {B} images)", fontsize=9)
+        what = "Poisson at r_max x: counts" if k == 0 else "LIF"
+        ax.set_title(f"{name}: {len(r) // B} x {B} images ({what})", fontsize=9)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("neurons")
     fig.suptitle(

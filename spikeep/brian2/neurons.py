@@ -1,8 +1,10 @@
 r"""Neuron models: how a neuron turns its state ``s`` (its synaptic current) into spikes.
 
-Every model is written as Brian2 equation text around ``{rho}``, the activation of the spec in
-Brian2's expression language (:data:`RHO`), and fires at ``v > 1``. With ``r_max`` the spec's
-``rate_max`` (Hz):
+Every model is Brian2 equation text for ``v`` that fires at ``v > 1``: ``if`` and ``lif`` around
+``{rho}``, the activation of the spec in Brian2's expression language (:data:`RHO`); ``lif_bio``
+around the state ``s`` itself (its rate function is measured, and the spec's activation fits it).
+Constants the equations may use: ``r_max`` (the spec's ``rate_max``, Hz), ``tau_mem``, ``t_ref``
+(``refractory``) and the step ``dt``:
 
 ``if`` (non-leaky integrate-and-fire, subtractive reset)::
 
@@ -38,7 +40,7 @@ saturates), so a neuron fires at most ``r_max`` and never below 0, and its rate 
 away from ``rho`` (threshold, saturation at ``1 / t_ref``): :mod:`spikeep.brian2.calibrate`
 measures it.
 
-Adding a neuron model: write its :class:`NeuronModel` (equations with ``{rho}``, threshold, reset,
+Adding a neuron model: write its :class:`NeuronModel` (equations for ``v``, threshold, reset,
 refractory, and its analytic :attr:`~NeuronModel.rate` if it has one), add it to :data:`MODELS` and
 its name to ``spikeep.spec.NEURONS``; ``tests/test_brian2.py`` calibrates every registered model.
 """
@@ -54,7 +56,7 @@ import numpy as np
 from .. import activations
 from ..spec import Spiking
 
-__all__ = ["RHO", "NeuronModel", "MODELS", "rho_expression", "get"]
+__all__ = ["RHO", "NeuronModel", "MODELS", "rho_expression", "get", "lif_bio_drive"]
 
 #: ``rho`` of each activation that a spiking neuron can realise (rates are never negative), in
 #: Brian2 syntax with ``{s}`` for the state. The torch versions are in :mod:`spikeep.activations`.
