@@ -466,12 +466,14 @@ def _eval(args) -> int:
         overrides = {**engine_cls.eval_defaults(raw, net), **overrides, **where}
         p = proto.from_dict(raw, source=args.checkpoint, overrides=overrides, check_model=False)
         engine = engine_cls(p, net, training=False)
+    except proto.ProtocolError as err:
+        raise UsageError(str(err)) from None
+    try:
         result = engine.score(net, ckpt["params"], ds, normalize)
     except proto.ProtocolError as err:
         raise UsageError(str(err)) from None
     finally:
-        if "engine" in locals():
-            engine.close()
+        engine.close()
     settings = {k: v for k, v in result.items() if k not in ("error", "loss", "noise")}
     noise = result.get("noise", 0.0)
     out = {

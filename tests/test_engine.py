@@ -128,6 +128,10 @@ def test_the_estimator_table_is_what_the_engine_accepts(name, tmp_path):
         net = Network(spec.load(p.model))
         e = cls(p, net)
         e.close()
+        if name == "brian2":  # its step runs the estimator's schedule: it must exist
+            from spikeep.brian2 import schedules
+
+            assert schedules.for_estimator(est, 0.5, net.spec.spiking).duration > 0
     outside = sorted(set(engine.get("rate").estimators) - set(cls.estimators))
     for est in outside[:2]:
         p = _load(name, tmp_path, **{"estimator.name": est})

@@ -44,25 +44,29 @@ from ..protocol import Protocol, ProtocolError, refuse
 from . import schedules
 from .standalone import Chunk
 
-__all__ = ["Brian2Engine", "check", "eval_schedule", "spiking_test"]
+__all__ = ["Brian2Engine", "check", "check_model", "eval_schedule", "spiking_test"]
 
 ESTIMATORS = {"one-sided": "1", "symmetric": "2", "oscillation": "2 (real cosine)"}
 
 
-def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) -> None:
-    """Refuse, in one line, what the brian2 engine cannot train."""
+def check_model(protocol: Protocol, model: spec.ModelSpec) -> None:
+    """Refuse a model that has no spiking realisation (what evaluation needs too)."""
+    if model.spiking is None:
+        raise ProtocolError(
+            f"{protocol.source}: train.engine: 'brian2' needs a model with a [spiking] section "
+            f"(dense couplings, mse cost); {model.source} has none"
+        )
+
+
+def check(protocol: Protocol, model: spec.ModelSpec) -> None:
+    """Refuse, in one line, what the brian2 engine cannot train (the estimator outside its
+    table is refused by :meth:`Engine.check_estimator`)."""
     src, est = protocol.source, protocol.estimator
 
     def fail(key: str, msg: str):
         raise ProtocolError(f"{src}: {key}: {msg}")
 
-    if model.spiking is None:
-        fail(
-            "train.engine",
-            f"'brian2' needs a model with a [spiking] section (dense couplings, mse cost); "
-            f"{model.source} has none",
-        )
-    Brian2Engine.check_estimator(protocol)
+    check_model(protocol, model)
     if est.name == "oscillation" and not est.real:
         fail("estimator.real", "the brian2 oscillation is the real beta cos(wt): set real = true")
     refused = {
@@ -78,9 +82,7 @@ def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) 
         ),
     }
     refuse(protocol, "brian2", refused)
-    name = device or protocol.train.device
-    if name not in ("auto", "cpu"):
-        fail("train.device", f"the brian2 engine runs on the CPU: set auto or cpu, got {name!r}")
+    check_device(protocol, protocol.train.device)
     if _dist.world() > 1:
         fail("train.engine", "the brian2 engine runs in one process, not under torchrun")
     test = eval_schedule(protocol, model.spiking)
@@ -89,6 +91,15 @@ def check(protocol: Protocol, model: spec.ModelSpec, device: str | None = None) 
             test.grid(model.spiking.dt)
         except ValueError as err:
             fail("brian2.eval_settle", str(err))
+
+
+def check_device(protocol: Protocol, name: str) -> None:
+    """Refuse a torch device other than the CPU (``auto`` means the CPU here)."""
+    if name not in ("auto", "cpu"):
+        raise ProtocolError(
+            f"{protocol.source}: train.device: the brian2 engine runs on the CPU: set auto or cpu, "
+            f"got {name!r}"
+        )
 
 
 def _schedule(protocol: Protocol, cfg) -> schedules.Schedule:
@@ -156,24 +167,19 @@ class Brian2Engine(Engine):
     unit = "chunk"
     eval_settings = {"settle": "brian2.eval_settle", "window": "brian2.eval_window"}
 
-    def __init__(self, protocol: Protocol, net: Network, training: bool = True, device=None):
-        super().__init__(protocol, net, training)
-        if training:
-            check(protocol, net.spec, device)
-        elif net.spec.spiking is None:
-            raise ProtocolError(
-                f"{protocol.source}: train.engine: 'brian2' needs a model with a [spiking] "
-                f"section; {net.spec.source} has none"
-            )
+    def __init__(self, protocol: Protocol, net: Network, training: bool = True):
+        super().__init__(protocol, net, training)  # training: check() below
+        if not training:
+            check_model(protocol, net.spec)
         self._chunk = None
         est = protocol.estimator
         self.eval_steps = est.eval_free_steps or est.free_steps
 
     def check(self, protocol: Protocol, net: Network) -> None:
-        pass  # check() above, with the device override the loop passes
+        check(protocol, net.spec)
 
     def device(self, override: str | None) -> torch.device:
-        check(self.protocol, self.net.spec, override)
+        check_device(self.protocol, override or self.protocol.train.device)
         return torch.device("cpu")
 
     def samples_per_step(self) -> tuple[int, str]:

@@ -58,6 +58,15 @@ ESTIMATORS = {
 GRADCHECK_ESTIMATORS = tuple(estimators.ESTIMATORS)  # random-sign draws its sign in training
 
 
+def check_model(protocol: Protocol, net) -> None:
+    """Refuse a network whose activation no integrate-and-fire neuron has (what evaluation
+    needs too)."""
+    try:
+        gain(net)
+    except ValueError as err:
+        raise ProtocolError(f"{protocol.source}: train.engine: 'snntorch': {err}") from None
+
+
 def check(protocol: Protocol, net) -> None:
     """Refuse, in one line, what the snntorch engine cannot train."""
     src, est = protocol.source, protocol.estimator
@@ -65,10 +74,7 @@ def check(protocol: Protocol, net) -> None:
     def fail(key: str, msg: str):
         raise ProtocolError(f"{src}: {key}: {msg}")
 
-    try:
-        gain(net)
-    except ValueError as err:
-        fail("train.engine", f"'snntorch': {err}")
+    check_model(protocol, net)
     SNNEngine.check_estimator(protocol)
     if est.name == "oscillation" and not est.real:
         fail("estimator.real", "the snntorch oscillation is the real beta cos(wt): set real = true")
@@ -91,13 +97,10 @@ class SNNEngine(Engine):
     spiking = True
 
     def __init__(self, protocol: Protocol, net, training: bool = True):
-        super().__init__(protocol, net, training)
+        super().__init__(protocol, net, training)  # training: check() below
         self.training = training
         if not training:
-            try:
-                gain(net)
-            except ValueError as err:
-                raise ProtocolError(f"{protocol.source}: train.engine: 'snntorch': {err}") from None
+            check_model(protocol, net)
         s, est = protocol.snntorch, protocol.estimator
         self.config = SNNConfig(s.decay, s.tau, s.settle, s.window, s.input)
         self.eval_config = SNNConfig(
