@@ -17,6 +17,7 @@ __all__ = [
     "prepare_batch",
     "check_data",
     "subset",
+    "split_train",
     "normalization",
     "checkpoint_normalization",
     "score",
@@ -67,6 +68,35 @@ def subset(ds: data.Dataset, n: int) -> data.Dataset:
     if n == 0 or n >= len(ds.labels):
         return ds
     return data.Dataset(ds.images[:n], ds.labels[:n], ds.name, ds.split, ds.classes)
+
+
+def split_train(
+    ds: data.Dataset, validation: int, train_subset: int, seed: int, source: str = "<protocol>"
+) -> tuple[data.Dataset, data.Dataset | None]:
+    """The training images and the ``validation`` images held out of the training split ``ds``.
+
+    The held-out images are the first ``validation`` of a permutation of ``ds`` drawn from a
+    generator seeded with ``seed + 2**32`` (``seed`` is ``train.seed``; the epochs' generators use
+    other seeds), kept in their order in ``ds``; the training images are the first
+    ``train_subset`` (0: all) of the others, in their order. ``validation = 0``: ``ds`` (subset)
+    and None. ``source`` names the protocol in the error for too many held-out images.
+    """
+    if validation == 0:
+        return subset(ds, train_subset), None
+    n = len(ds.labels)
+    if validation >= n:
+        raise ProtocolError(
+            f"{source}: data.validation: {validation} would hold out every one of the {n} "
+            f"{ds.name} training images, expected fewer"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2**32))
+    held = torch.zeros(n, dtype=torch.bool)
+    held[perm[:validation]] = True
+    val, rest = held.nonzero().flatten(), (~held).nonzero().flatten()
+    pick = lambda idx: data.Dataset(  # noqa: E731
+        ds.images[idx], ds.labels[idx], ds.name, ds.split, ds.classes
+    )
+    return subset(pick(rest), train_subset), pick(val)
 
 
 def normalization(name: str, normalize: bool, std_scale: float = 1.0):

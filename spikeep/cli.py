@@ -13,7 +13,8 @@
     spikeep train PROTOCOL [--set section.key=value ...] [--out DIR] [--resume | --overwrite]
                   [--json]
     spikeep fidelity PROTOCOL [--set key=value ...] --out DIR [--jobs N] [--json]
-    spikeep eval CHECKPOINT [--data NAME] [--data-dir DIR] [--noise SIGMA] [--json]
+    spikeep eval CHECKPOINT [--split test|val|train] [--data NAME] [--data-dir DIR]
+                 [--noise SIGMA] [--json]
     spikeep plot OUT
     spikeep export CHECKPOINT --format nir --out FILE [--tau STEPS] [--decay D]
     spikeep list                       the built-in models and protocols (usable by name)
@@ -251,12 +252,19 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint")
     ev.add_argument("--data", default=None, help="dataset (default: the protocol's)")
     ev.add_argument("--data-dir", default=None)
-    ev.add_argument("--split", choices=["train", "test"], default="test")
+    ev.add_argument(
+        "--split",
+        choices=["test", "val", "train"],
+        default="test",
+        help="test (default), val (the images the run held out: data.validation) or train (the "
+        "images it trained on)",
+    )
     ev.add_argument(
         "--all",
         action="store_true",
         help="score the whole split (default: the first data.train_subset / test_subset images "
-        "the run itself was measured on, when the data set is the run's)",
+        "the run itself was measured on, when the data set is the run's; train: never the "
+        "images it held out)",
     )
     ev.add_argument(
         "--free-steps",
@@ -372,9 +380,11 @@ def _train(args) -> int:
     if args.json:
         print(_json(summary))
     else:
+        val = summary.get("val_error")
         print(
-            f"{p.name}: test error {summary['test_error']:.2f}%  train error "
-            f"{summary['train_error']:.2f}%  {summary['epochs']} epochs  "
+            f"{p.name}: test error {summary['test_error']:.2f}%  "
+            + (f"val error {val:.2f}%  " if val is not None else "")
+            + f"train error {summary['train_error']:.2f}%  {summary['epochs']} epochs  "
             f"{summary['wall_s']:.1f} s  -> {summary['out']}"
         )
     return 0
@@ -438,7 +448,7 @@ def _eval(args) -> int:
     from . import checkpoint, data
     from . import engine as engines
     from . import protocol as proto
-    from .batches import checkpoint_normalization, subset
+    from .batches import checkpoint_normalization, split_train, subset
     from .energy import Network
 
     engine_cls = engines.get(args.engine)
@@ -453,12 +463,25 @@ def _eval(args) -> int:
     raw = ckpt["protocol"]
     own = raw.get("data", {}).get("name", "mnist-embedded")
     name = args.data or own
+    d, seed = raw.get("data", {}), raw.get("train", {}).get("seed", 0)
+    held = d.get("validation", 0)
+    if args.split == "val" and (name != own or not held):
+        raise UsageError(
+            f"--split val: {args.checkpoint} held out no validation images (data.validation = 0)"
+            if not held
+            else f"--split val: the run's validation images are {own} training images; drop "
+            f"--data {name}"
+        )
     try:
-        ds = data.load(name, args.split, args.data_dir or raw.get("data", {}).get("dir"))
+        split = "train" if args.split == "val" else args.split
+        ds = data.load(name, split, args.data_dir or d.get("dir"))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if not args.all and name == own:  # the images the run was measured on
-        ds = subset(ds, raw.get("data", {}).get(f"{args.split}_subset", 0))
+    if args.split != "test" and name == own and held:  # the run's split, from its seed
+        trained, val = split_train(ds, held, 0 if args.all else d.get("train_subset", 0), seed)
+        ds = val if args.split == "val" else trained
+    elif not args.all and name == own:  # the images the run was measured on
+        ds = subset(ds, d.get(f"{args.split}_subset", 0))
     normalize = checkpoint_normalization(raw, name)
     # the run's own protocol, on this engine, with the evaluation settings given here
     where = {"model": str(Path(ckpt["model_source"]).resolve()), "train.engine": args.engine}

@@ -1,7 +1,8 @@
 """Figures: training curves from a run's ``metrics.jsonl``.
 
-``plot_run(out)`` writes ``out/curves.png``: the training loss, and the train and test error (%)
-per epoch; matplotlib with the Agg backend, so it works with no display.
+``plot_run(out)`` writes ``out/curves.png``: the training loss, and the train, validation (when
+the run held images out) and test error (%) per epoch; matplotlib with the Agg backend, so it
+works with no display.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def plot_run(out: str | Path, title: str | None = None) -> Path:
 
 
 def curves(rows: list[dict], title: str):
-    """The figure of ``plot_run``: loss, and train and test error, against whole epochs."""
+    """The figure of ``plot_run``: loss, and train (validation) and test error, against whole
+    epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,14 +63,18 @@ def curves(rows: list[dict], title: str):
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
     ax_loss.plot(epochs, [r["loss"] for r in rows], marker="o", label="train (free phase)")
+    if "val_loss" in rows[0]:
+        ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="^", label="validation")
     if "test_loss" in rows[0]:
         ax_loss.plot(epochs, [r["test_loss"] for r in rows], marker="s", label="test")
     ax_loss.set(xlabel="epoch", ylabel="cost C", title="loss")
     ax_loss.legend()
-    ax_err.plot(epochs, [r["train_error"] for r in rows], marker="o", label="train")
-    ax_err.plot(epochs, [r["test_error"] for r in rows], marker="s", label="test")
+    shown = ["train_error", *(["val_error"] if "val_error" in rows[0] else []), "test_error"]
+    for key, marker in zip(shown, "o^s" if len(shown) == 3 else "os", strict=True):
+        label = {"train_error": "train", "val_error": "validation", "test_error": "test"}[key]
+        ax_err.plot(epochs, [r[key] for r in rows], marker=marker, label=label)
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
-    errors = [r[k] for r in rows for k in ("train_error", "test_error")]
+    errors = [r[k] for r in rows for k in shown]
     if min(errors) > 0:  # a log axis, labelled in plain numbers at least every few values
         ax_err.set_yscale("log")
         ax_err.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(log_ticks(errors)))

@@ -6,8 +6,8 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
     name = "quickstart"
     model = "../models/mlp_784_500_10.toml"     # relative to this file
 
-    [data]        name, dir, train_subset, test_subset, normalize, std_scale, augment,
-                  crop_padding, flip
+    [data]        name, dir, train_subset, test_subset, validation, normalize, std_scale,
+                  augment, crop_padding, flip
     [estimator]   name, beta, points, free_steps, nudged_steps, eval_free_steps,
                   noise, eval_noise, steps_per_period, periods, warmup, real
     [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
@@ -31,6 +31,11 @@ reads ``[brian2]``: the learning ``rule``, the samples per compiled ``chunk``, a
 pass's free phase ``eval_settle`` + ``eval_window`` in seconds, 0 for the training schedule) or
 ``"snntorch"`` (batched discrete-time spiking neurons, :mod:`spikeep.snn.engine`, which reads
 ``[snntorch]``: the :class:`spikeep.snn.config.SNNConfig` of its phases, times in steps).
+
+``validation = N`` holds N images of the training split out of training (drawn with
+``train.seed``, :func:`spikeep.batches.split_train`); every epoch scores them as it scores the
+test images (``val_error``, ``val_loss``), so a recipe can be chosen without looking at the test
+set. ``train_subset`` then takes the first images of the rest.
 
 ``with_overrides`` applies ``--set section.key=value`` pairs (values in TOML syntax) before
 validation, so an override is checked like the file itself.
@@ -87,6 +92,7 @@ class Data:
     dir: str | None = None
     train_subset: int = 0  # 0: all
     test_subset: int = 0
+    validation: int = 0  # training images held out, scored every epoch (val_error); 0: none
     normalize: bool = False
     std_scale: float = 1.0  # normalise by std_scale * std (Laborieux et al. 2021 use 3)
     augment: bool = False

@@ -54,6 +54,7 @@ from .batches import (
     normalization,
     prepare_batch,
     score,
+    split_train,
     subset,
 )
 from .checkpoint import TrainState
@@ -291,7 +292,13 @@ def _run(
     dev = engine.device(device)
     dtype = DTYPES[net.spec.dtype]
     data_dir = data_dir or protocol.data.dir
-    train_set = subset(data.load(protocol.data.name, "train", data_dir), protocol.data.train_subset)
+    train_set, val_set = split_train(
+        data.load(protocol.data.name, "train", data_dir),
+        protocol.data.validation,
+        protocol.data.train_subset,
+        protocol.train.seed,
+        protocol.source,
+    )
     test_set = subset(data.load(protocol.data.name, "test", data_dir), protocol.data.test_subset)
     check_data(net, train_set, protocol)
     normalize = normalization(protocol.data.name, protocol.data.normalize, protocol.data.std_scale)
@@ -318,8 +325,9 @@ def _run(
                 (out / name).unlink(missing_ok=True)
         _truncate_metrics(out / METRICS, state.epoch)
     log(
-        f"data: {protocol.data.name} ({len(train_set.labels)} training, {len(test_set.labels)} "
-        f"test images) from {data.location(protocol.data.name, data_dir)}"
+        f"data: {protocol.data.name} ({len(train_set.labels)} training, "
+        + (f"{len(val_set.labels)} validation, " if val_set else "")
+        + f"{len(test_set.labels)} test images) from {data.location(protocol.data.name, data_dir)}"
     )
 
     def save():
@@ -373,6 +381,9 @@ def _run(
                 e = other.evaluate(net, state.params, test_set, normalize, (rank, world), epoch)
                 evaluation[f"test_error_{other.name}"] = e["test_error"]
                 evaluation[f"test_loss_{other.name}"] = e["test_loss"]
+            if val_set is not None:  # scored as the test images are: val_error, val_loss, ...
+                e = engine.evaluate(net, state.params, val_set, normalize, (rank, world), epoch)
+                evaluation |= {f"val{k[4:]}": v for k, v in e.items() if k.startswith("test_")}
             keys = sorted(sums)  # the same keys on every rank
             totals = dict(zip(keys, _dist.all_reduce([sums[k] for k in keys], world), strict=True))
             state.wall_s += time.perf_counter() - t_epoch
@@ -444,7 +455,9 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def _epoch_line(protocol: Protocol, m: dict) -> str:
     line = (
         f"epoch {m['epoch']}/{protocol.train.epochs}  loss {m['loss']:.4f}  "
-        f"train error {m['train_error']:.2f}%  test error {m['test_error']:.2f}%"
+        f"train error {m['train_error']:.2f}%  "
+        + (f"val error {m['val_error']:.2f}%  " if "val_error" in m else "")
+        + f"test error {m['test_error']:.2f}%"
     )
     if "test_error_rate" in m:
         line += f" (spiking), {m['test_error_rate']:.2f}% (rate)"
@@ -519,6 +532,7 @@ def _summary(protocol: Protocol, state: TrainState, out: Path, last: dict | None
         "protocol": protocol.name,
         "test_error": last.get("test_error"),
         "train_error": last.get("train_error"),
+        **({"val_error": last["val_error"]} if "val_error" in last else {}),
         "epochs": state.epoch,
         "wall_s": state.wall_s,
         "out": str(out),
