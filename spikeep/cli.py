@@ -23,8 +23,8 @@
 PROTOCOL and --model PATH take a file or a built-in name (``quickstart``, ``tiny``).
 
 A bad argument prints one line and exits with status 2; a relaxation or a training run that
-diverges exits with 1; a training run stopped by Ctrl-C saves its last finished step, says how to
-resume it and exits with 130.
+diverges, or a run out of memory, prints one line and exits with 1; a training run stopped by
+Ctrl-C saves its last finished step, says how to resume it and exits with 130.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 
@@ -89,6 +90,17 @@ def _device(text: str) -> str:
     if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
     return text
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads (spikeep._threads: else SPIKEEP_THREADS, else 1)."""
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for torch (default: $SPIKEEP_THREADS, else 1; per process under "
+        "torchrun; above 1, OpenMP waits passively)",
+    )
 
 
 def _add_set(parser: argparse.ArgumentParser, metavar: str, example: str) -> None:
@@ -176,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         help="oscillation: start from zeros, not from the free fixed point",
     )
     g.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_threads(g)
     g.add_argument("--engine", choices=list(ENGINE_NAMES), default="rate", help="default: rate")
     g.add_argument("--rule", choices=["endpoint", "stdp"], default="endpoint", help="brian2 only")
     for flag, what in (("settle", "settling time"), ("window", "averaging window")):
@@ -204,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=_positive_int, default=8)
     d.add_argument("--seed", type=_seed, default=0)
     d.add_argument("--json", action="store_true")
+    _add_threads(d)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True, parser_class=_Parser)
@@ -222,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--repeats", type=_positive_int, default=20)
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     e.add_argument("--json", action="store_true")
+    _add_threads(e)
     tr = sub.add_parser("train", help="train with EP as a protocol describes")
     tr.add_argument("protocol", help="protocol file (TOML) or built-in name (spikeep list)")
     _add_set(tr, "SECTION.KEY=VALUE", "train.epochs=2")
@@ -236,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-dir", default=None, help="where the datasets are")
     tr.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:N or auto")
     tr.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    _add_threads(tr)
 
     fi = sub.add_parser(
         "fidelity", help="every engine's and estimator's gradient against the exact one"
@@ -247,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
         "--jobs", type=_positive_int, default=None, help="worker processes (default min(2, cores))"
     )
     fi.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    _add_threads(fi)
 
     ev = sub.add_parser("eval", help="test error of a checkpoint")
     ev.add_argument("checkpoint")
@@ -296,6 +313,7 @@ def _parser() -> argparse.ArgumentParser:
             "model's)",
         )
     ev.add_argument("--json", action="store_true")
+    _add_threads(ev)
 
     pl = sub.add_parser("plot", help="training curves of an output folder (PNG)")
     pl.add_argument("out")
@@ -775,9 +793,25 @@ def _bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    console = argv is None  # run as the spikeep program (not called from Python)
+    argv = sys.argv[1:] if console else list(argv)
     args = _parser().parse_args(argv)
     args.argv = argv
+    if hasattr(args, "threads"):  # a command that computes: torch's threads, before any work
+        from . import _threads
+
+        try:
+            n, _ = _threads.choose(args.threads)
+        except ValueError as err:
+            print(f"spikeep {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        if n > 1 and console and "OMP_WAIT_POLICY" not in os.environ:
+            # OpenMP reads its wait policy when torch loads: start again with the passive one,
+            # so that idle threads sleep instead of spinning on cores others need
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            sys.stdout.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "spikeep.cli", *argv])
+        _threads.apply(n)
     commands = {
         "gradcheck": _gradcheck,
         "gdu": _gdu,

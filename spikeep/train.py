@@ -18,7 +18,8 @@ buffers, the epoch and batch reached, the random generator's state, persistent f
 running sums), and a checkpoint is exactly that state: a run resumed from a checkpoint reaches the
 same weights as one that never stopped (same seed, CPU). Checkpoints are written atomically at the
 end of every epoch (and every ``checkpoint_every`` steps); a non-finite loss, state or parameter
-stops the run with :class:`TrainingError` and leaves the last good checkpoint in place.
+stops the run with :class:`TrainingError` and leaves the last good checkpoint in place, as
+running out of memory does (:class:`OutOfMemory`, which names the batch size to lower).
 
 Under ``torchrun --nproc_per_node=N`` every process takes its share of each batch
 (``batch[rank::N]``) and the estimates are all-reduced (weighted by shard size), so N processes
@@ -36,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -75,6 +77,7 @@ from .protocol import (
 __all__ = [
     "protocol_changes",
     "TrainingError",
+    "OutOfMemory",
     "OutputError",
     "Interrupted",
     "TrainState",
@@ -100,6 +103,11 @@ checkpoint_eval_steps = eval_free_steps  # the name scripts know
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, state or parameters)."""
+
+
+class OutOfMemory(TrainingError):
+    """The run ran out of memory (CPU or GPU); the message says which, at what batch size, and
+    how to go on. The last checkpoint is kept as it was."""
 
 
 class OutputError(ValueError):
@@ -164,10 +172,17 @@ def train(
             summary = _run(
                 protocol, net, engine, out, ckpt, data_dir, device, progress, log, overwrite, others
             )
-        except BaseException:
+        except BaseException as err:
             if owns_group:  # no barrier: the other ranks may be waiting in a collective
                 torch.distributed.destroy_process_group()
-            raise
+            ran_out = _ran_out(err, engine.device(device))
+            if ran_out is None:
+                raise
+            B, key = engine.samples_per_step()
+            raise OutOfMemory(
+                f"out of {ran_out} with {key} = {B} ({engine.name} engine); lower it (--set "
+                f"{key}=N) or use a smaller model. The last checkpoint in {out}, if any, is kept."
+            ) from None
         finally:
             for e in (engine, *others):
                 e.close()
@@ -178,6 +193,38 @@ def train(
     finally:
         if lock is not None:
             lock.release()
+
+
+_ASKED = re.compile(r"allocate:? (?:(\d+) bytes|([\d.]+ ?[KMGTPE]?i?B))", re.IGNORECASE)
+
+
+def _ran_out(err: BaseException, dev: torch.device) -> str | None:
+    """What ran out when ``err`` is a failed allocation (``"CPU memory (asked for 2.00 GiB)"``):
+    Python's or numpy's MemoryError, torch's OutOfMemoryError (CUDA) or its CPU allocator's
+    RuntimeError; None for any other error."""
+    text = str(err)
+    if isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in text.lower()
+    ):
+        what = f"{dev.type.upper()} memory" if dev.type != "cpu" else "memory"
+    elif isinstance(err, RuntimeError) and "can't allocate memory" in text:
+        what = "CPU memory"  # torch's CPU allocator
+    elif isinstance(err, MemoryError):
+        what = "memory"
+    else:
+        return None
+    asked = _ASKED.search(text)
+    if asked is None:
+        return what
+    size = _bytes(int(asked[1])) if asked[1] else asked[2]
+    return f"{what} (asked for {size})"
+
+
+def _bytes(n: int) -> str:
+    """``n`` bytes as ``"36.4 TiB"``."""
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    k = min(len(units) - 1, max(0, (n.bit_length() - 1) // 10))
+    return f"{n / 2 ** (10 * k):.3g} {units[k]}"
 
 
 def _resumable(out: Path, resume: bool, log) -> dict | None:

@@ -278,6 +278,46 @@ def test_a_second_ctrl_c_stops_at_once_keeping_the_last_checkpoint(tmp_path, mon
     assert not (cut / ".lock").exists()
 
 
+# -- out of memory ---------------------------------------------------------------------------
+
+
+def _cuda_out_of_memory():
+    raise torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 18.00 GiB. GPU 0 has a total capacity of 139.80 GiB"
+    )
+
+
+@pytest.mark.parametrize(
+    "allocate, words",
+    [
+        (lambda: torch.empty(2**58), "CPU memory (asked for 1 EiB)"),  # torch's allocator
+        (lambda: __import__("numpy").empty(2**57), "memory (asked for 1"),  # numpy's MemoryError
+        (_cuda_out_of_memory, "memory (asked for 18.00 GiB)"),
+    ],
+    ids=["torch-cpu", "numpy", "cuda"],
+)
+def test_out_of_memory_is_one_line_with_status_1_and_keeps_the_checkpoint(
+    done, monkeypatch, capsys, allocate, words
+):
+    from spikeep.engine import RateEngine
+
+    before = snapshot(done)
+
+    def step(*args, **kwargs):
+        allocate()
+
+    monkeypatch.setattr(RateEngine, "step", step)
+    code, out, err = run(train_argv(done, "--resume", **{"train.epochs": 2}), capsys)
+    assert code == 1 and out == "" and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("spikeep train: out of ") and words in last, err
+    assert "train.batch_size = 20" in last and "--set train.batch_size=N" in last
+    assert snapshot(done) == before  # the checkpoint and metrics as they were, no lock left
+    monkeypatch.undo()
+    code, _, err = run(train_argv(done, "--resume", **{"train.epochs": 2}), capsys)
+    assert code == 0, err  # and the run goes on from it
+
+
 # -- metrics.jsonl cut short ------------------------------------------------------------------
 
 
