@@ -30,6 +30,7 @@ Every error names the file and the key, and says what was expected.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -127,7 +128,18 @@ class Spiking:
 @dataclass(frozen=True)
 class ModelSpec:
     """A whole network. ``layers[0]`` is the input; with ``cost = "cross_entropy"`` the last
-    layer is a readout outside the dynamics. ``dt`` is the step of the ``energy`` dynamics."""
+    layer is a readout outside the dynamics. ``dt`` is the step of the ``energy`` dynamics.
+
+    Built in code, it takes the model file's tables as plain dicts, checked as a file's are
+    (:func:`from_dict`; a :class:`SpecError` names the bad key) and kept as ``raw``, so a
+    checkpoint stores the spec::
+
+        ModelSpec("mlp", [{"size": 784}, {"size": 500, "coupling": "dense"},
+                          {"size": 10, "coupling": "dense"}], cost="cross_entropy")
+
+    ``layers`` as :class:`Layer` objects (a tuple), ``init`` an :class:`Init` and ``spiking`` a
+    :class:`Spiking` or None are taken as they are.
+    """
 
     name: str
     layers: tuple[Layer, ...]
@@ -142,6 +154,36 @@ class ModelSpec:
     # the parsed table it was read from (stored in checkpoints, so a run needs no file to go on)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self):
+        built = (
+            isinstance(self.layers, tuple)
+            and all(isinstance(layer, Layer) for layer in self.layers)
+            and isinstance(self.init, Init)
+            and (self.spiking is None or isinstance(self.spiking, Spiking))
+        )
+        if built:
+            return
+        table = {
+            "name": self.name,
+            "layers": (
+                [_layer_table(x) if isinstance(x, Layer) else x for x in self.layers]
+                if isinstance(self.layers, (list, tuple))
+                else self.layers
+            ),
+            "activation": self.activation,
+            "cost": self.cost,
+            "dynamics": self.dynamics,
+            "dt": self.dt,
+            "dtype": self.dtype,
+            "init": _table(self.init),
+        }
+        if self.spiking is not None:
+            table["spiking"] = _table(self.spiking)
+        source = "ModelSpec" if self.source == "<dict>" else self.source
+        checked = from_dict(copy.deepcopy(table), source)  # the caller's dicts stay theirs
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, getattr(checked, f.name))
+
     @property
     def readout(self) -> bool:
         """True when the last layer is a cross-entropy readout taken out of the dynamics."""
@@ -151,6 +193,21 @@ class ModelSpec:
     def dynamic_layers(self) -> tuple[Layer, ...]:
         """The layers whose states relax (all but the input, and but the readout)."""
         return self.layers[1:-1] if self.readout else self.layers[1:]
+
+
+def _table(x: Any) -> Any:
+    """A dataclass (an :class:`Init`, a :class:`Spiking`) as its table; anything else as it is."""
+    return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+
+
+def _layer_table(layer: Layer) -> dict:
+    """A :class:`Layer` as its ``[[layers]]`` table."""
+    c = layer.coupling
+    if c is None:
+        return {"name": layer.name, "shape": list(layer.shape)}
+    if c.kind == "dense":
+        return {"name": layer.name, "shape": list(layer.shape), "coupling": "dense"}
+    return {"name": layer.name, "channels": layer.shape[0], "coupling": dataclasses.asdict(c)}
 
 
 def load(path: str | Path) -> ModelSpec:

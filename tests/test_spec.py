@@ -357,3 +357,38 @@ def test_dataclasses_frozen():
             setattr(obj, attr, None)
         assert getattr(obj, attr) == before
     assert hash(spec.layers[1].coupling) == hash(Coupling("conv", 3, 1, 1, "softmax", 2))
+
+
+def test_model_spec_in_code_takes_plain_tables_as_a_file_does():
+    file = load(ROOT / "models" / "tiny_conv.toml")
+    tables = {k: v for k, v in file.raw.items() if k not in ("name", "description", "layers")}
+    spec = ModelSpec(file.name, [dict(t) for t in file.raw["layers"]], **tables)
+    assert spec == dataclasses.replace(file, source="ModelSpec")  # every field, checked
+    assert from_dict(spec.raw) == dataclasses.replace(file, source="<dict>")  # raw round-trips
+    # Layer objects and dicts mixed; the caller's dicts are not kept
+    layers = [{"name": "x", "size": 4}, Layer("h", (3,), Coupling("dense"))]
+    mixed = ModelSpec("m", layers, init={"scale": 0.5})
+    assert mixed.layers == (Layer("x", (4,)), Layer("h", (3,), Coupling("dense")))
+    assert mixed.init == Init(scale=0.5)
+    layers[0]["size"] = 9
+    assert mixed.raw["layers"][0]["size"] == 4
+    # built dataclasses are taken as they are
+    built = ModelSpec("b", mixed.layers)
+    assert built.raw == {} and built.layers == mixed.layers
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"layers": [{"size": 0}, {"size": 3, "coupling": "dense"}]}, "layers[0].size"),
+        ({"layers": [{"size": 4}, {"size": 3}]}, "layers[1].coupling"),
+        ({"layers": [{"size": 4}, {"size": 3, "coupling": "dense"}], "cost": "l1"}, "cost"),
+        ({"layers": [{"size": 4}, {"size": 3, "coupling": "dense"}], "init": {"s": 1}}, "init"),
+        ({"layers": {"size": 4}}, "layers: expected an array"),
+        ({"layers": ["x", "y"]}, "layers[0]: expected a table, got str"),
+        ({"layers": [{"size": 4}, {"size": 3, "coupling": "dense"}], "spiking": 3}, "spiking"),
+    ],
+)
+def test_model_spec_in_code_names_a_bad_table(kwargs, words):
+    with pytest.raises(SpecError, match=re.escape(f"ModelSpec: {words}")):
+        ModelSpec("m", **kwargs)
