@@ -2,11 +2,13 @@
 
 ``bench_ep_step`` times, after warm-up, ``repeats`` EP steps on random inputs in the model's
 dtype and reports the median as ``ms_per_batch`` and ``samples_per_s``, together with the median
-time of the free phase alone divided by its steps (``ms_per_free_step``).
+time of the free phase alone divided by its steps (``ms_per_free_step``), and the threads it ran
+with (``threads``, ``omp_wait_policy``).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -78,6 +80,7 @@ def bench_ep_step(
         "dtype": model_spec.dtype,
         "device": device,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "repeats": repeats,
         "ms_per_batch": ms,
         "samples_per_s": batch / (ms / 1e3),

@@ -783,7 +783,8 @@ def _bench(args) -> int:
         print(
             f"{out['model']}  batch {out['batch']}  {out['free_steps']} free + "
             f"{out['nudged_steps']} nudged steps  {out['estimator']}  {out['device']} "
-            f"({out['threads']} threads)"
+            f"({out['threads']} thread{'s' if out['threads'] > 1 else ''}"
+            + (f", OpenMP wait policy {out['omp_wait_policy']})" if out["threads"] > 1 else ")")
         )
         print(
             f"ms_per_batch {out['ms_per_batch']:.3f}  samples_per_s {out['samples_per_s']:.0f}  "

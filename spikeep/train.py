@@ -447,6 +447,7 @@ def _run(
                 **extra,
                 "lr": list(lrs),
                 "wall_s": state.wall_s,
+                "threads": torch.get_num_threads(),  # per process (spikeep._threads)
             }
             state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
             if main_process:
