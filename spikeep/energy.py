@@ -144,7 +144,10 @@ class Network:
         return total
 
     def energy(self, params, s: tuple[Tensor, ...], x: Tensor, y=None, beta=0.0) -> Tensor:
-        """``F = E + beta C`` per sample, shape ``(B,)``, at states ``s`` (not rates)."""
+        """``F = E + beta C`` per sample, shape ``(B,)``, at states ``s`` (not rates): the energy
+        the ``energy`` dynamics descend. The prototypical and alternating dynamics settle at the
+        stationary points of another one, ``sum G(r) - Phi_beta(r)`` with ``G' = rho^-1``, on
+        rates; the two agree for the hard sigmoid (``docs/conventions.md``, "Two energies")."""
         r = tuple(self.act.rho(si) for si in s)
         half = sum(0.5 * (si * si).flatten(1).sum(1) for si in s)
         return half - self.phi(params, r, x, y, beta)

@@ -150,3 +150,25 @@ def test_init_is_seeded_and_follows_the_spec():
     p = conv.init_params(0)
     assert p["W1"].shape == (32, 1, 5, 5) and p["W2"].shape == (64, 32, 5, 5)
     assert p["W3"].shape == (10, 64 * 4 * 4) and p["W1"].dtype == torch.float32
+
+
+def test_the_prototypical_fixed_point_is_stationary_for_e_proto_not_network_energy():
+    """docs/conventions.md, "Two energies": on tiny (sigmoid4, prototypical) the free fixed point
+    zeroes the gradient of E_proto(r) = sum G(r) - Phi(r), G' = rho^-1, and not that of
+    ``Network.energy`` (the ``energy`` dynamics' F)."""
+    from spikeep import relax
+
+    net = load("tiny")
+    params = net.init_params(seed=0)
+    x = torch.rand(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    free = relax(net, params, x, steps=500)
+    s = tuple(si.clone().requires_grad_(True) for si in free.s)
+
+    def G(r):  # the integral of rho^-1(r) = (logit(r) + 2) / 4 for sigmoid4
+        return (r * torch.log(r) + (1 - r) * torch.log1p(-r)) / 4 + r / 2
+
+    e_proto = sum(G(r).sum() for r in s) - net.phi(params, s, x).sum()
+    proto = torch.autograd.grad(e_proto, s)
+    flow = torch.autograd.grad(net.energy(params, s, x).sum(), s)
+    assert all(g.abs().max() < 1e-12 for g in proto)
+    assert all(g.abs().max() > 0.05 for g in flow)
