@@ -142,8 +142,9 @@ def _protocol_file(text: str):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="spikeep",
-        description="Equilibrium Propagation: training, evaluation, gradient checks and "
-        "benchmarks.",
+        description="Equilibrium Propagation in rate-based and spiking networks (rate, snntorch "
+        "and brian2 engines): train from protocols, evaluate, plot and export checkpoints, "
+        "check gradient estimates against exact gradients, study their fidelity, benchmark.",
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
