@@ -157,6 +157,5 @@ def test_the_runnable_blocks_run_shrunk(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_runnable_marks_sit_on_shell_blocks(path):
-    text = path.read_text()
-    marks = text.count(RUNNABLE)
+    marks = sum(line.strip() == RUNNABLE for line in path.read_text().splitlines())
     assert marks == sum(runnable for runnable, _ in shell_blocks(path))
