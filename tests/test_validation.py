@@ -90,3 +90,27 @@ def test_holding_out_every_training_image_is_one_line(tmp_path, capsys, held):
     code, text, err = run(train_argv(out, **{"data.validation": held}), capsys)
     assert_usage_error(code, text, err, "data.validation", str(held), "10000")
     assert not out.exists()
+
+
+def test_a_spiking_run_scores_its_validation_images_in_spikes(tmp_path, capsys):
+    """The snntorch engine scores the held-out images as it scores the test images (spiking,
+    with the rate twin beside); ``eval --split val --engine snntorch`` gives the same."""
+    out = tmp_path / "snn"
+    over = {
+        "data.name": "mnist-embedded",
+        "data.validation": 30,
+        "data.test_subset": 20,
+        "snntorch.settle": 10,
+        "snntorch.window": 20,
+        "snntorch.eval_settle": 10,
+        "snntorch.eval_window": 20,
+    }
+    code, _, err = run(train_argv(out, protocol="snn_mnist_mlp", **over), capsys)
+    assert code == 0, err
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"val_error", "val_spikes_per_sample", "val_error_rate"} <= set(row)
+    code, val, err = _eval(out / "checkpoint.pt", capsys, "--split", "val", "--engine", "snntorch")
+    assert code == 0, err
+    assert (val["images"], val["error"], val["loss"]) == (30, row["val_error"], row["val_loss"])
+    code, rated, _ = _eval(out / "checkpoint.pt", capsys, "--split", "val")  # the rate engine's
+    assert rated["error"] == row["val_error_rate"]
