@@ -270,6 +270,16 @@ def test_fast_lowering_refuses_the_runtime_device(small):
         build(small, net.init_params(0), np.zeros((1, 20)), fast=True)
 
 
+@pytest.mark.parametrize("input_", ["poisson", "poisson_frozen"])
+def test_poisson_inputs_above_one_are_refused(small, input_):
+    # a rate above r_max: the fast path's frozen_input lists only spikes below r_max dt
+    spec = dataclasses.replace(small, spiking=dataclasses.replace(small.spiking, input=input_))
+    x = np.full((1, 20), 0.5)
+    x[0, 3] = 1.25
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*1\.25"):
+        build(spec, Network(spec).init_params(0), x)
+
+
 # -- cpp_standalone ----------------------------------------------------------------------------
 
 
@@ -328,6 +338,7 @@ def test_standalone_chunk_reruns_with_new_data_and_weights_without_recompiling(s
 # -- the fast path (spikeep.brian2.kernels) against Brian2's generated code ----------------------
 
 
+BIO_CHANGES = {"input": "poisson_frozen", "neuron": "lif_bio", "rate_max": 200.0}
 FAST_CASES = [
     # the spiking_mnist recipe's settings: the input kernel, the spike kernel, no hidden trace
     ("symmetric-endpoint", "symmetric", "endpoint", {}),
@@ -338,6 +349,13 @@ FAST_CASES = [
     # Poisson input (rand() in the thresholder), LIF (refractory in the thresholder), stdp
     # (traces kept, Brian2's spike queues): only the device's thresholder and loop change
     ("phased-stdp-lif-poisson", "one-sided", "stdp", {"input": "poisson", "neuron": "lif"}),
+    # Poisson input with the endpoint rule: W1's input spikes through the input_spikes kernel
+    ("phased-endpoint-poisson", "one-sided", "endpoint", {"input": "poisson"}),
+    # the spiking_mnist_bio recipe's settings: frozen Poisson input listed by frozen_input, W1's
+    # spikes through input_spikes, lif_bio (refractory in its thresholder and state update)
+    ("symmetric-endpoint-bio", "symmetric", "endpoint", BIO_CHANGES),
+    # the same input kernel under stdp: the input's trace kept, W1 through Brian2's spike queues
+    ("symmetric-stdp-bio", "symmetric", "stdp", BIO_CHANGES),
 ]
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from ..spec import Spiking
 from .schedules import Schedule
 
-__all__ = ["THRESHOLD", "replay_length", "frozen_poisson"]
+__all__ = ["THRESHOLD", "replay_length", "frozen_table", "frozen_poisson"]
 
 #: The input neurons' threshold condition under ``input = "poisson_frozen"``.
 THRESHOLD = "u_t(t % t_replay, i % n_input) < x * r_max * dt"
@@ -49,15 +49,21 @@ def replay_length(schedule: Schedule) -> float:
     return lengths.pop()
 
 
+def frozen_table(cfg: Spiking, schedule: Schedule, n: int, seed: int) -> np.ndarray:
+    """The table ``u`` for ``n`` input neurons, shape ``(L / dt + 1, n)`` (module docstring)."""
+    steps = round(replay_length(schedule) / cfg.dt)
+    u = np.random.default_rng(seed).random((steps + 1, n))
+    u[-1] = u[0]
+    return u
+
+
 def frozen_poisson(cfg: Spiking, schedule: Schedule, n: int, seed: int) -> dict:
     """The namespace entries of :data:`THRESHOLD` for ``n`` input neurons: the table ``u_t``
     (a 2-D ``TimedArray``), ``t_replay`` (``L``) and ``n_input``."""
-    length = replay_length(schedule)
-    steps = round(length / cfg.dt)
-    u = np.random.default_rng(seed).random((steps + 1, n))
-    u[-1] = u[0]
     return {
-        "u_t": b2.TimedArray(u, dt=cfg.dt * b2.second, name="u_t"),
-        "t_replay": length * b2.second,
+        "u_t": b2.TimedArray(
+            frozen_table(cfg, schedule, n, seed), dt=cfg.dt * b2.second, name="u_t"
+        ),
+        "t_replay": replay_length(schedule) * b2.second,
         "n_input": n,
     }

@@ -24,7 +24,18 @@ bit for bit the same; ``tests/test_brian2.py`` compares the two to 1e-12):
   are kept and their terms added row by row, in sample order, at the last close of the run.
 - :func:`spike_step` (a dense coupling that does not learn at spikes): a step's spikes in
   both directions, as Brian2's spike queues deliver them (``s_post += w / (r_max tau_syn)``
-  per presynaptic spike, unit by unit), without the queues.
+  per presynaptic spike, unit by unit), without the queues. :func:`input_spikes` does the
+  same for ``W_1`` under Poisson input (one direction: the input is clamped), stored
+  input-major: each input spike adds one contiguous row.
+- :func:`frozen_input` (``input = "poisson_frozen"``): the input layer's spikes of a step,
+  listed from the frozen table without looking at every input neuron (the thresholder of
+  784 neurons, each reading a 2-D ``TimedArray``, cost a third of a ``spiking_mnist_bio``
+  sample). A neuron fires at row ``k`` of the table when ``u[k, j] < x_j r_max dt``; at each
+  sample start the rows of each input's spikes are found among its few rows with ``u``
+  below ``r_max dt`` (the largest threshold of an input in [0, 1]; a larger input scans its
+  whole column) and sorted by row, so that each step copies its row's list, neurons
+  ascending, into the spike space. :class:`ListedCodeObject` is the thresholder that leaves
+  that list in place.
 - :class:`CodeObject` (``_THRESHOLD``): a thresholder without a branch per neuron.
 - :class:`Device` (``brian2.set_device(DEVICE)``): code objects of :class:`CodeObject`, and a
   network loop that reads the process CPU clock (a system call) once per run instead of once
@@ -51,7 +62,16 @@ from brian2.parsing.sympytools import str_to_sympy
 from brian2.utils.stringtools import get_identifiers
 from jinja2 import ChoiceLoader, DictLoader
 
-__all__ = ["input_step", "spike_step", "CodeObject", "Device", "DEVICE"]
+__all__ = [
+    "input_step",
+    "spike_step",
+    "input_spikes",
+    "frozen_input",
+    "CodeObject",
+    "ListedCodeObject",
+    "Device",
+    "DEVICE",
+]
 
 # Brian2's thresholder appends a neuron to the spike list under an `if`: with IF neurons firing
 # every few steps at irregular intervals the branch is mispredicted often, and the thresholder of
@@ -118,10 +138,25 @@ _AFTER_LOOP = """    Network::_globally_running = false;
 """
 
 
-def _templater() -> Templater:
+# The thresholder of a group whose spikes a kernel listed earlier in the step (frozen_input): the
+# spike space is left as the kernel wrote it; after a run its count is cleared, as Brian2's does.
+_LISTED_THRESHOLD = """{# USES_VARIABLES { N } #}
+{% extends 'common_group.cpp' %}
+{% block maincode %}
+    //// MAIN CODE (spikeep.brian2.kernels: spikes listed by a kernel earlier in the step) ////
+{% endblock %}
+
+{% block after_code %}
+{% set _eventspace = get_array_name(eventspace_variable) %}
+{{_eventspace}}[N] = 0;
+{% endblock %}
+"""
+
+
+def _templater(threshold: str) -> Templater:
     base = CPPStandaloneCodeObject.templater
     out = Templater(base.package_names, base.extension, base.env_globals, base.templates_dir)
-    out.env.loader = ChoiceLoader([DictLoader({"threshold.cpp": _THRESHOLD}), out.env.loader])
+    out.env.loader = ChoiceLoader([DictLoader({"threshold.cpp": threshold}), out.env.loader])
     return out
 
 
@@ -129,7 +164,15 @@ class CodeObject(CPPStandaloneCodeObject):
     """Brian2's C++ standalone code object with spikeep's thresholder (``_THRESHOLD``); every
     other template is Brian2's. Give it to a group as ``codeobj_class``."""
 
-    templater = _templater()
+    templater = _templater(_THRESHOLD)
+
+
+class ListedCodeObject(CPPStandaloneCodeObject):
+    """Brian2's C++ standalone code object whose thresholder evaluates nothing: a kernel
+    (:func:`frozen_input`) has written the step's spikes into the group's spike space before
+    it. Give it to the input group as ``codeobj_class``; every other template is Brian2's."""
+
+    templater = _templater(_LISTED_THRESHOLD)
 
 
 class Device(CPPStandaloneDevice):
@@ -254,6 +297,174 @@ static double {name}(const double)
 
     fn = b2.Function(python, arg_units=[1], return_unit=1, stateless=False)
     fn.implementations.add_implementation("cpp", code, name=name)
+    return fn
+
+
+def input_spikes(jump: str, syn, pre, post, copies: int, name: str) -> b2.Function:
+    """The C++ function ``name(0)`` that delivers one time step's input spikes through ``W_1``
+    (``syn``, stored input-major); returns 0.
+
+    A spike of input ``j`` adds ``jump`` to ``s`` of every unit ``i`` of its copy, spikes in the
+    order of the spike list: the sums of Brian2's spike queue for ``on_pre = "s_post += jump"``
+    (:func:`spike_step`), each spike reading one contiguous row of ``W^T`` (vectorised). The
+    input is clamped: the units' spikes deliver nothing to it. (Holding a block of units' ``s``
+    in registers over all of a step's spikes was no faster: the rows' loads set the time.)
+
+    Args:
+        jump: the weight's contribution, over ``w`` and numeric constants of ``syn`` 's
+            namespace (``w / (r_max * tau_syn)``).
+        syn: the ``Synapses`` holding ``w``, created by ``dense_pairs(..., pre_major=True)``
+            (synapse ``(c n_0 + j) n_1 + i``).
+        pre, post: the input group (``_spikespace``) and layer 1 (``s``).
+        copies: copies of the network side by side.
+        name: the C++ name (unique in the project).
+    """
+    device = b2.get_device()
+    consts, expr = _render(jump, "w", set(), syn.namespace)
+    n_pre, n_post = len(pre) // copies, len(post) // copies
+
+    def array(group, var: str) -> str:
+        return "brian::" + device.get_array_name(group.variables[var], access_data=False)
+
+    w = f"&brian::{device.get_array_name(syn.variables['w'], access_data=False)}[0]"
+    indent = "\n    "
+    code = f"""
+static double {name}(const double)
+{{
+    // generated by spikeep.brian2.kernels.input_spikes: a step's input spikes through W_1
+    {indent.join(consts)}
+    const double* const W = {w};
+    const int32_t* const spikes = {array(pre, "_spikespace")};
+    double* const s_post = {array(post, "s")};
+    for (int k = 0; k < spikes[{copies * n_pre}]; k++)
+    {{
+        const int c = spikes[k] / {n_pre};
+        const double* const W_j = W + (size_t)spikes[k] * {n_post};
+        double* const s_c = s_post + c * {n_post};
+        for (int i = 0; i < {n_post}; i++)
+        {{
+            const double w = W_j[i];
+            s_c[i] += {expr};
+        }}
+    }}
+    return 0;
+}}
+"""
+
+    def python(_):  # pragma: no cover - the runtime targets never lower this path
+        raise NotImplementedError(f"{name} exists only in cpp_standalone")
+
+    fn = b2.Function(python, arg_units=[1], return_unit=1, stateless=False)
+    fn.implementations.add_implementation("cpp", code, name=name)
+    return fn
+
+
+def frozen_input(
+    u: np.ndarray, bound: float, group, copies: int, steps: int, name: str
+) -> b2.Function:
+    """The C++ function ``name(row, rdt)`` that writes the input spikes of a step into the
+    spike space of ``group`` (``input = "poisson_frozen"``, module docstring); returns their
+    number.
+
+    Neuron ``c n + j`` (copy ``c``, input ``j``) fires when ``u[row, j] < rdt x``, with ``x``
+    the group's variable, ``row`` the table's row of the step and ``rdt = r_max dt``: the
+    caller passes ``row_t(t % t_replay)`` (a ``TimedArray`` of the row numbers, read as Brian2
+    reads ``u_t``) and ``r_max * dt``, so that the arithmetic is the thresholder's
+    ``u_t(t % t_replay, i % n_input) < x * r_max * dt``. At every step that starts a sample
+    (the step clock's ``timestep`` a multiple of ``steps``, when the sample's ``x`` was just
+    set) the sample's spikes are sorted by row; each step then copies its row's list.
+
+    Args:
+        u: the frozen table (:func:`spikeep.brian2.inputs.frozen_table`), shape ``(rows, n)``.
+        bound: inputs fire only below ``rdt x <= bound`` (``r_max dt``: inputs in [0, 1]); the
+            entries of ``u`` below it are kept, by input (the rest of ``u`` is not needed).
+        group: the input group (``x``, ``_spikespace``; ``copies n`` neurons).
+        copies: copies of the network side by side.
+        steps: time steps per sample.
+        name: the C++ name (unique in the project).
+
+    Inputs above 1 (``rdt x > bound``) would miss spikes: :func:`spikeep.brian2.lowering.build`
+    and :meth:`spikeep.brian2.standalone.Chunk.run` refuse them under Poisson input.
+    """
+    device = b2.get_device()
+    rows, n = u.shape
+    if len(group) != copies * n:
+        raise ValueError(f"the table has {n} inputs; the group has {len(group)} neurons")
+    below = u.T < bound  # (n, rows): the candidates of each input, rows ascending
+    start = np.concatenate([[0], np.cumsum(below.sum(1))]).astype(np.int32)
+    row = np.nonzero(below)[1].astype(np.int32)
+    value = u.T[below].astype(np.float64)
+
+    def array(var: str) -> str:
+        return "brian::" + device.get_array_name(group.variables[var], access_data=False)
+
+    timestep = device.get_array_name(group.clock.variables["timestep"], access_data=False)
+    code = f"""
+static double {name}(const double row_of_step, const double rdt)
+{{
+    // generated by spikeep.brian2.kernels.frozen_input: the input spikes of a step, listed
+    const int32_t* const start = _namespace{name}_start;  // input j's candidates: start[j]..
+    const int32_t* const row = _namespace{name}_row;      // their rows (ascending)
+    const double* const value = _namespace{name}_value;   // and their u
+    const double* const x = {array("x")};
+    int32_t* const spikes = {array("_spikespace")};
+    // the sample's spikes by row: row k's neurons are listed[first[k]] .. listed[first[k + 1]]
+    static int32_t first[{rows + 1}];
+    static std::vector<int32_t> listed;
+    static int64_t listed_at = -1;
+    const int64_t step = brian::{timestep}[0];
+    if (listed_at < 0 || step % {steps} == 0)
+    {{
+        for (int k = 0; k <= {rows}; k++)
+            first[k] = 0;
+        for (int pass = 0; pass < 2; pass++)  // count per row, then fill (neurons ascending)
+        {{
+            for (int c = 0; c < {copies}; c++)
+                for (int j = 0; j < {n}; j++)
+                {{
+                    const double p = rdt * x[c * {n} + j];
+                    if (!(p > 0))  // u >= 0: never below
+                        continue;
+                    for (int m = start[j]; m < start[j + 1]; m++)
+                        if (value[m] < p)
+                        {{
+                            if (pass == 0)
+                                first[row[m] + 1]++;
+                            else
+                                listed[first[row[m]]++] = c * {n} + j;
+                        }}
+                }}
+            if (pass == 0)
+            {{
+                for (int k = 0; k < {rows}; k++)
+                    first[k + 1] += first[k];
+                listed.resize(first[{rows}]);
+            }}
+        }}
+        for (int k = {rows}; k > 0; k--)  // the fill advanced each row's start to its end
+            first[k] = first[k - 1];
+        first[0] = 0;
+        listed_at = step;
+    }}
+    const int k = (int)row_of_step;
+    int count = 0;
+    for (int m = first[k]; m < first[k + 1]; m++)
+        spikes[count++] = listed[m];
+    spikes[{copies * n}] = count;
+    return count;
+}}
+"""
+
+    def python(row, rdt):  # pragma: no cover - the runtime targets never lower this path
+        raise NotImplementedError(f"{name} exists only in cpp_standalone")
+
+    fn = b2.Function(python, arg_units=[1, 1], return_unit=1, stateless=False)
+    fn.implementations.add_implementation(
+        "cpp",
+        code,
+        name=name,
+        namespace={f"{name}_start": start, f"{name}_row": row, f"{name}_value": value},
+    )
     return fn
 
 

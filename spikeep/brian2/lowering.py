@@ -202,6 +202,15 @@ def closing_time(dt: float, duration: float) -> float:
     return steps * dt
 
 
+def check_inputs(x: np.ndarray, cfg: Spiking) -> None:
+    """Refuse Poisson inputs above 1: an input fires at ``r_max x``, never faster than
+    ``r_max`` (the fast path's :func:`spikeep.brian2.kernels.frozen_input` relies on it)."""
+    if cfg.input != "current" and x.size and float(x.max()) > 1:
+        raise ValueError(
+            f"Poisson input x must lie in [0, 1] (a rate of r_max x), got {float(x.max())!r}"
+        )
+
+
 def _as_numpy(a) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         a = a.detach().to(torch.float64).cpu().numpy()
@@ -240,8 +249,8 @@ def build(
         spec: a dense model spec with a ``[spiking]`` section.
         params: ``W1, b1, ...`` as the rate engine has them (tensors or arrays; ``W_l`` of shape
             ``(n_l, n_{l-1})``).
-        x: inputs, shape ``(samples, copies, n_0)`` (or ``(copies, n_0)`` for one sample), in
-            [0, 1] for Poisson input.
+        x: inputs, shape ``(samples, copies, n_0)`` (or ``(copies, n_0)`` for one sample), at
+            most 1 for Poisson input (:func:`check_inputs`).
         y: targets, shape ``(samples, copies, n_L)``; zeros when ``None`` (free runs).
         schedule: one sample's time course (:mod:`spikeep.brian2.schedules`; default a free phase).
         rule: ``"endpoint"`` or ``"stdp"`` (:mod:`spikeep.brian2.rules`).
@@ -250,10 +259,16 @@ def build(
         freeze: call ``gc.freeze()`` once built, so that ``Network.run``'s collection does not
             walk the objects again (runtime mode).
         fast: cpp_standalone only: one clock per time step (every group and synapse at ``dt``
-            shares it, every once-per-sample object the other), and under ``input =
-            "current"`` the input layer's update and drive as the hand-written C++ of
-            :func:`spikeep.brian2.kernels.input_step` instead of ``W_1`` 's generated code and
-            the ``drive`` group (the same arithmetic; :mod:`spikeep.brian2.standalone`).
+            shares it, every once-per-sample object the other), and the hand-written C++ of
+            :mod:`spikeep.brian2.kernels` (the same arithmetic; :mod:`spikeep.brian2.standalone`):
+            under ``input = "current"`` the input layer's update and drive
+            (:func:`~spikeep.brian2.kernels.input_step`) instead of ``W_1`` 's generated code and
+            the ``drive`` group; under Poisson input, with a rule that does not learn at spikes,
+            the input spikes' delivery through ``W_1``
+            (:func:`~spikeep.brian2.kernels.input_spikes`) instead of Brian2's spike queue;
+            under ``"poisson_frozen"`` the input spikes listed from the table
+            (:func:`~spikeep.brian2.kernels.frozen_input`) instead of a thresholder that reads
+            it for every input neuron; no spike traces where nothing reads them.
 
     Returns:
         a :class:`SpikingNetwork`.
@@ -317,24 +332,49 @@ def build(
     # input layer: the rate x of the sample (x_prev: of the sample just closed)
     inp_eqs = "x : 1\nx_prev : 1"
     close_input = "x_prev = x\nx = x_t(t, i)"
+    # fast, frozen Poisson input: a kernel lists each step's input spikes from the table
+    listed = fast and cfg.input == "poisson_frozen"
     if current:
         inp = b2.NeuronGroup(copies * sizes[0], inp_eqs, **step, namespace=ns, name="layer0")
     else:
-        inp_eqs += "\n" + "dr/dt = -r / tau_trace : 1\n" + rule_.neuron_variables()
+        check_inputs(x, cfg)
+        inp_ns = dict(ns) if listed else ns
+        inp_eqs += ("\ndr/dt = -r / tau_trace : 1" if traces else "") + "\n"
+        inp_eqs += rule_.neuron_variables()
         inp_eqs += "\nb : 1"  # unused: keeps the closing code uniform
         threshold = "rand() < x * r_max * dt"
-        if cfg.input == "poisson_frozen":  # one realisation, replayed in every phase
+        if listed:  # never evaluated: ListedCodeObject keeps the kernel's list
+            threshold = "False"
+            inp_eqs += "\nlisted : 1 (shared)"
+            u = inputs.frozen_table(cfg, schedule, sizes[0], seed)
+            inp_ns["t_replay"] = inputs.replay_length(schedule) * b2.second
+            inp_ns["row_t"] = b2.TimedArray(np.arange(len(u), dtype=float), dt=dt, name="row_t")
+        elif cfg.input == "poisson_frozen":  # one realisation, replayed in every phase
             threshold = inputs.THRESHOLD
             ns.update(inputs.frozen_poisson(cfg, schedule, sizes[0], seed))
         inp = b2.NeuronGroup(
             copies * sizes[0],
             inp_eqs,
             threshold=threshold,
-            reset="r += 1 / (r_max * tau_trace)\n" + rule_.on_spike(),
+            reset=("r += 1 / (r_max * tau_trace)\n" if traces else "") + rule_.on_spike(),
             **step,
-            namespace=ns,
+            namespace=inp_ns,
             name="layer0",
+            codeobj_class=kernels.ListedCodeObject if listed else None,
         )
+        if listed:
+            # the rate bound r_max dt x <= r_max dt (x <= 1, check_inputs), with a margin
+            bound = cfg.rate_max * cfg.dt * (1 + 1e-12)
+            steps = round(schedule.duration / cfg.dt)
+            fn = kernels.frozen_input(u, bound, inp, copies, steps, "_spikeep_layer0")
+            inp.namespace["spikeep_layer0"] = fn
+            inp.run_regularly(
+                "listed = spikeep_layer0(row_t(t % t_replay), r_max * dt)",
+                **step,
+                when="thresholds",
+                order=-1,
+                name="layer0_spikes",
+            )
         close_input = rule_.close_sample() + "\n" + close_input
     inp.run_regularly(close_input, **per_sample, when="start", order=0, name="layer0_close")
     groups, objects = [inp], [inp]
@@ -373,8 +413,12 @@ def build(
     drive = None
     synapses, pre_major = [], []
     jump = "w / (r_max * tau_syn)"
+    # fast: spikes that only transmit (no learning at spikes) go through C++ functions per step
+    # instead of Brian2's spike queues
+    transmit_only = fast and not (rule_.on_pre() or rule_.on_post())
     for k in range(1, len(sizes)):
-        pre_major.append(k == 1 and kernel)
+        # W_1 input-major for the kernels that read it by input (input_step, input_spikes)
+        pre_major.append(k == 1 and (kernel or (transmit_only and not current)))
         pre_idx, post_idx = dense_pairs(sizes[k - 1], sizes[k], copies, pre_major[-1])
         if k == 1 and kernel:
             # W_1 only holds w and g: the kernel updates them and sets layer 1's I_x
@@ -409,9 +453,7 @@ def build(
             objects.append(drive)
         else:
             clamped = k == 1  # the input is clamped: it receives no feedback
-            # fast: spikes that only transmit (no learning at spikes) go through one C++
-            # function per step instead of Brian2's spike queues
-            delivered = fast and not clamped and not (rule_.on_pre() or rule_.on_post())
+            delivered = transmit_only
             on_pre = "\n".join([f"s_post += {jump}", rule_.on_pre()])
             on_post = "\n".join(([] if clamped else [f"s_pre += {jump}"]) + [rule_.on_post()])
             syn = b2.Synapses(
@@ -425,9 +467,8 @@ def build(
                 name=f"W{k}",
             )
             if delivered:
-                fn = kernels.spike_step(
-                    jump, syn, groups[k - 1], groups[k], copies, f"_spikeep_W{k}_spikes"
-                )
+                kernel_of = kernels.input_spikes if clamped else kernels.spike_step
+                fn = kernel_of(jump, syn, groups[k - 1], groups[k], copies, f"_spikeep_W{k}_spikes")
                 syn.namespace[f"spikeep_W{k}_spikes"] = fn
                 syn.run_regularly(
                     f"delivered = spikeep_W{k}_spikes(0)",

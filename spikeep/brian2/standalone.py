@@ -50,7 +50,7 @@ import torch
 
 from ..spec import ModelSpec
 from . import kernels
-from .lowering import build
+from .lowering import build, check_inputs
 from .schedules import Schedule
 
 __all__ = ["cache_dir", "Chunk", "RAM"]
@@ -69,7 +69,9 @@ def _key(
     spec: ModelSpec, schedule: Schedule, samples: int, rule: str, seed: int, fast: bool
 ) -> str:
     shape = [(layer.name, layer.size) for layer in spec.layers]
-    version = 3 if fast else 2  # the code's version (2: the output-rate monitor; 3: fast)
+    # the code's version (2: the output-rate monitor; 3: fast; 4: fast with Poisson input, its
+    # spikes listed by kernels)
+    version = (4 if spec.spiking.input != "current" else 3) if fast else 2
     text = repr(
         (
             shape,
@@ -144,7 +146,7 @@ class Chunk:
             self.counters = [
                 b2.SpikeMonitor(g, record=False, name=f"spikes{k}")
                 for k, g in enumerate(self.net.groups)
-                if "v" in g.variables or "r" in g.variables
+                if "spike" in g.events
             ]
             # after the sample is closed (order 0) and the synapses updated (order 1)
             T = schedule.duration * b2.second
@@ -222,6 +224,7 @@ class Chunk:
         net = self.net
         sizes = net.sizes
         x = np.asarray(x, dtype=np.float64).reshape(self.samples, sizes[0])
+        check_inputs(x, self.spec.spiking)
         y = np.asarray(y, dtype=np.float64).reshape(self.samples, sizes[-1])
         lr = (lambda k: eta.get(k, 0.0)) if isinstance(eta, dict) else (lambda k: eta)  # noqa: E731
         run_args = {net.timed["x_t"]: x, net.timed["y_t"]: y}
