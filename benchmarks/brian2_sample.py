@@ -9,8 +9,12 @@ images and the weights the previous one returned (learning on). The defaults are
 symmetric EP with ``beta = 0.5``, the endpoint rule.
 
     OMP_NUM_THREADS=1 python benchmarks/brian2_sample.py [--code fast|generated|both]
-        [--rounds 3] [--input current|poisson] [--rule endpoint|stdp] [--samples 100]
-        [--chunks 3] [--dt 2e-4] [--threads 0] [--json]
+        [--rounds 3] [--protocol protocols/spiking_mnist_bio.toml] [--input current|poisson|...]
+        [--rule endpoint|stdp] [--samples 100] [--chunks 3] [--dt 2e-4] [--threads 0] [--json]
+
+``--protocol`` times a protocol's recipe instead: its model (with the model's input), estimator
+and beta, ``[brian2] rule``, its first epoch's learning rates and ``train.seed`` (the frozen Poisson
+input's table); ``--samples`` defaults to its ``[brian2] chunk``. The other options override it.
 
 ``--code`` picks the lowering: ``fast`` (``Chunk(fast=True)``, the default: the input layer's
 hand-written C++, shared clocks, the branch-free thresholder, no unread traces), ``generated``
@@ -23,8 +27,9 @@ same weights bit for bit.
 Prints, per code path: the compile time (0-ish when the cache folder already holds the project),
 milliseconds of wall time per sample (median over all runs; the binary's run including its
 start, the run arguments and the result files), milliseconds of CPU time of the binary per sample
-(user + system, from the children's resource usage: robust to waiting for a busy core), spikes
-per sample (all layers, input spikes included under Poisson input), and with ``both`` the ratios
+(user + system, from the children's resource usage: robust to waiting for a busy core) and per
+simulated time step (``steps_per_sample`` = the sample's biological time / ``dt``), spikes per
+sample (all layers, input spikes included under Poisson input), and with ``both`` the ratios
 fast / generated. ``--threads`` sets Brian2's ``devices.cpp_standalone.openmp_threads`` (0: no
 OpenMP, Brian2's default); the line records it with ``OMP_NUM_THREADS`` and the load average.
 """
@@ -46,7 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spikeep import data, spec  # noqa: E402
+from spikeep import data, protocol, spec  # noqa: E402
 from spikeep.brian2 import schedules  # noqa: E402
 from spikeep.brian2.standalone import Chunk  # noqa: E402
 from spikeep.energy import Network  # noqa: E402
@@ -59,12 +64,11 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _round(model, schedule, params, train, args, fast: bool) -> dict:
+def _round(model, schedule, params, train, args, eta, fast: bool) -> dict:
     """Open the chunk (from the cache), run ``--chunks`` runs from ``params``."""
     n = args.samples
-    eta = {"W1": 0.1 / 20, "b1": 0.1 / 20, "W2": 0.05 / 20, "b2": 0.05 / 20}
     wall, cpu, spikes = [], [], []
-    with Chunk(model, schedule, n, rule=args.rule, fast=fast) as chunk:
+    with Chunk(model, schedule, n, rule=args.rule, seed=args.seed, fast=fast) as chunk:
         for c in range(args.chunks):
             images = train.images[c * n : (c + 1) * n].flatten(1).double() / 255
             y = torch.nn.functional.one_hot(train.labels[c * n : (c + 1) * n], 10).double()
@@ -89,15 +93,18 @@ def _round(model, schedule, params, train, args, fast: bool) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(ROOT / "models" / "spiking_784_500_10.toml"))
+    p.add_argument("--protocol", default=None, help="a brian2 protocol's recipe (TOML)")
+    p.add_argument("--model", default=None, help="default: spiking_784_500_10 (the protocol's)")
     p.add_argument("--code", choices=[*CODES, "both"], default="fast")
     p.add_argument("--rounds", type=int, default=None, help="default: 3 with both, else 1")
-    p.add_argument("--input", choices=list(spec.SPIKING_INPUTS), default="current")
-    p.add_argument("--rule", choices=["endpoint", "stdp"], default="endpoint")
-    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--input", choices=list(spec.SPIKING_INPUTS), default=None, help="the model's")
+    p.add_argument("--rule", choices=["endpoint", "stdp"], default=None, help="endpoint")
+    p.add_argument("--samples", type=int, default=None, help="100 (the protocol's chunk)")
     p.add_argument("--chunks", type=int, default=3)
-    p.add_argument("--beta", type=float, default=0.5)
-    p.add_argument("--estimator", choices=["symmetric", "one-sided"], default="symmetric")
+    p.add_argument("--beta", type=float, default=None, help="0.5 (the protocol's)")
+    p.add_argument(
+        "--estimator", choices=["symmetric", "one-sided"], default=None, help="symmetric"
+    )
     p.add_argument("--dt", type=float, default=None, help="simulation step in s (the model's)")
     p.add_argument("--rate-max", type=float, default=None, help="Hz (the model's)")
     p.add_argument("--threads", type=int, default=0, help="Brian2 openmp_threads (0: none)")
@@ -107,28 +114,60 @@ def main(argv=None) -> int:
     import brian2 as b2
 
     b2.prefs.devices.cpp_standalone.openmp_threads = args.threads
+    # the spiking_mnist recipe's learning rates per sample, a twentieth for a few chunks' timing
+    eta = {"W1": 0.1 / 20, "b1": 0.1 / 20, "W2": 0.05 / 20, "b2": 0.05 / 20}
+    periods, warmup, args.seed = 2, 1, 0
+    if args.protocol:
+        try:
+            proto = protocol.load(args.protocol)
+        except (OSError, ValueError) as e:
+            p.error(f"--protocol: {e}")
+        if proto.train.engine != "brian2":
+            p.error(f"--protocol {args.protocol} trains with {proto.train.engine!r}, not brian2")
+        args.model = args.model or str(proto.model)
+        args.rule = args.rule or proto.brian2.rule
+        args.samples = args.samples or proto.brian2.chunk
+        args.estimator = args.estimator or proto.estimator.name
+        args.beta = args.beta if args.beta is not None else proto.estimator.beta
+        periods, warmup, args.seed = (
+            proto.estimator.periods,
+            proto.estimator.warmup,
+            proto.train.seed,
+        )
+        lrs = protocol.learning_rates(proto, 0)
+        eta = {k: protocol.layer_lr(lrs, k) for k in eta}
+    args.model = args.model or str(ROOT / "models" / "spiking_784_500_10.toml")
+    args.rule = args.rule or "endpoint"
+    args.samples = args.samples or 100
+    args.estimator = args.estimator or "symmetric"
+    args.beta = 0.5 if args.beta is None else args.beta
     model = spec.load(args.model)
     cfg = dataclasses.replace(
         model.spiking,
-        input=args.input,
+        input=args.input or model.spiking.input,
         dt=args.dt or model.spiking.dt,
         rate_max=args.rate_max or model.spiking.rate_max,
     )
     model = dataclasses.replace(model, spiking=cfg)
     cfg = model.spiking
+    args.input = cfg.input
     params = Network(model).init_params(0, dtype=torch.float64)
     train = data.load("mnist-embedded", "train")
-    schedule = schedules.for_estimator(args.estimator, args.beta, cfg)
+    schedule = schedules.for_estimator(
+        args.estimator, args.beta, cfg, periods=periods, warmup=warmup
+    )
     codes = list(CODES) if args.code == "both" else [args.code]
     rounds = args.rounds or (3 if args.code == "both" else 1)
     load = [os.getloadavg()[0]]
     runs = {code: [] for code in codes}
     for _ in range(rounds):
         for code in reversed(codes):  # generated first, then fast
-            runs[code].append(_round(model, schedule, params, train, args, CODES[code]))
+            runs[code].append(_round(model, schedule, params, train, args, eta, CODES[code]))
     load.append(os.getloadavg()[0])
 
+    steps = round(schedule.duration / cfg.dt)
     result = {
+        "protocol": args.protocol,
         "model": model.source,
         "input": args.input,
         "rule": args.rule,
@@ -139,6 +178,8 @@ def main(argv=None) -> int:
         "rounds": rounds,
         "biological_ms_per_sample": round(schedule.duration * 1e3, 3),
         "dt_ms": cfg.dt * 1e3,
+        "steps_per_sample": steps,
+        "eta": eta,
         "openmp_threads": args.threads,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "load_average": [round(x, 1) for x in load],
@@ -154,6 +195,7 @@ def main(argv=None) -> int:
             "ms_per_sample": round(1e3 * statistics.median(wall), 3),
             "ms_per_sample_each_run": [round(1e3 * t, 3) for t in wall],
             "cpu_ms_per_sample": round(1e3 * statistics.median(cpu), 3),
+            "cpu_us_per_step": round(1e6 * statistics.median(cpu) / steps, 3),
             "spikes_per_sample": round(statistics.mean(s for r in rs for s in r["spikes"]), 1),
         }
     if len(codes) == 2:
@@ -169,16 +211,17 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
     print(
-        f"{result['model']}  input {args.input}  rule {args.rule}  {args.estimator}  "
-        f"rate_max {cfg.rate_max:g} Hz  {result['biological_ms_per_sample']:g} ms per sample at "
-        f"dt {result['dt_ms']:g} ms  openmp_threads {args.threads}  OMP_NUM_THREADS "
+        f"{args.protocol or ''}  {result['model']}  input {args.input}  rule {args.rule}  "
+        f"{args.estimator} beta {args.beta:g}  rate_max {cfg.rate_max:g} Hz  "
+        f"{result['biological_ms_per_sample']:g} ms per sample at dt {result['dt_ms']:g} ms "
+        f"({steps} steps)  openmp_threads {args.threads}  OMP_NUM_THREADS "
         f"{result['OMP_NUM_THREADS']}  load average {load[0]:.1f} -> {load[1]:.1f}"
     )
     for code, r in result["codes"].items():
         print(
             f"{code:>9}: build {r['build_s']} s (compiled: {r['compiled']})  ms_per_sample "
             f"{r['ms_per_sample']}  cpu_ms_per_sample {r['cpu_ms_per_sample']}  "
-            f"spikes_per_sample {r['spikes_per_sample']}"
+            f"cpu_us_per_step {r['cpu_us_per_step']}  spikes_per_sample {r['spikes_per_sample']}"
         )
     if len(codes) == 2:
         print(
