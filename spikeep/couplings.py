@@ -230,6 +230,10 @@ class Conv(Coupling):
 
     def weight_grad(self, W, pairs):
         dtype = pairs[0][1].dtype
+        if len(pairs) > 1 and all(r is pairs[0][0] for r, _ in pairs):
+            # the same r_prev (the clamped input): sum_k <g_k, forward(W, r)> is
+            # <sum_k g_k, forward(W, r)>, one conv (and pool) and one backward pass for all
+            pairs = [(pairs[0][0], sum(g for _, g in pairs))]
         with torch.enable_grad():
             Wr = W.detach().requires_grad_(True)  # real leaf: d Re(total)/dW is what we need
             Wc = Wr.to(dtype)

@@ -364,7 +364,8 @@ def relax(
     dyn = net.dynamics
     state, prev = s0, s0
     replay = generator.get_state() if noise else None  # to replay the draws if it diverges
-    fast = _planar(net) and not s0[0].is_complex() and not _tracked(params, x, s0, static)
+    real = not s0[0].is_complex()
+    fast = _planar(net, flow=real) and real and not _tracked(params, x, s0, static)
     if fast:  # the same arithmetic in preallocated buffers
         run = _PlanarRun(net, params, y, [beta], [False], static, s0)
         for _ in range(steps):
@@ -447,11 +448,12 @@ def relax_points(
     check_noise(noise, generator)
     real_start = s is None or not s[0].is_complex()
     real_params = not next(iter(params.values())).is_complex()
-    if not (_planar(net) and real_start and real_params and not _tracked(params, x, s, static)):
+    is_complex = [isinstance(b, complex) and b.imag != 0 for b in betas]
+    planar = _planar(net, flow=not any(is_complex))
+    if not (planar and real_start and real_params and not _tracked(params, x, s, static)):
         return [
             relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator) for b in betas
         ]
-    is_complex = [isinstance(b, complex) and b.imag != 0 for b in betas]
     if any(is_complex):
         _state_dtype(net, params, x, 1j, None)  # refuses a network that is not holomorphic
     if static is None:
@@ -462,12 +464,17 @@ def relax_points(
     return run.results(max_abs, static)
 
 
-def _planar(net) -> bool:
-    """Whether :func:`relax_points` can carry complex states as real rows (its docstring)."""
+def _planar(net, flow: bool = False) -> bool:
+    """Whether :func:`relax_points` can carry complex states as real rows (its docstring), or,
+    with ``flow`` (real states only), run the buffered loop of :class:`_PlanarRun` at all: then
+    also for the ``energy`` dynamics of an activation that is the identity on its box (the hard
+    sigmoid), whose step is ``clip(lerp(s, h, dt))`` of the drive ``h`` at rates ``s``."""
     from .couplings import Dense
 
+    dyn, act = net.dynamics, net.act
+    box_flow = type(dyn) is GradientFlow and act.slope == 1 and act.box is not None
     return (
-        type(net.dynamics) is Prototypical
+        (type(dyn) is Prototypical or (flow and box_flow))
         and all(isinstance(c, Dense) for c in net.couplings)
         and all(len(layer.shape) == 1 for layer in net.spec.dynamic_layers)
     )
@@ -529,6 +536,10 @@ class _PlanarRun:
             beta_c = torch.tensor([complex(betas[k]) for k in self.cplx], dtype=cdtype)
             self.beta_cplx = beta_c.to(device).repeat_interleave(B).unsqueeze(1)
         self.sigmoid4 = net.act.name == "sigmoid4"
+        # the energy dynamics (real states only, _planar): s <- clip(lerp(s, h, dt)), then noise
+        self.flow = type(net.dynamics) is GradientFlow
+        if self.flow and C:
+            raise ValueError("the buffered energy dynamics take real states only")
         if self.sigmoid4 and C:  # flat scratch for the complex blocks of every layer at once
             size = len(s0) * C * B * max(widths)
             mask = torch.empty(size, dtype=torch.bool, device=device)
@@ -544,10 +555,12 @@ class _PlanarRun:
         for i in range(top + 1):  # the order of Network.dphi: forward drive, then feedback
             if i > 0:
                 torch.addmm(self.static[i], cur[i - 1], W[i - 1].T, out=nxt[i])
+                if i < top:
+                    nxt[i].addmm_(cur[i + 1], W[i])
+            elif i < top:  # the input layer's static drive and its feedback, one product
+                torch.addmm(self.static[i], cur[i + 1], W[i], out=nxt[i])
             else:
                 nxt[i].copy_(self.static[i])
-            if i < top:
-                nxt[i].addmm_(cur[i + 1], W[i])
         h, r = nxt[top], cur[top]
         if self.readout and self.single is None and (self.nudged or self.C):
             self._nudge_readout(h, r)
@@ -575,16 +588,30 @@ class _PlanarRun:
             self.single, self.nudged = float(beta), beta != 0
 
     def _noise_and_rho(self, noise, generator):
+        """The drives in ``nxt`` become the new states: ``rho`` of the drive with its noise
+        (prototypical), or the energy dynamics' Euler step from ``cur``, then its noise (the
+        draws in the order of :meth:`Dynamics.noisy_step`, layer by layer)."""
         cur, nxt = self.cur, self.nxt
-        if noise:  # layer by layer, in the order of Prototypical.noisy_step's draws
-            add_noise(tuple(hi[: self.nre * self.B] for hi in nxt), noise, generator)
+        noisy = tuple(hi[: self.nre * self.B] for hi in nxt) if noise else ()
+        if noise and not self.flow:
+            add_noise(noisy, noise, generator)
         if self.merged:
-            self._rho(self.nxt_all)
+            self._new(self.nxt_all, self.cur_all)
             self.cur_all, self.nxt_all = self.nxt_all, self.cur_all
         else:
-            for hi in nxt:
-                self._rho(hi)
+            for hi, si in zip(nxt, cur, strict=True):
+                self._new(hi, si)
+        if noise and self.flow:
+            add_noise(noisy, noise, generator)
         self.prev, self.cur, self.nxt = cur, nxt, cur
+
+    def _new(self, h, s):
+        """The new states in place of the drives ``h``, from the states ``s``: ``rho(h)``, or
+        ``clip(lerp(s, h, dt))`` for the energy dynamics (:meth:`GradientFlow.step`'s kernels)."""
+        if self.flow:
+            torch.lerp(s, h, self.net.dynamics.dt, out=h).clamp_(*self.net.act.box)
+        else:
+            self._rho(h)
 
     def _nudge_readout(self, h, r):
         """``h -= beta_k dC/dr_top`` for the cross-entropy readout, every row at once: the logits
@@ -620,8 +647,10 @@ class _PlanarRun:
             if self.C:
                 _sigmoid_planar_(re.mul_(4.0).sub_(2.0), im.mul_(4.0), self._scratch_like(re))
             return
-        if R:
-            real.copy_(act.rho(real))
+        if R:  # in place where the activation has an in-place form (Prototypical._rates' own)
+            r = act.rho_(real)
+            if r is not real:
+                real.copy_(r)
         if self.C:
             r = act.rho(torch.complex(re, im))
             re.copy_(r.real)

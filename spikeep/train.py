@@ -616,7 +616,7 @@ def _train_step(
             raise TrainingError(f"{where}: {err}") from None
         loss = float(cost.sum())
         if step.params is not None:  # an online engine moved the parameters itself
-            if not all(bool(torch.isfinite(v).all()) for v in step.params.values()):
+            if not _finite(step.params.values()):
                 raise TrainingError(
                     f"{where}: non-finite weights; lower the learning rates or beta. The last "
                     f"good checkpoint is kept."
@@ -641,7 +641,7 @@ def _descend(state, grads, protocol, lrs, loss, where, share, world) -> None:
         for v in grads.values():
             v.mul_(share)
             torch.distributed.all_reduce(v)
-    if not math.isfinite(loss) or not all(bool(torch.isfinite(v).all()) for v in grads.values()):
+    if not (math.isfinite(loss) and _finite(grads.values())):
         raise TrainingError(
             f"{where}: non-finite loss or gradient (loss {loss}); lower the learning rates or "
             f"beta. The last good checkpoint is kept."
@@ -652,6 +652,13 @@ def _descend(state, grads, protocol, lrs, loss, where, share, world) -> None:
         buf = state.momentum[k]
         buf.mul_(mu).add_(d) if mu else buf.copy_(d)
         v.add_(buf, alpha=-layer_lr(lrs, k))
+
+
+def _finite(tensors) -> bool:
+    """Whether every element of ``tensors`` is finite, with one sum per tensor and one
+    synchronisation (a NaN or an infinity makes a sum non-finite; so would finite elements whose
+    sum passes the dtype's largest value, which only a diverged run has)."""
+    return math.isfinite(float(torch.stack([v.sum() for v in tensors]).sum()))
 
 
 def _progress_bar(

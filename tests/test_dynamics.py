@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import load, setup, variant
 
-from spikeep.dynamics import DivergenceError, prepare, relax, stepper
+from spikeep.dynamics import DivergenceError, _planar, prepare, relax, stepper
 
 
 @pytest.mark.parametrize("dynamics", ["prototypical", "alternating", "energy"])
@@ -192,13 +192,28 @@ def test_alternating_noise_is_reproducible_and_enters_every_layer():
         assert float((a - q).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_holo", "mlp_784_256x2_10"])
+BUFFERED = {
+    "tiny": lambda: load("tiny"),
+    "tiny_holo": lambda: load("tiny_holo"),
+    "mlp_784_256x2_10": lambda: load("mlp_784_256x2_10"),
+    # the energy dynamics of the hard sigmoid: mse; a readout; two layers of one width (merged)
+    "tiny energy": lambda: variant("tiny", dynamics="energy", dt=0.5, activation="hard_sigmoid"),
+    "mlp_784_500_10_ce": lambda: load("mlp_784_500_10_ce"),
+    "mlp_784_256x2_10 energy": lambda: variant(
+        "mlp_784_256x2_10", dynamics="energy", dt=0.3, activation="hard_sigmoid"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BUFFERED))
 @pytest.mark.parametrize("beta", [0.0, 0.3])
 @pytest.mark.parametrize("noise", [0.0, 0.04])
 def test_the_buffered_loop_is_bit_identical_to_the_step_functions(name, beta, noise):
-    """Dense prototypical phases run in preallocated buffers (dynamics._PlanarRun); the states,
-    noise draws included, are exactly those of stepping Dynamics.step / noisy_step."""
-    net = load(name)
+    """Dense prototypical phases, and energy phases of the hard sigmoid, run in preallocated
+    buffers (dynamics._PlanarRun); the states, noise draws included, are exactly those of
+    stepping Dynamics.step / noisy_step."""
+    net = BUFFERED[name]()
+    assert _planar(net, flow=True)  # the buffered loop is the one compared
     params, x, y = setup(net, dtype=net.init_params(0)["W1"].dtype)
     fast = relax(net, params, x, y, beta, steps=25, noise=noise, generator=_gen(noise))
     p, x, y, static, s = prepare(net, params, x, y, beta)
