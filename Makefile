@@ -28,8 +28,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
 
+# spikeep beside the autograd-per-step approach, a hand-fused step and the FLOP limit
+# (docs/benchmarks.md); then the thread settings under load (it starts one busy process itself)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ep_step.py
+	$(BIN)/python benchmarks/threads.py
 	$(BIN)/spikeep bench ep-step --model models/mlp_784_500_10.toml --batch 100 --free-steps 20 --nudged-steps 4
 
 lint: $(STAMP)

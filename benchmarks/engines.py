@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -47,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spikeep import data, estimators, reference, spec  # noqa: E402
+from spikeep import _threads, data, estimators, reference, spec  # noqa: E402
 from spikeep._dtypes import DTYPES  # noqa: E402
 from spikeep.dynamics import relax  # noqa: E402
 from spikeep.energy import Network  # noqa: E402
@@ -129,6 +128,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-brian2", action="store_true", help="leave the brian2 engine out")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    try:  # spikeep's thread setting: $SPIKEEP_THREADS, else one
+        _threads.apply(_threads.choose(None)[0])
+    except ValueError as err:
+        p.error(str(err))
 
     model = spec.load(MODEL)
     net = Network(model)
@@ -210,7 +213,7 @@ def main(argv=None) -> int:
         "beta": args.beta,
         "dtype_torch_engines": args.dtype,
         "target_cosine": round(target, 4),
-        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "table": table,
         "ladder": {
@@ -226,7 +229,8 @@ def main(argv=None) -> int:
         return 0
     print(
         f"\n{result['model']}, batch {args.batch}, {args.estimator} EP, beta {args.beta}, "
-        f"target cosine {target:.4f}, median of {args.repeats} interleaved rounds"
+        f"target cosine {target:.4f}, median of {args.repeats} interleaved rounds, "
+        f"{result['threads']} torch thread(s)"
     )
     head = f"{'engine':9s} {'settings':42s} {'cosine':>7s} {'true':>7s} {'samples/s':>10s}"
     print(head + f" {'x rate':>8s}")

@@ -225,7 +225,10 @@ def main(argv=None):
         print(json.dumps(results, indent=1))
         return
     for r in results:
-        print(f"{r['protocol']}: one batch of 20 (free phase + estimate), {args.repeats} rounds")
+        print(
+            f"{r['protocol']}: one batch of 20 (free phase + estimate), {args.repeats} rounds, "
+            f"{torch.get_num_threads()} torch thread"
+        )
         for name in ("before", "after"):
             v = r[name]
             print(
