@@ -315,10 +315,11 @@ def gflops(r: dict) -> dict:
 # -- the workloads --------------------------------------------------------------------------------
 
 
-def _time(fn) -> float:
-    t0 = time.perf_counter()
+def _time(fn) -> tuple[float, float]:
+    """Wall and CPU seconds of ``fn()`` (CPU time: what waiting for a busy core leaves out)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def _nograd(fn):
@@ -331,15 +332,20 @@ def _nograd(fn):
 
 def _interleave(fns: dict, repeats: int, warmup: int, kernels=("sgemm",)) -> dict:
     """Median wall time (ms) of each function, and of the throughput ``kernels``, run in turn
-    repeat by repeat."""
+    repeat by repeat, the order rotating (so that none always follows the large sgemm, which
+    leaves the caches cold); under ``"cpu"`` the median CPU times."""
     fns = {**fns, **{k: KERNELS[k] for k in kernels}}
+    names = list(fns)
     times = {k: [] for k in fns}
     for i in range(warmup + repeats):
-        for k, fn in fns.items():
-            d = _time(fn)
+        for j in range(len(names)):
+            k = names[(i + j) % len(names)]
+            d = _time(fns[k])
             if i >= warmup:
                 times[k].append(d)
-    return {k: 1e3 * statistics.median(ts) for k, ts in times.items()}
+    out = {k: 1e3 * statistics.median(w for w, _ in ts) for k, ts in times.items()}
+    out["cpu"] = {k: 1e3 * statistics.median(c for _, c in ts) for k, ts in times.items()}
+    return out
 
 
 def bench_mlp(versions: dict, repeats: int) -> dict:
@@ -421,7 +427,9 @@ def bench_conv(versions: dict, repeats: int, steps: int = 3) -> dict:
 
     fns["autograd"] = theirs
     out = _interleave(fns, repeats, 2, ("sgemm", "conv"))
-    return {k: t if k in KERNELS else t / steps for k, t in out.items()}
+    per = {k: t if k in KERNELS else t / steps for k, t in out.items() if k != "cpu"}
+    per["cpu"] = {k: t if k in KERNELS else t / steps for k, t in out["cpu"].items()}
+    return per
 
 
 def bench_conv_ep(versions: dict, repeats: int) -> dict:
@@ -510,7 +518,11 @@ def report(out: dict) -> str:
         tp = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["gflops"].items())
         parts = [f"spikeep {after:.2f} ms"]
         if "before" in r:
-            parts.append(f"before {r['before']:.2f} ms (after/before {after / r['before']:.2f})")
+            cpu = r["cpu"]["after"] / r["cpu"]["before"]
+            parts.append(
+                f"before {r['before']:.2f} ms (after/before {after / r['before']:.2f}; in CPU "
+                f"time {cpu:.2f})"
+            )
         if "autograd" in r:
             parts.append(
                 f"autograd-per-step {r['autograd']:.2f} ms ({r['autograd'] / after:.1f}x slower)"

@@ -516,6 +516,10 @@ class _PlanarRun:
             self.nxt = [torch.empty_like(c) for c in self.cur]
         self.static = []
         for h, si, cur in zip(static, s0, self.cur, strict=True):
+            if M == 1:  # one real point: the drive as it is (a bias broadcasts in the products)
+                self.static.append(h)
+                cur.copy_(si)
+                continue
             S = torch.zeros_like(cur)
             S[: self.nre * B] = h if h.dim() == 1 else h.repeat(self.nre, 1)
             self.static.append(S)
@@ -524,10 +528,12 @@ class _PlanarRun:
         beta_r = [complex(betas[k]).real for k in self.real]
         self.nudged = any(beta_r)  # a free phase has no cost term (Network.dphi)
         self.single = beta_r[0] if R == 1 and not C else None  # exactly Network.dphi's sub
+        self.beta_real = None  # per-row nudges, where the points' differ (not self.single)
         if y is not None:
-            self.y_real = y.to(real_dtype).repeat(R, 1)
-            beta_r = torch.tensor(beta_r, dtype=real_dtype, device=device)
-            self.beta_real = beta_r.repeat_interleave(B).unsqueeze(1)
+            self.y_real = y.to(real_dtype) if R == 1 else y.to(real_dtype).repeat(R, 1)
+            if self.single is None:
+                beta_r = torch.tensor(beta_r, dtype=real_dtype, device=device)
+                self.beta_real = beta_r.repeat_interleave(B).unsqueeze(1)
         if C:
             cdtype = COMPLEX_OF[real_dtype]
             if not net.readout:  # the readout's nudge stays in real products (_nudge_readout)
@@ -552,6 +558,15 @@ class _PlanarRun:
     def step(self, noise, generator):
         net, cur, nxt, W = self.net, self.cur, self.nxt, self.weights
         top, B, R, nre = len(cur) - 1, self.B, self.R, self.nre
+        if top == 0 and self.single is not None:  # one layer, one real point
+            if not self.nudged and self.flow:  # the drive is the static one: read it there
+                self._noise_and_rho(noise, generator, self.static)
+                return
+            if self.nudged:  # the static drive and the nudge in one op (Network.dphi's sub)
+                d = net.dcost_dr(self.params, cur[0], self.y_real)
+                torch.sub(self.static[0], d, alpha=self.single, out=nxt[0])
+                self._noise_and_rho(noise, generator)
+                return
         for i in range(top + 1):  # the order of Network.dphi: forward drive, then feedback
             if i > 0:
                 torch.addmm(self.static[i], cur[i - 1], W[i - 1].T, out=nxt[i])
@@ -584,32 +599,37 @@ class _PlanarRun:
         if self.C:
             self.beta_cplx.fill_(complex(beta))
         else:
-            self.beta_real.fill_(float(beta))
+            if self.beta_real is not None:
+                self.beta_real.fill_(float(beta))
             self.single, self.nudged = float(beta), beta != 0
 
-    def _noise_and_rho(self, noise, generator):
-        """The drives in ``nxt`` become the new states: ``rho`` of the drive with its noise
-        (prototypical), or the energy dynamics' Euler step from ``cur``, then its noise (the
-        draws in the order of :meth:`Dynamics.noisy_step`, layer by layer)."""
+    def _noise_and_rho(self, noise, generator, drives=None):
+        """The drives in ``nxt`` (or ``drives``, energy dynamics only) become the new states in
+        ``nxt``: ``rho`` of the drive with its noise (prototypical), or the energy dynamics'
+        Euler step from ``cur``, then its noise (the draws in the order of
+        :meth:`Dynamics.noisy_step`, layer by layer)."""
         cur, nxt = self.cur, self.nxt
         noisy = tuple(hi[: self.nre * self.B] for hi in nxt) if noise else ()
         if noise and not self.flow:
             add_noise(noisy, noise, generator)
-        if self.merged:
+        if self.merged and drives is None:
             self._new(self.nxt_all, self.cur_all)
-            self.cur_all, self.nxt_all = self.nxt_all, self.cur_all
         else:
-            for hi, si in zip(nxt, cur, strict=True):
-                self._new(hi, si)
+            for hi, si, out in zip(drives or nxt, cur, nxt, strict=True):
+                self._new(hi, si, out)
+        if self.merged:
+            self.cur_all, self.nxt_all = self.nxt_all, self.cur_all
         if noise and self.flow:
             add_noise(noisy, noise, generator)
         self.prev, self.cur, self.nxt = cur, nxt, cur
 
-    def _new(self, h, s):
-        """The new states in place of the drives ``h``, from the states ``s``: ``rho(h)``, or
-        ``clip(lerp(s, h, dt))`` for the energy dynamics (:meth:`GradientFlow.step`'s kernels)."""
+    def _new(self, h, s, out=None):
+        """The new states in ``out`` (default: in place of the drives ``h``), from the states
+        ``s``: ``rho(h)``, or ``clip(lerp(s, h, dt))`` for the energy dynamics
+        (:meth:`GradientFlow.step`'s kernels)."""
         if self.flow:
-            torch.lerp(s, h, self.net.dynamics.dt, out=h).clamp_(*self.net.act.box)
+            out = h if out is None else out
+            torch.lerp(s, h, self.net.dynamics.dt, out=out).clamp_(*self.net.act.box)
         else:
             self._rho(h)
 
