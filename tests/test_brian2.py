@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import brian2 as b2
 import numpy as np
@@ -333,6 +334,43 @@ def test_standalone_chunk_reruns_with_new_data_and_weights_without_recompiling(s
         assert not torch.equal(second["gradient"][k], first["gradient"][k])
     leftovers = list((chunk.directory / "static_arrays").glob("init_x_t_values_*"))
     assert leftovers == []  # the run_args arrays are deleted after each run
+
+
+def test_a_held_project_folder_sends_another_process_to_a_spare(tmp_path):
+    """Two runs of one network at once (two seeds): the second compiles in a spare folder, not
+    over the binary the first is running."""
+    import subprocess
+    import sys
+
+    from spikeep.brian2.standalone import claim
+
+    base = tmp_path / "net-0123"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; "
+            "from spikeep.brian2.standalone import claim; claim(Path(sys.argv[1])); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(base),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        folder, fd = claim(base)
+        assert folder == tmp_path / "net-0123-1"
+        with pytest.raises(RuntimeError, match="net-0123 is in use by another process"):
+            claim(base, spare=False)
+        os.close(fd)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    folder, fd = claim(base)  # the holder has ended: its folder is free again
+    assert folder == base
+    os.close(fd)
 
 
 # -- the fast path (spikeep.brian2.kernels) against Brian2's generated code ----------------------

@@ -18,7 +18,10 @@ The project lives under the cache folder ``$SPIKEEP_CACHE/brian2`` (default
 (the spec's layers, activation and ``[spiking]`` section, the schedule, the rule, ``samples``,
 ``fast``): a later process with the same network regenerates identical sources, which Brian2
 leaves untouched, so ``make`` has nothing to rebuild. The ``run_args`` arrays of a run are
-deleted after it.
+deleted after it. An open chunk holds its folder (an exclusive ``flock`` on ``.in_use``, let go
+by :meth:`Chunk.close` or the process's end): a second process with the same network, say a
+second seed, takes the next free folder (``<name>-<hash>-1``, ...) and compiles there, since
+rebuilding the binary under a running process makes that process's next run fail.
 
 ``fast=True`` (the default) lowers with ``build(fast=True)`` on the device of
 :mod:`spikeep.brian2.kernels` (hand-written C++ for the input layer, the spike delivery, the
@@ -36,6 +39,7 @@ code-object names (and the cached sources) instead of ``<name>_1`` and a recompi
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import os
@@ -53,7 +57,7 @@ from . import kernels
 from .lowering import build, check_inputs
 from .schedules import Schedule
 
-__all__ = ["cache_dir", "Chunk", "RAM"]
+__all__ = ["cache_dir", "claim", "Chunk", "RAM"]
 
 #: Where a fast chunk's binary writes its result files (a memory file system), if it exists.
 RAM = Path("/dev/shm")
@@ -91,6 +95,31 @@ def _key(
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def claim(directory: Path, spare: bool = True) -> tuple[Path, int]:
+    """The project folder ``directory``, or with ``spare`` the first of ``directory-1``,
+    ``directory-2``, ... that no other open chunk holds; created, and held by an exclusive
+    ``flock`` on its ``.in_use`` file until the returned descriptor is closed.
+
+    Raises:
+        RuntimeError: ``directory`` is held and ``spare`` is false.
+    """
+    for n in range(1000):
+        folder = directory if n == 0 else directory.with_name(f"{directory.name}-{n}")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".in_use", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if not spare:
+                raise RuntimeError(
+                    f"the Brian2 project folder {folder} is in use by another process"
+                ) from None
+            continue
+        return folder, fd
+    raise RuntimeError(f"1000 copies of the Brian2 project folder {directory} are in use")
+
+
 class Chunk:
     """``samples`` samples of ``schedule`` compiled into one cpp_standalone binary.
 
@@ -100,7 +129,9 @@ class Chunk:
         samples: samples per chunk (the ``TimedArray`` s have one row per sample).
         rule: ``endpoint`` or ``stdp``.
         seed: Brian2's random seed (Poisson input); part of the compiled code.
-        directory: the project folder (default: under :func:`cache_dir`).
+        directory: the project folder (default: under :func:`cache_dir`, or a spare copy of it
+            while another process holds it, :func:`claim`); an explicit folder in use is an
+            error.
         fast: lower with ``build(fast=True)`` (shared clocks, the input layer's hand-written
             C++): the same arithmetic as ``fast=False`` (Brian2's generated code only).
 
@@ -124,8 +155,8 @@ class Chunk:
         self.spec, self.schedule, self.samples = spec, schedule, samples
         key = _key(spec, schedule, samples, rule, seed, fast)
         self.fast = fast
-        self.directory = Path(directory) if directory else cache_dir() / f"{spec.name}-{key}"
-        self.directory.mkdir(parents=True, exist_ok=True)
+        folder = Path(directory) if directory else cache_dir() / f"{spec.name}-{key}"
+        self.directory, self._hold = claim(folder, spare=directory is None)
         sizes = [layer.size for layer in spec.layers]
         params = {}
         for k in range(1, len(sizes)):
@@ -199,6 +230,13 @@ class Chunk:
         if getattr(self, "_results", None):
             shutil.rmtree(self._results, ignore_errors=True)
             self._results = None
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Release the project folder (:func:`claim`)."""
+        if getattr(self, "_hold", None) is not None:
+            os.close(self._hold)
+            self._hold = None
 
     @property
     def binary_mtime(self) -> float:
