@@ -22,6 +22,10 @@
 
 PROTOCOL and --model PATH take a file or a built-in name (``quickstart``, ``tiny``).
 
+Every command that computes (gradcheck, gdu, bench, train, fidelity, eval) takes ``--threads N``:
+torch's CPU threads, default ``$SPIKEEP_THREADS``, else 1 (``spikeep._threads``); above one the
+program restarts itself once with ``OMP_WAIT_POLICY=PASSIVE`` unless that variable is set.
+
 A bad argument prints one line and exits with status 2; a relaxation or a training run that
 diverges, or a run out of memory, prints one line and exits with 1; a training run stopped by
 Ctrl-C saves its last finished step, says how to resume it and exits with 130.
