@@ -814,9 +814,15 @@ def main(argv: list[str] | None = None) -> int:
         if n > 1 and console and "OMP_WAIT_POLICY" not in os.environ:
             # OpenMP reads its wait policy when torch loads: start again with the passive one,
             # so that idle threads sleep instead of spinning on cores others need
+            # (this very package first on the path, not whatever the current folder holds)
+            from pathlib import Path
+
+            here = str(Path(__file__).resolve().parents[1])
+            path = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = here + (os.pathsep + path if path else "")
             os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
             sys.stdout.flush()
-            os.execv(sys.executable, [sys.executable, "-m", "spikeep.cli", *argv])
+            os.execv(sys.executable, [sys.executable, "-P", "-m", "spikeep.cli", *argv])
         _threads.apply(n)
     commands = {
         "gradcheck": _gradcheck,
