@@ -50,6 +50,8 @@ BIAS_INITS = ("zeros", "uniform_fan_in")
 NEURONS = ("if", "lif", "lif_bio")
 SPIKING_ACTIVATIONS = ("hard_sigmoid", "hard_sigmoid_half", "sigmoid4", "holotanh", "lif_rate")
 SPIKING_INPUTS = ("poisson", "current", "poisson_frozen")
+#: The trace the STDP-like rule pairs a spike with (Spiking.stdp_trace).
+STDP_TRACES = ("running", "window")
 
 
 class SpecError(ValueError):
@@ -109,7 +111,9 @@ class Spiking:
     into ``r ~ rho(s)``: the output's teaching current ``beta (y - r)`` and the STDP-like rule read
     it. ``input``: the input ``x`` as Poisson spike trains at ``rate_max x``, or as the constant
     current ``W_1 x``. ``settle`` and ``window``: each phase settles, then averages its rates over
-    the window; ``period``: the phase-free rule's oscillation period.
+    the window; ``period``: the phase-free rule's oscillation period. ``stdp_trace``: the trace the
+    STDP-like rule pairs each spike with: ``"running"`` (the neuron's ``r``) or ``"window"`` (a
+    copy that counts only the current learning window's spikes, zero at its start; docs/spiking.md).
     """
 
     neuron: str = "if"
@@ -123,6 +127,7 @@ class Spiking:
     settle: float = 0.2
     window: float = 0.4
     period: float = 0.2
+    stdp_trace: str = "running"
 
 
 @dataclass(frozen=True)
@@ -322,9 +327,10 @@ def _spiking(ctx: _Ctx, raw: Any) -> Spiking:
     default = Spiking()
     neuron = ctx.choice(raw, "neuron", NEURONS, "spiking.neuron", default.neuron)
     input_ = ctx.choice(raw, "input", SPIKING_INPUTS, "spiking.input", default.input)
+    trace = ctx.choice(raw, "stdp_trace", STDP_TRACES, "spiking.stdp_trace", default.stdp_trace)
     values = {}
     for f in dataclasses.fields(Spiking):
-        if f.name in ("neuron", "input"):
+        if f.name in ("neuron", "input", "stdp_trace"):
             continue
         where = f"spiking.{f.name}"
         value = float(ctx.typed(raw, f.name, (int, float), where, getattr(default, f.name)))
@@ -334,7 +340,7 @@ def _spiking(ctx: _Ctx, raw: Any) -> Spiking:
             bound = ">= 0" if lowest == 0.0 else "> 0"
             ctx.fail(where, f"expected a finite number {bound} ({unit}), got {value!r}")
         values[f.name] = value
-    out = Spiking(neuron=neuron, input=input_, **values)
+    out = Spiking(neuron=neuron, input=input_, stdp_trace=trace, **values)
     if out.rate_max * out.dt > 1:
         ctx.fail(
             "spiking.dt",

@@ -65,6 +65,11 @@ BAD_SPECS = [
     ("string-rate", _spiking(rate_max="fast"), "spiking.rate_max: expected int/float"),
     ("two-spikes-per-step", _spiking(rate_max=1e4), "rate_max * dt = 2 must be <= 1"),
     ("window-under-two-steps", _spiking(window=1e-4), "spiking.window: expected at least two"),
+    (
+        "stdp-trace",
+        _spiking(stdp_trace="delayed"),
+        "spiking.stdp_trace: expected one of ['running', 'window'], got 'delayed'",
+    ),
     ("tanh", {**_spiking(), "activation": "tanh"}, "needs a non-negative rate function"),
     ("cross-entropy", {**_spiking(), "cost": "cross_entropy"}, "needs cost 'mse'"),
     ("sigmoid4-gradient-flow", {**_spiking(), "activation": "sigmoid4"}, "dynamics: spiking rates"),
@@ -216,6 +221,35 @@ def test_phase_free_oscillation_rule_aligns_with_the_exact_gradient(small, rule)
     # |beta| 0.2 cos(2 pi t / 0.8 s), one period discarded, one demodulated (1.6 s); measured 0.997
     r = gradcheck(small, "oscillation", 0.2, rule=rule, batch=16, period=0.8, periods=1, warmup=1)
     assert r["cosine"] >= 0.8, r["per_param"]
+
+
+def test_window_trace_scales_the_stdp_estimate_in_a_settled_window(small):
+    """stdp_trace = "window": in a stationary window of length T the window trace's mean is
+    rho (1 - exp(-t / tau)), so W2's estimate is the running trace's times
+    1 - tau (1 - exp(-T / tau)) / T (0.80 here); W1's (a constant input current) is unchanged."""
+    net = Network(small)
+    params = net.init_params(0)
+    x, y = random_batch(net, 16, 0)
+    sched = schedules.symmetric(0.1, small.spiking, settle=0.3, window=0.1)
+    g = {}
+    for trace in spec_mod.STDP_TRACES:
+        spec = dataclasses.replace(
+            small, spiking=dataclasses.replace(small.spiking, stdp_trace=trace)
+        )
+        sn = build(spec, params, x, y, sched, rule="stdp")
+        sn.run()
+        g[trace] = sn.gradient()
+    tau, T = small.spiking.tau_trace, 0.1
+    factor = 1 - tau * (1 - np.exp(-T / tau)) / T
+    run, win = g["running"]["W2"].flatten(), g["window"]["W2"].flatten()
+    scale = float(win @ run / (run @ run))  # measured 0.806 against 0.801, cosine 0.9998
+    assert abs(scale - factor) < 0.08, (scale, factor)
+    np.testing.assert_array_equal(g["window"]["W1"], g["running"]["W1"])
+
+
+def test_window_trace_needs_phases(small):
+    with pytest.raises(ValueError, match="stdp_trace: 'window' needs a phased schedule"):
+        rules.Rule("stdp", schedules.oscillation(0.2, small.spiking), trace="window")
 
 
 def test_update_moves_the_weights_against_the_estimate(small):
@@ -394,6 +428,8 @@ FAST_CASES = [
     ("symmetric-endpoint-bio", "symmetric", "endpoint", BIO_CHANGES),
     # the same input kernel under stdp: the input's trace kept, W1 through Brian2's spike queues
     ("symmetric-stdp-bio", "symmetric", "stdp", BIO_CHANGES),
+    # the window trace (a per-step run_regularly that empties rw between windows)
+    ("symmetric-stdp-window", "symmetric", "stdp", {"stdp_trace": "window"}),
 ]
 
 

@@ -280,7 +280,7 @@ def build(
         raise ValueError(f"{spec.source}: the brian2 engine needs a [spiking] section")
     schedule = schedule or schedules.free(cfg)
     schedule.check(cfg)
-    rule_ = Rule(rule, schedule)
+    rule_ = Rule(rule, schedule, cfg.stdp_trace)
     x = _as_numpy(x)
     x = x[None] if x.ndim == 2 else x
     sizes = [layer.size for layer in spec.layers]
@@ -378,6 +378,9 @@ def build(
         close_input = rule_.close_sample() + "\n" + close_input
     inp.run_regularly(close_input, **per_sample, when="start", order=0, name="layer0_close")
     groups, objects = [inp], [inp]
+    empty_window_trace = rule_.per_step()
+    if empty_window_trace and not current:
+        inp.run_regularly(empty_window_trace, **step, when="start", order=1, name="layer0_rw")
 
     for k in range(1, len(sizes)):
         eqs = layer_equations(
@@ -407,6 +410,8 @@ def build(
         g.run_regularly(
             rule_.close_sample(), **per_sample, when="start", order=0, name=f"layer{k}_close"
         )
+        if empty_window_trace:
+            g.run_regularly(empty_window_trace, **step, when="start", order=1, name=f"layer{k}_rw")
         groups.append(g)
         objects.append(g)
 
