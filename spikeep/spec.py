@@ -51,7 +51,7 @@ NEURONS = ("if", "lif", "lif_bio")
 SPIKING_ACTIVATIONS = ("hard_sigmoid", "hard_sigmoid_half", "sigmoid4", "holotanh", "lif_rate")
 SPIKING_INPUTS = ("poisson", "current", "poisson_frozen")
 #: The trace the STDP-like rule pairs a spike with (Spiking.stdp_trace).
-STDP_TRACES = ("running", "window")
+STDP_TRACES = ("running", "count")
 
 
 class SpecError(ValueError):
@@ -111,9 +111,9 @@ class Spiking:
     into ``r ~ rho(s)``: the output's teaching current ``beta (y - r)`` and the STDP-like rule read
     it. ``input``: the input ``x`` as Poisson spike trains at ``rate_max x``, or as the constant
     current ``W_1 x``. ``settle`` and ``window``: each phase settles, then averages its rates over
-    the window; ``period``: the phase-free rule's oscillation period. ``stdp_trace``: the trace the
-    STDP-like rule pairs each spike with: ``"running"`` (the neuron's ``r``) or ``"window"`` (a
-    copy that counts only the current learning window's spikes, zero at its start; docs/spiking.md).
+    the window; ``period``: the phase-free rule's oscillation period. ``stdp_trace``: what the
+    STDP-like rule pairs each spike with: ``"running"`` (the other neuron's trace ``r``) or
+    ``"count"`` (the other neuron's spikes so far in the current learning window; docs/spiking.md).
     """
 
     neuron: str = "if"

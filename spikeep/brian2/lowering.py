@@ -378,9 +378,9 @@ def build(
         close_input = rule_.close_sample() + "\n" + close_input
     inp.run_regularly(close_input, **per_sample, when="start", order=0, name="layer0_close")
     groups, objects = [inp], [inp]
-    empty_window_trace = rule_.per_step()
-    if empty_window_trace and not current:
-        inp.run_regularly(empty_window_trace, **step, when="start", order=1, name="layer0_rw")
+    empty_counts = rule_.per_step()
+    if empty_counts and not current:
+        inp.run_regularly(empty_counts, **step, when="start", order=1, name="layer0_counts")
 
     for k in range(1, len(sizes)):
         eqs = layer_equations(
@@ -410,8 +410,8 @@ def build(
         g.run_regularly(
             rule_.close_sample(), **per_sample, when="start", order=0, name=f"layer{k}_close"
         )
-        if empty_window_trace:
-            g.run_regularly(empty_window_trace, **step, when="start", order=1, name=f"layer{k}_rw")
+        if empty_counts:
+            g.run_regularly(empty_counts, **step, when="start", order=1, name=f"layer{k}_counts")
         groups.append(g)
         objects.append(g)
 

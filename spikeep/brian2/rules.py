@@ -32,20 +32,21 @@ coincidences against ``cos(omega t)`` when oscillating. A constant input current
 spikes; its synapses take ``dg = -x_pre gate_post`` once per sample, which is the sum of the
 postsynaptic terms exactly.
 
-With ``[spiking] stdp_trace = "window"`` (phased schedules) the rule pairs each spike with a copy
-of the other neuron's trace, ``rw``, which is zero while the gate is (between learning windows)
-and so counts only the current window's spikes::
+With ``[spiking] stdp_trace = "count"`` (phased schedules) a spike is paired instead with the
+other neuron's count of spikes so far in the current learning window, ``nw`` (zero wherever the
+gate is, one per spike, no decay), weighted by the window's ``1/T_k``::
 
-    on a presynaptic spike:   dg = -G(t) rw_post / (2 r_max)
-    on a postsynaptic spike:  dg = -G(t) rw_pre  / (2 r_max)
+    on a presynaptic spike:   dg = -G(t) nw_post / (r_max^2 T_k)
+    on a postsynaptic spike:  dg = -G(t) nw_pre  / (r_max^2 T_k)
 
-The running trace ``r`` carries the end of the settling period into the window. When a window
-starts before the network has settled, those carried-over rates differ between the ``+beta`` and
-``-beta`` phases (each follows a different phase) and the difference does not cancel; in
-``spiking_mnist`` it biased the weights into the output layer steadily (``docs/spiking.md``,
-"STDP-like synapses on MNIST"). In a stationary window of length ``T`` the window trace's mean is
-``rho (1 - exp(-t / tau_trace))``, so the estimate is the running trace's scaled by
-``1 - tau_trace (1 - exp(-T / tau_trace)) / T`` in every window alike.
+Each pair of spikes of a window is counted once, by the later spike, whatever their lag, so the
+window's sum is ``-c_k N_pre N_post / (r_max T_k)^2 = -c_k rho_pre rho_post`` from the counts:
+the endpoint rule's estimate, formed spike by spike (pairs within one time step are missed, a
+fraction ``dt / T_k`` of them). The running trace ``r`` weighs a pair by its lag instead, and in
+a network that is still settling and whose spikes cause one another the lag-weighted sum differs
+between the ``+beta`` and ``-beta`` windows: in ``spiking_mnist`` that bias moved the output
+layer's weights down and its biases up, epoch after epoch (``docs/spiking.md``, "STDP-like
+synapses on MNIST").
 """
 
 from __future__ import annotations
@@ -64,11 +65,11 @@ class Rule:
         if name not in RULES:
             raise ValueError(f"unknown learning rule {name!r}; expected one of {list(RULES)}")
         self.name, self.schedule = name, schedule
-        #: the stdp rule pairs spikes with the window trace ``rw`` (``stdp_trace = "window"``)
-        self.window_trace = name == "stdp" and trace == "window"
-        if self.window_trace and schedule.oscillating:
+        #: the stdp rule pairs spikes with window counts ``nw`` (``stdp_trace = "count"``)
+        self.counts = name == "stdp" and trace == "count"
+        if self.counts and schedule.oscillating:
             raise ValueError(
-                "spiking.stdp_trace: 'window' needs a phased schedule (the phase-free rule "
+                "spiking.stdp_trace: 'count' needs a phased schedule (the phase-free rule "
                 "demodulates over whole periods); set 'running'"
             )
 
@@ -92,8 +93,8 @@ class Rule:
     def neuron_variables(self) -> str:
         """Equation lines of a neuron's accumulators and bias rule."""
         lines = ["gate : 1", "gate_run : 1", "gb : 1", "eta_b : 1 (shared)"]
-        if self.window_trace:
-            lines.append("drw/dt = -rw / tau_trace : 1")
+        if self.counts:
+            lines.append("nw : 1")
         for name in self.weights():
             lines += [f"{name} : 1", f"{name}_run : 1"]
         return "\n".join(lines)
@@ -101,15 +102,15 @@ class Rule:
     def on_spike(self) -> str:
         """Code a neuron runs at each of its spikes."""
         lines = [f"gate_run += {self.gate} / r_max"]
-        if self.window_trace:
-            lines.append("rw += 1 / (r_max * tau_trace)")
+        if self.counts:
+            lines.append("nw += 1")
         lines += [f"{name}_run += {w} / r_max" for name, w in self.weights().items()]
         return "\n".join(lines)
 
     def per_step(self) -> str | None:
-        """Code every neuron runs at the start of each step, or ``None``: the window trace is
+        """Code every neuron runs at the start of each step, or ``None``: the window count is
         emptied wherever the gate is zero."""
-        return f"rw = rw * int({self.gate} * second != 0)" if self.window_trace else None
+        return f"nw = nw * int({self.gate} * second != 0)" if self.counts else None
 
     def close_sample(self) -> str:
         """Code every neuron runs at the start of each sample (closing the previous one)."""
@@ -156,12 +157,17 @@ class Rule:
             return self._apply(self.input_dg())
         return self._apply(self._endpoint()) if self.name == "endpoint" else None
 
+    def _pairing(self, other: str) -> str:
+        """``dg`` of a spike paired with the ``other`` side (``pre`` or ``post``)."""
+        if self.counts:
+            per_window = " + ".join(f"win{k}_t(t)" for k in range(len(self.schedule.phases)))
+            return f"-({self.gate}) * nw_{other} * ({per_window}) / r_max**2"
+        return f"-({self.gate}) * r_{other} / (2 * r_max)"
+
     def on_pre(self) -> str:
         """Learning code of a presynaptic spike (``stdp``), appended to the transmission."""
-        trace = "rw_post" if self.window_trace else "r_post"
-        return self._apply(f"-({self.gate}) * {trace} / (2 * r_max)") if self.name == "stdp" else ""
+        return self._apply(self._pairing("post")) if self.name == "stdp" else ""
 
     def on_post(self) -> str:
         """Learning code of a postsynaptic spike (``stdp``)."""
-        trace = "rw_pre" if self.window_trace else "r_pre"
-        return self._apply(f"-({self.gate}) * {trace} / (2 * r_max)") if self.name == "stdp" else ""
+        return self._apply(self._pairing("pre")) if self.name == "stdp" else ""
