@@ -36,6 +36,7 @@ import brian2 as b2
 import numpy as np
 import torch
 from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
+from brian2.synapses.synapses import SynapticPathway
 
 from ..spec import ModelSpec, Spiking
 from . import inputs, kernels, neurons
@@ -481,6 +482,11 @@ def build(
                     when="synapses",
                     name=f"W{k}_spikes",
                 )
+        if rule_.counts and isinstance(getattr(syn, "post", None), SynapticPathway):
+            # the postsynaptic spikes' pathway after the neurons' resets, where a presynaptic
+            # spike of the same step is in nw_pre already: such a pair is counted once, by it
+            # (the presynaptic pathway, before the resets, does not see it in nw_post)
+            syn.post.when = "after_resets"
         syn.connect(i=pre_idx, j=post_idx)
         W = _as_numpy(params[f"W{k}"])
         syn.w = np.tile(np.ascontiguousarray(W.T if pre_major[-1] else W).ravel(), copies)

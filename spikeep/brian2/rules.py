@@ -34,15 +34,18 @@ postsynaptic terms exactly.
 
 With ``[spiking] stdp_trace = "count"`` (phased schedules) a spike is paired instead with the
 other neuron's count of spikes so far in the current learning window, ``nw`` (zero wherever the
-gate is, one per spike, no decay), weighted by the window's ``1/T_k``::
+gate is, one per spike inside a learning window, no decay), weighted by the window's ``1/T_k``::
 
     on a presynaptic spike:   dg = -G(t) nw_post / (r_max^2 T_k)
     on a postsynaptic spike:  dg = -G(t) nw_pre  / (r_max^2 T_k)
 
 Each pair of spikes of a window is counted once, by the later spike, whatever their lag, so the
 window's sum is ``-c_k N_pre N_post / (r_max T_k)^2 = -c_k rho_pre rho_post`` from the counts:
-the endpoint rule's estimate, formed spike by spike (pairs within one time step are missed, a
-fraction ``dt / T_k`` of them). The running trace ``r`` weighs a pair by its lag instead, and in
+the endpoint rule's estimate to float rounding, formed spike by spike. A pair within one time
+step is counted by the postsynaptic spike: the synapses' postsynaptic pathway runs after the
+neurons' resets (where ``nw_pre`` already holds the step's presynaptic spike), the presynaptic
+one before them. At up to ``r_max`` neurons fire in lockstep, so such pairs are common. The
+running trace ``r`` weighs a pair by its lag instead, and in
 a network that is still settling and whose spikes cause one another the lag-weighted sum differs
 between the ``+beta`` and ``-beta`` windows: in ``spiking_mnist`` that bias moved the output
 layer's weights down and its biases up, epoch after epoch (``docs/spiking.md``, "STDP-like
@@ -102,8 +105,8 @@ class Rule:
     def on_spike(self) -> str:
         """Code a neuron runs at each of its spikes."""
         lines = [f"gate_run += {self.gate} / r_max"]
-        if self.counts:
-            lines.append("nw += 1")
+        if self.counts:  # only a learning window's spikes count
+            lines.append(f"nw += int({self.gate} * second != 0)")
         lines += [f"{name}_run += {w} / r_max" for name, w in self.weights().items()]
         return "\n".join(lines)
 
