@@ -52,6 +52,8 @@ SPIKING_ACTIVATIONS = ("hard_sigmoid", "hard_sigmoid_half", "sigmoid4", "holotan
 SPIKING_INPUTS = ("poisson", "current", "poisson_frozen")
 #: The trace the STDP-like rule pairs a spike with (Spiking.stdp_trace).
 STDP_TRACES = ("running", "count")
+#: When the STDP-like rule's weight changes reach transmission (Spiking.stdp_expressed).
+STDP_EXPRESSED = ("at_spike", "next_sample")
 
 
 class SpecError(ValueError):
@@ -114,6 +116,9 @@ class Spiking:
     the window; ``period``: the phase-free rule's oscillation period. ``stdp_trace``: what the
     STDP-like rule pairs each spike with: ``"running"`` (the other neuron's trace ``r``) or
     ``"count"`` (the other neuron's spikes so far in the current learning window; docs/spiking.md).
+    ``stdp_expressed``:
+    when the STDP-like rule's weight changes reach transmission: ``"at_spike"`` (at once) or
+    ``"next_sample"`` (spikes transmit the weight of the sample's start).
     """
 
     neuron: str = "if"
@@ -128,6 +133,7 @@ class Spiking:
     window: float = 0.4
     period: float = 0.2
     stdp_trace: str = "running"
+    stdp_expressed: str = "at_spike"
 
 
 @dataclass(frozen=True)
@@ -328,9 +334,12 @@ def _spiking(ctx: _Ctx, raw: Any) -> Spiking:
     neuron = ctx.choice(raw, "neuron", NEURONS, "spiking.neuron", default.neuron)
     input_ = ctx.choice(raw, "input", SPIKING_INPUTS, "spiking.input", default.input)
     trace = ctx.choice(raw, "stdp_trace", STDP_TRACES, "spiking.stdp_trace", default.stdp_trace)
+    expressed = ctx.choice(
+        raw, "stdp_expressed", STDP_EXPRESSED, "spiking.stdp_expressed", default.stdp_expressed
+    )
     values = {}
     for f in dataclasses.fields(Spiking):
-        if f.name in ("neuron", "input", "stdp_trace"):
+        if f.name in ("neuron", "input", "stdp_trace", "stdp_expressed"):
             continue
         where = f"spiking.{f.name}"
         value = float(ctx.typed(raw, f.name, (int, float), where, getattr(default, f.name)))
@@ -340,7 +349,13 @@ def _spiking(ctx: _Ctx, raw: Any) -> Spiking:
             bound = ">= 0" if lowest == 0.0 else "> 0"
             ctx.fail(where, f"expected a finite number {bound} ({unit}), got {value!r}")
         values[f.name] = value
-    out = Spiking(neuron=neuron, input=input_, stdp_trace=trace, **values)
+    out = Spiking(
+        neuron=neuron,
+        input=input_,
+        stdp_trace=trace,
+        stdp_expressed=expressed,
+        **values,
+    )
     if out.rate_max * out.dt > 1:
         ctx.fail(
             "spiking.dt",

@@ -70,6 +70,11 @@ BAD_SPECS = [
         _spiking(stdp_trace="delayed"),
         "spiking.stdp_trace: expected one of ['running', 'count'], got 'delayed'",
     ),
+    (
+        "stdp-expressed",
+        _spiking(stdp_expressed="later"),
+        "spiking.stdp_expressed: expected one of ['at_spike', 'next_sample'], got 'later'",
+    ),
     ("tanh", {**_spiking(), "activation": "tanh"}, "needs a non-negative rate function"),
     ("cross-entropy", {**_spiking(), "cost": "cross_entropy"}, "needs cost 'mse'"),
     ("sigmoid4-gradient-flow", {**_spiking(), "activation": "sigmoid4"}, "dynamics: spiking rates"),
@@ -245,6 +250,36 @@ def test_the_count_pairing_forms_the_endpoint_estimate_spike_by_spike(small):
             np.testing.assert_allclose(v, endpoint[k], rtol=1e-9, atol=1e-12, err_msg=k)
         lag = g["stdp", "running"]["W2"] - endpoint["W2"]
         assert float(lag.norm() / endpoint["W2"].norm()) > 0.01  # measured 0.044 and 0.17
+
+
+def test_weight_changes_expressed_next_sample_train_as_the_endpoint_rule(small):
+    """stdp_expressed = "next_sample": spikes transmit the weight of the sample's start while the
+    rule moves w at every spike; with the count pairing, three samples of online learning end at
+    the endpoint rule's weights. Expressed at once, the second nudged window sees the first one's
+    changes and the weights go elsewhere."""
+    net = Network(small)
+    params = net.init_params(0)
+    x, y = random_batch(net, 6, 0)
+    x, y = x.reshape(3, 2, -1), y.reshape(3, 2, -1)  # 3 samples one after the other, 2 copies
+    cfg = dataclasses.replace(small.spiking, rate_max=1000.0, stdp_trace="count")
+    sched = schedules.symmetric(0.5, cfg, settle=0.055, window=0.02)
+    after = {}
+    for rule, expressed in (
+        ("endpoint", "at_spike"),
+        ("stdp", "next_sample"),
+        ("stdp", "at_spike"),
+    ):
+        spiking = dataclasses.replace(cfg, stdp_expressed=expressed)
+        spec = dataclasses.replace(small, spiking=spiking)
+        sn = build(spec, params, x, y, sched, rule=rule, eta=0.5)
+        sn.run()
+        after[rule, expressed] = sn.params()
+    endpoint = after["endpoint", "at_spike"]
+    for k, v in after["stdp", "next_sample"].items():
+        np.testing.assert_allclose(v, endpoint[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    moved = endpoint["W2"] - params["W2"]
+    apart = after["stdp", "at_spike"]["W2"] - endpoint["W2"]
+    assert float(apart.norm()) > 0.1 * float(moved.norm())  # measured 0.78
 
 
 def test_the_count_pairing_needs_phases(small):
@@ -428,8 +463,14 @@ FAST_CASES = [
     ("symmetric-endpoint-bio", "symmetric", "endpoint", BIO_CHANGES),
     # the same input kernel under stdp: the input's trace kept, W1 through Brian2's spike queues
     ("symmetric-stdp-bio", "symmetric", "stdp", BIO_CHANGES),
-    # the count pairing (a per-step run_regularly that empties the counts between windows)
-    ("symmetric-stdp-count", "symmetric", "stdp", {"stdp_trace": "count"}),
+    # the count pairing (a per-step run_regularly that empties the counts between windows, the
+    # postsynaptic pathway after the resets) and w_now, the weight spikes transmit
+    (
+        "symmetric-stdp-count",
+        "symmetric",
+        "stdp",
+        {"stdp_trace": "count", "stdp_expressed": "next_sample"},
+    ),
 ]
 
 

@@ -460,12 +460,18 @@ def build(
         else:
             clamped = k == 1  # the input is clamped: it receives no feedback
             delivered = transmit_only
-            on_pre = "\n".join([f"s_post += {jump}", rule_.on_pre()])
-            on_post = "\n".join(([] if clamped else [f"s_pre += {jump}"]) + [rule_.on_post()])
+            # stdp_expressed = "next_sample": spikes transmit w_now, the weight at the sample's
+            # start, while the rule moves w at every spike
+            held = rule_.name == "stdp" and cfg.stdp_expressed == "next_sample"
+            sent = jump.replace("w /", "w_now /") if held else jump
+            on_pre = "\n".join([f"s_post += {sent}", rule_.on_pre()])
+            on_post = "\n".join(([] if clamped else [f"s_pre += {sent}"]) + [rule_.on_post()])
             syn = b2.Synapses(
                 groups[k - 1],
                 groups[k],
-                rule_.synapse_variables() + ("\ndelivered : 1 (shared)" if delivered else ""),
+                rule_.synapse_variables()
+                + ("\ndelivered : 1 (shared)" if delivered else "")
+                + ("\nw_now : 1" if held else ""),
                 on_pre=None if delivered else on_pre,
                 on_post=None if delivered else on_post.strip() or None,
                 **step,
@@ -500,6 +506,8 @@ def build(
             code = "done = spikeep_W1(eta)"
         if code:
             syn.run_regularly(code, **per_sample, when="start", order=1, name=f"W{k}_update")
+        if "w_now" in syn.variables:  # at every sample's start, the first one's too
+            syn.run_regularly("w_now = w", **per_sample, when="start", order=2, name=f"W{k}_now")
         synapses.append(syn)
         objects.append(syn)
 
