@@ -45,11 +45,9 @@ the endpoint rule's estimate to float rounding, formed spike by spike. A pair wi
 step is counted by the postsynaptic spike: the synapses' postsynaptic pathway runs after the
 neurons' resets (where ``nw_pre`` already holds the step's presynaptic spike), the presynaptic
 one before them. At up to ``r_max`` neurons fire in lockstep, so such pairs are common. The
-running trace ``r`` weighs a pair by its lag instead, and in
-a network that is still settling and whose spikes cause one another the lag-weighted sum differs
-between the ``+beta`` and ``-beta`` windows: in ``spiking_mnist`` that bias moved the output
-layer's weights down and its biases up, epoch after epoch (``docs/spiking.md``, "STDP-like
-synapses on MNIST").
+running trace ``r`` weighs a pair by its lag instead (``docs/spiking.md``, "STDP-like synapses on
+MNIST"). When the weight changes reach transmission is the spec's ``stdp_expressed``
+(:func:`spikeep.brian2.lowering.build`).
 """
 
 from __future__ import annotations
