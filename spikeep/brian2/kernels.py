@@ -231,6 +231,18 @@ def _render(dg: str, pre: str, post: set[str], ns: dict) -> tuple[list[str], str
     return consts + lio, render(expr)
 
 
+def _cpp_function(name: str, code: str, args: int, namespace: dict | None = None) -> b2.Function:
+    """A Brian2 function of ``args`` dimensionless arguments that exists only as the C++ ``code``
+    (named ``name``, with the arrays of ``namespace``): the runtime targets never lower it."""
+
+    def python(*_):  # pragma: no cover - the runtime targets never lower this path
+        raise NotImplementedError(f"{name} exists only in cpp_standalone")
+
+    fn = b2.Function(python, arg_units=[1] * args, return_unit=1, stateless=False)
+    fn.implementations.add_implementation("cpp", code, name=name, namespace=namespace)
+    return fn
+
+
 def spike_step(jump: str, syn, pre, post, copies: int, name: str) -> b2.Function:
     """The C++ function ``name(0)`` that delivers one time step's spikes through the dense
     coupling ``syn`` in both directions (module docstring); returns 0.
@@ -292,12 +304,7 @@ static double {name}(const double)
 }}
 """
 
-    def python(_):  # pragma: no cover - the runtime targets never lower this path
-        raise NotImplementedError(f"{name} exists only in cpp_standalone")
-
-    fn = b2.Function(python, arg_units=[1], return_unit=1, stateless=False)
-    fn.implementations.add_implementation("cpp", code, name=name)
-    return fn
+    return _cpp_function(name, code, args=1)
 
 
 def input_spikes(jump: str, syn, pre, post, copies: int, name: str) -> b2.Function:
@@ -351,12 +358,7 @@ static double {name}(const double)
 }}
 """
 
-    def python(_):  # pragma: no cover - the runtime targets never lower this path
-        raise NotImplementedError(f"{name} exists only in cpp_standalone")
-
-    fn = b2.Function(python, arg_units=[1], return_unit=1, stateless=False)
-    fn.implementations.add_implementation("cpp", code, name=name)
-    return fn
+    return _cpp_function(name, code, args=1)
 
 
 def frozen_input(
@@ -455,17 +457,8 @@ static double {name}(const double row_of_step, const double rdt)
 }}
 """
 
-    def python(row, rdt):  # pragma: no cover - the runtime targets never lower this path
-        raise NotImplementedError(f"{name} exists only in cpp_standalone")
-
-    fn = b2.Function(python, arg_units=[1, 1], return_unit=1, stateless=False)
-    fn.implementations.add_implementation(
-        "cpp",
-        code,
-        name=name,
-        namespace={f"{name}_start": start, f"{name}_row": row, f"{name}_value": value},
-    )
-    return fn
+    namespace = {f"{name}_start": start, f"{name}_row": row, f"{name}_value": value}
+    return _cpp_function(name, code, args=2, namespace=namespace)
 
 
 def input_step(
@@ -607,9 +600,4 @@ static double {name}(const double eta)
 }}
 """
 
-    def python(eta):  # pragma: no cover - the runtime targets never lower this path
-        raise NotImplementedError(f"{name} exists only in cpp_standalone")
-
-    fn = b2.Function(python, arg_units=[1], return_unit=1, stateless=False)
-    fn.implementations.add_implementation("cpp", code, name=name)
-    return fn
+    return _cpp_function(name, code, args=1)
