@@ -17,22 +17,28 @@ from spikeep.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bench(*flags: str, **env: str) -> dict:
-    """``spikeep bench ep-step`` on the tiny model in a fresh process, as the program runs."""
+def _spikeep(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """``spikeep ARGS`` in a fresh process, as the program runs: no thread setting of the
+    caller's environment but those in ``env``; it must succeed."""
     full = {k: v for k, v in os.environ.items() if k not in ("SPIKEEP_THREADS", "OMP_WAIT_POLICY")}
     full.update(env)
-    cmd = [sys.executable, "-m", "spikeep.cli", "bench", "ep-step", "--model", "tiny"]
     run = subprocess.run(
-        [*cmd, "--batch", "4", "--free-steps", "2", "--nudged-steps", "1", "--repeats", "1"]
-        + ["--json", *flags],
+        [sys.executable, "-m", "spikeep.cli", *args],
         env=full,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
+    return run
+
+
+def _bench(*flags: str, **env: str) -> dict:
+    """``spikeep bench ep-step`` on the tiny model: its JSON report."""
+    cmd = ["bench", "ep-step", "--model", "tiny", "--batch", "4", "--free-steps", "2"]
+    cmd += ["--nudged-steps", "1", "--repeats", "1", "--json", *flags]
+    return json.loads(_spikeep(*cmd, **env).stdout)
 
 
 def test_threads_come_from_the_flag_then_the_variable_then_one():
@@ -79,16 +85,7 @@ def test_the_thread_count_is_in_metrics(tmp_path):
         "estimator.nudged_steps": 1,
         "estimator.eval_free_steps": 2,
     }
-    env = {k: v for k, v in os.environ.items() if k not in ("SPIKEEP_THREADS", "OMP_WAIT_POLICY")}
-    cmd = [sys.executable, "-m", "spikeep.cli", "train", "quickstart", "--out", str(out)]
-    run = subprocess.run(
-        [*cmd, "--threads", "2", *(f"--set={k}={v}" for k, v in sets.items())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert run.returncode == 0, run.stderr
+    cmd = ["train", "quickstart", "--out", str(out), "--threads", "2"]
+    _spikeep(*cmd, *(f"--set={k}={v}" for k, v in sets.items()), timeout=300)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["threads"] for row in rows] == [2]
