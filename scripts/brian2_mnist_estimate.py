@@ -17,13 +17,15 @@ mean rate ``m`` over the demodulated periods when oscillating) and the rate fixe
 
 ``--previous``: each copy first runs one sample of another test image (image ``B + c`` with its
 label) and the second sample, which starts where the first ended (no reset), is the one measured,
-as in a training chunk; without it each copy starts from rest. ``--rate-max``, ``--settle``,
-``--window`` and ``--period`` override the model's ``[spiking]`` values. Usage::
+as in a training chunk; without it each copy starts from rest. ``--compare-rules``: the spiking
+estimate is the endpoint rule's, and the stdp rule's under each pairing of :data:`PAIRINGS` is
+set against it on the same spikes (cosine and relative error per parameter). ``--rate-max``,
+``--settle``, ``--window`` and ``--period`` override the model's ``[spiking]`` values. Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/brian2_mnist_estimate.py CHECKPOINT|init \
         [--estimator one-sided|symmetric|oscillation] [--beta 0.5] [--rule endpoint|stdp] \
         [--settle 0.055] [--window 0.02] [--period 0.1 --periods 1 --warmup 1] \
-        [--rate-max 1000] [--previous] [--batch 16] [--json] \
+        [--rate-max 1000] [--previous] [--compare-rules] [--batch 16] [--json] \
         [--model models/spiking_784_500_10.toml]
 """
 
@@ -61,8 +63,8 @@ def norms(g, ref) -> dict[str, float]:
     return {k: float(g[k].norm() / ref[k].norm()) for k in ref}
 
 
-def line(c: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:+.3f}" for k, v in c.items())
+def line(c: dict[str, float], fmt: str = "+.3f") -> str:
+    return "  ".join(f"{k} {v:{fmt}}" for k, v in c.items())
 
 
 def images(name: str, B: int, offset: int = 0):
@@ -98,13 +100,13 @@ def rate_estimate(args, net, params, x, y, free):
     return est.estimate(net, params, x, y, free).grads
 
 
-def spiking_estimate(args, spec, params, x, y, schedule, x_prev=None, y_prev=None):
-    """The rule's estimate of one sample per copy (of the second sample with ``x_prev``), the
+def spiking_estimate(spec, params, x, y, schedule, rule, seed, x_prev=None, y_prev=None):
+    """``rule`` 's estimate of one sample per copy (of the second sample with ``x_prev``), the
     first window's rates per layer and the spikes per copy and sample."""
     if x_prev is not None:
         x, y = torch.stack([x_prev, x]), torch.stack([y_prev, y])
     b2.prefs.codegen.target = "numpy"
-    sn = build(spec, params, x, y, schedule, rule=args.rule, seed=args.seed)
+    sn = build(spec, params, x, y, schedule, rule=rule, seed=seed)
     counters = [b2.SpikeMonitor(g, record=False) for g in sn.groups if "v" in g.variables]
     sn.network.add(*counters)
     B = sn.copies
@@ -120,6 +122,40 @@ def spiking_estimate(args, spec, params, x, y, schedule, x_prev=None, y_prev=Non
         g = {k: v / B for k, v in g.items()}
         spikes = sum(int(c.num_spikes) for c in counters) - before
     return g, sn.rates(schedule.accumulators[0])[1:], spikes / B
+
+
+#: The STDP-like rule's pairings that ``--compare-rules`` sets beside the endpoint rule:
+#: ``(stdp_trace, tau_trace in s)``, ``None`` for the model's ``tau_trace``.
+PAIRINGS = (("running", None), ("running", 0.02), ("running", 0.04), ("count", None))
+
+
+def compare_rules(spec, params, x, y, schedule, endpoint, spikes, args, x_prev, y_prev) -> list:
+    """The stdp rule's estimate under each of :data:`PAIRINGS` against the endpoint rule's on
+    the same images and spikes: cosine and relative error ``|g - g_endpoint| / |g_endpoint|``
+    per parameter. ``endpoint`` (with ``spikes`` per sample) is the endpoint estimate under the
+    model's ``tau_trace``; another ``tau_trace`` also changes the output's rate trace, and so
+    the spikes, and the endpoint estimate is measured again under it. The learning rate is 0, so
+    both rules see the same spikes (``same_spikes`` checks it)."""
+    rows = []
+    inputs = (params, x, y, schedule)
+    for trace, tau in PAIRINGS:
+        cfg = dataclasses.replace(spec.spiking, stdp_trace=trace)
+        cfg = dataclasses.replace(cfg, tau_trace=tau) if tau is not None else cfg
+        varied = dataclasses.replace(spec, spiking=cfg)
+        ref, n_ref = endpoint, spikes
+        if cfg.tau_trace != spec.spiking.tau_trace:
+            ref, _, n_ref = spiking_estimate(varied, *inputs, "endpoint", args.seed, x_prev, y_prev)
+        g, _, n = spiking_estimate(varied, *inputs, "stdp", args.seed, x_prev, y_prev)
+        rows.append(
+            {
+                "stdp_trace": trace,
+                "tau_trace": cfg.tau_trace,
+                "vs_endpoint": cosines(g, ref),
+                "relative_error": {k: float((g[k] - ref[k]).norm() / ref[k].norm()) for k in ref},
+                "same_spikes": n == n_ref,
+            }
+        )
+    return rows
 
 
 def measure(args) -> dict:
@@ -155,7 +191,10 @@ def measure(args) -> dict:
         warmup=args.warmup,
     )
     start = time.perf_counter()
-    spiking, rates, spikes = spiking_estimate(args, spec, params, x, y, schedule, x_prev, y_prev)
+    rule = "endpoint" if args.compare_rules else args.rule
+    spiking, rates, spikes = spiking_estimate(
+        spec, params, x, y, schedule, rule, args.seed, x_prev, y_prev
+    )
     wall = time.perf_counter() - start
     r_ref = [r.numpy() for r in net.dynamics.rates(net, free.s)]
     gap = max(float(np.abs(a - b).max()) for a, b in zip(rates, r_ref, strict=True))
@@ -163,7 +202,7 @@ def measure(args) -> dict:
         "checkpoint": args.checkpoint,
         "model": str(spec.source),
         "estimator": args.estimator,
-        "rule": args.rule,
+        "rule": rule,
         "beta": args.beta,
         "rate_max": cfg.rate_max,
         "batch": B,
@@ -178,6 +217,10 @@ def measure(args) -> dict:
         "spikes_per_sample": spikes,
         "wall_s": wall,
     }
+    if args.compare_rules:
+        out["rules"] = compare_rules(
+            spec, params, x, y, schedule, spiking, spikes, args, x_prev, y_prev
+        )
     if schedule.oscillating:
         out.update(period=schedule.period, periods=schedule.periods, warmup=schedule.warmup)
     else:
@@ -207,6 +250,13 @@ def report(r: dict) -> str:
             f"    norm / exact norm:       {line(r['norm_vs_exact'])}",
             f"    first window's rates, largest gap from the free fixed point: {r['rate_gap']:.3f}",
         ]
+        + [
+            f"  stdp, {p['stdp_trace']} pairing, tau_trace {p['tau_trace'] * 1e3:g} ms, vs the "
+            f"endpoint rule (same spikes: {p['same_spikes']}):\n"
+            f"    cosine:                  {line(p['vs_endpoint'])}\n"
+            f"    relative error:          {line(p['relative_error'], '.2e')}"
+            for p in r.get("rules", [])
+        ]
     )
 
 
@@ -227,6 +277,11 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="warm-up periods (discarded)")
     ap.add_argument("--rate-max", type=float, default=None, help="Hz (default: the model's)")
     ap.add_argument("--previous", action="store_true", help="measure after another sample")
+    ap.add_argument(
+        "--compare-rules",
+        action="store_true",
+        help="also the stdp rule's pairings against the endpoint rule on the same spikes",
+    )
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=300, help="rate engine steps per phase/period")
