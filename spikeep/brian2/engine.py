@@ -136,25 +136,27 @@ def eval_schedule(protocol: Protocol, cfg) -> schedules.Schedule | None:
 def spiking_test(
     model: spec.ModelSpec, params, ds, normalize, schedule: schedules.Schedule, chunk: int = 100
 ) -> dict:
-    """Error (%) and mean cost on ``ds`` of the spiking free phase of ``schedule`` (a free
-    schedule, :func:`spikeep.brian2.schedules.free`), in compiled chunks of ``chunk`` samples."""
+    """Error (%), mean cost and spikes per sample on ``ds`` of the spiking free phase of
+    ``schedule`` (a free schedule, :func:`spikeep.brian2.schedules.free`), in compiled chunks of
+    ``chunk`` samples."""
     with Chunk(model, schedule, chunk) as c:
         return _spiking_test(Network(model), c, params, ds, normalize)
 
 
 def _spiking_test(net, chunk: Chunk, params, ds, normalize) -> dict:
-    """Error (%) and mean cost of the spiking free phase on ``ds``: ``chunk`` with ``eta = 0`` and
-    targets 0 (the training chunk: its nudged windows run but nothing learns)."""
+    """Error (%), mean cost and spikes per sample (all layers, every simulated sample: a last
+    chunk's zero padding included) of the spiking free phase on ``ds``: ``chunk`` with
+    ``eta = 0`` and targets 0 (the training chunk: its nudged windows run but nothing learns)."""
     C = chunk.samples
-    cost, wrong = 0.0, 0.0
+    cost, wrong, spikes, runs = 0.0, 0.0, 0.0, 0
     for start in range(0, len(ds.labels), C):
         idx = torch.arange(start, min(start + C, len(ds.labels)))
         x, y = _inputs(net, ds, idx, normalize, C)
         out = chunk.run(x, torch.zeros_like(y), params, eta=0.0)
         c, w = _score(net, params, out["rates"][: len(idx)], ds.labels[idx], y[: len(idx)])
-        cost, wrong = cost + c, wrong + w
+        cost, wrong, spikes, runs = cost + c, wrong + w, spikes + out["spikes"], runs + 1
     n = len(ds.labels)
-    return {"error": 100.0 * wrong / n, "loss": cost / n}
+    return {"error": 100.0 * wrong / n, "loss": cost / n, "spikes_per_sample": spikes / runs}
 
 
 class Brian2Engine(Engine):
