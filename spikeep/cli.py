@@ -15,6 +15,8 @@
     spikeep fidelity PROTOCOL [--set key=value ...] --out DIR [--jobs N] [--json]
     spikeep eval CHECKPOINT [--split test|val|train] [--data NAME] [--data-dir DIR]
                  [--noise SIGMA] [--json]
+    spikeep compare CHECKPOINT [--images 300] [--raster PNG] [--json]
+                                       the test error on every engine, and a Brian2 raster
     spikeep plot OUT
     spikeep export CHECKPOINT --format nir --out FILE [--tau STEPS] [--decay D]
     spikeep list                       the built-in models and protocols (usable by name)
@@ -22,9 +24,10 @@
 
 PROTOCOL and --model PATH take a file or a built-in name (``quickstart``, ``tiny``).
 
-Every command that computes (gradcheck, gdu, bench, train, fidelity, eval) takes ``--threads N``:
-torch's CPU threads, default ``$SPIKEEP_THREADS``, else 1 (``spikeep._threads``); above one the
-program restarts itself once with ``OMP_WAIT_POLICY=PASSIVE`` unless that variable is set.
+Every command that computes (gradcheck, gdu, bench, train, fidelity, eval, compare) takes
+``--threads N``: torch's CPU threads, default ``$SPIKEEP_THREADS``, else 1 (``spikeep._threads``);
+above one the program restarts itself once with ``OMP_WAIT_POLICY=PASSIVE`` unless that variable
+is set.
 
 A bad argument prints one line and exits with status 2; a relaxation or a training run that
 diverges, or a run out of memory, prints one line and exits with 1; a training run stopped by
@@ -320,6 +323,27 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     _add_threads(ev)
 
+    co = sub.add_parser(
+        "compare",
+        help="a checkpoint on every engine side by side (test error, spikes, time per image) "
+        "and a Brian2 spike raster of one test image's free and nudged phases",
+    )
+    co.add_argument("checkpoint")
+    co.add_argument(
+        "--images",
+        type=_positive_int,
+        default=300,
+        help="the first N test images of the run's data set (default 300)",
+    )
+    co.add_argument(
+        "--raster",
+        default=None,
+        help="the raster's PNG (default: raster.png beside the checkpoint)",
+    )
+    co.add_argument("--data-dir", default=None)
+    co.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_threads(co)
+
     pl = sub.add_parser("plot", help="training curves of an output folder (PNG)")
     pl.add_argument("out")
 
@@ -544,6 +568,55 @@ def _eval(args) -> int:
         + (f", {shown})" if shown else ")")
         + (f"  noise {noise}" if noise else "")
     )
+    return 0
+
+
+def _compare(args) -> int:
+    """Every engine's free phase on the same test images (:mod:`spikeep.compare`), then the
+    raster; an engine that cannot run the network is a row saying why."""
+    from pathlib import Path
+
+    from .compare import CompareError, compare, raster
+
+    png = Path(args.raster or Path(args.checkpoint).parent / "raster.png")
+    if args.raster and not png.parent.is_dir():  # before the engines run
+        raise UsageError(f"--raster {png}: {png.parent} is not a folder")
+    try:
+        out = compare(args.checkpoint, args.images, args.data_dir)
+    except CompareError as err:
+        raise UsageError(str(err)) from None
+    try:
+        out["raster"] = raster(args.checkpoint, png, data_dir=args.data_dir)
+    except CompareError as err:  # no [spiking] section: the table alone
+        out["raster"] = {"skipped": str(err)}
+    except OSError as err:
+        raise UsageError(f"--raster {png}: cannot write there ({err.strerror or err})") from None
+    if args.json:
+        print(_json(out))
+        return 0
+    print(
+        f"{out['checkpoint']} (epoch {out['epoch']}): {out['data']} test, the first "
+        f"{out['images']} images"
+    )
+    print(f"{'engine':<10}{'test error':>11}{'spikes/image':>14}  {'per image':<16}{'wall s':>7}")
+    for r in out["rows"]:
+        if "skipped" in r:
+            print(f"{r['engine']:<10}  skipped: {r['skipped']}")
+            continue
+        spikes = "-" if r["spikes_per_image"] is None else f"{r['spikes_per_image']:.0f}"
+        print(
+            f"{r['engine']:<10}{r['error']:>10.2f}%{spikes:>14}  {r['per_image']:<16}"
+            f"{r['wall_s']:>7.1f}"
+        )
+    ras = out["raster"]
+    if "skipped" in ras:
+        print(f"raster: skipped: {ras['skipped']}")
+    else:
+        phases = ", ".join(f"{name} {1e3 * (b - a):g} ms" for name, a, b in ras["phases"])
+        print(
+            f"raster: {ras['png']} (Brian2, the first test image, label {ras['label']}, "
+            f"predicted {ras['prediction']}; {phases})"
+        )
     return 0
 
 
@@ -831,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _train,
         "fidelity": _fidelity,
         "eval": _eval,
+        "compare": _compare,
         "plot": _plot,
         "export": _export,
         "list": _list,
