@@ -367,7 +367,7 @@ def relax(
     real = not s0[0].is_complex()
     fast = _planar(net, flow=real) and real and not _tracked(params, x, s0, static)
     if fast:  # the same arithmetic in preallocated buffers
-        run = _PlanarRun(net, params, y, [beta], [False], static, s0)
+        run = _PlanarRun(net, params, y, [beta], [False], static, s0, steps)
         for _ in range(steps):
             run.step(noise, generator)
         state, prev = tuple(run.cur), tuple(run.prev)
@@ -458,7 +458,7 @@ def relax_points(
         _state_dtype(net, params, x, 1j, None)  # refuses a network that is not holomorphic
     if static is None:
         static = net.static_drive(params, x)
-    run = _PlanarRun(net, params, y, betas, is_complex, static, s or net.zeros(x))
+    run = _PlanarRun(net, params, y, betas, is_complex, static, s or net.zeros(x), steps)
     for _ in range(steps):
         run.step(noise, generator)
     return run.results(max_abs, static)
@@ -489,13 +489,25 @@ def _tracked(params, x, s, static) -> bool:
     return any(torch.is_tensor(v) and v.requires_grad for v in tensors)
 
 
+class _Targets(NamedTuple):
+    """Views of one of :class:`_PlanarRun`'s two buffer sets: the rows that get noise, per
+    layer, and the tensors ``rho`` runs on (every layer at once when merged, else one per
+    layer), each as ``(real points' rows, complex points' (..., 2, C B, n) pairs, the pairs'
+    real parts, the pairs' views for _sigmoid_planar_ or None)``."""
+
+    noisy: tuple[Tensor, ...]
+    blocks: list[tuple[Tensor, Tensor, Tensor, _SplitSigmoid | None]]
+
+
 class _PlanarRun:
     """The state of :func:`relax_points`' batched relaxation: per layer two buffers of ``(M B,
     n)`` rows, ``M = R + 2 C`` blocks for ``R`` real and ``C`` complex points, that swap roles
     at each step (no allocation for the drives). When every layer has the same width the
-    buffers are the layers of one ``(L, M B, n)`` tensor, so that ``rho`` runs once for all."""
+    buffers are the layers of one ``(L, M B, n)`` tensor, so that ``rho`` runs once for all.
+    With ``steps`` (the phase's length) the noise of several steps is drawn at once
+    (:class:`_Draws`)."""
 
-    def __init__(self, net, params, y, betas, is_complex, static, s0):
+    def __init__(self, net, params, y, betas, is_complex, static, s0, steps=None):
         self.net, self.params, self.betas = net, params, betas
         self.real = [k for k, c in enumerate(is_complex) if not c]
         self.cplx = [k for k, c in enumerate(is_complex) if c]
@@ -505,6 +517,10 @@ class _PlanarRun:
         self.nre = R + C  # blocks that carry real parts: static drive and noise go there
         M = R + 2 * C
         self.weights = [params[f"W{i + 1}"] for i in range(1, net.n_dynamic)]
+        self.weights_T = [w.T for w in self.weights]
+        # sigmoid4's constants as 0-d tensors: the arithmetic of Python numbers, without their
+        # conversion at every call
+        self._four, self._two = (s0[0].new_tensor(v) for v in (4.0, 2.0))
         widths = [si.shape[1] for si in s0]
         self.merged = len(set(widths)) == 1
         if self.merged:
@@ -546,14 +562,55 @@ class _PlanarRun:
         self.flow = type(net.dynamics) is GradientFlow
         if self.flow and C:
             raise ValueError("the buffered energy dynamics take real states only")
-        if self.sigmoid4 and C:  # flat scratch for the complex blocks of every layer at once
-            size = len(s0) * C * B * max(widths)
-            mask = torch.empty(size, dtype=torch.bool, device=device)
-            self._scratch = (s0[0].new_empty((2, size)), mask)
+        self._views, scratch = {}, []
+        for layers in (self.cur, self.nxt):  # the two sets swap roles: views of both, once
+            self._views[id(layers)] = self._targets(layers, scratch)
         self.readout = bool(net.readout)
         if self.readout:
             n = len(net.layers) - 1
             self.W_out, self.b_out = params[f"W{n}"], params[f"b{n}"]
+            self.W_out_T = self.W_out.T
+            z = s0[0].new_empty((M * B, self.W_out.shape[0]))  # logits, every row
+            e = torch.empty_like(z)  # beta_k (softmax - y), as real rows
+            self._z, self._e, self._z_biased = z, e, z[: self.nre * B]
+            if R:  # the real points' logits, softmax and its row sums, and their e rows
+                zr = z[: R * B]
+                work = (torch.empty_like(zr), torch.empty_like(zr), z.new_empty((R * B, 1)))
+                self._real_softmax = (zr, zr, *work)
+                self._e_real = e[: R * B]
+            if C:  # the complex points' logits as parts and as complex numbers, softmax, sums
+                zc = z.new_empty((C * B, z.shape[1]), dtype=cdtype)
+                pc = torch.empty_like(zc)
+                self._zc_parts = (z[R * B : self.nre * B], z[self.nre * B :])
+                self._cplx_softmax = (
+                    zc,
+                    zc.real,
+                    torch.empty_like(zc),
+                    pc,
+                    zc.new_empty((C * B, 1)),
+                )
+                self._e_pairs = (
+                    e[R * B :].view(2, C * B, -1),
+                    torch.view_as_real(pc).movedim(-1, 0),
+                )
+        self._steps, self._draws = steps, None  # the drawer is made at the first noisy step
+
+    def _targets(self, layers: list[Tensor], scratch: list) -> _Targets:
+        """The views of one buffer set; ``scratch`` (filled on the first call, shared by both
+        sets) holds :func:`_sigmoid_planar_`'s buffers per rho target."""
+        B, R, C = self.B, self.R, self.C
+        whole = [self.cur_all if layers is self.cur else self.nxt_all] if self.merged else layers
+        blocks = []
+        for j, h in enumerate(whole):
+            rows = h.dim() - 2
+            pair = h.narrow(rows, R * B, 2 * C * B).unflatten(rows, (2, C * B))
+            split = None
+            if self.sigmoid4 and C:
+                split = _split_sigmoid(pair, scratch[j] if len(scratch) > j else None)
+                if len(scratch) == j:
+                    scratch.append((split.u, split.d, split.sign))
+            blocks.append((h.narrow(rows, 0, R * B), pair, pair.select(-3, 0), split))
+        return _Targets(tuple(hi[: self.nre * B] for hi in layers), blocks)
 
     def step(self, noise, generator):
         net, cur, nxt, W = self.net, self.cur, self.nxt, self.weights
@@ -569,7 +626,7 @@ class _PlanarRun:
                 return
         for i in range(top + 1):  # the order of Network.dphi: forward drive, then feedback
             if i > 0:
-                torch.addmm(self.static[i], cur[i - 1], W[i - 1].T, out=nxt[i])
+                torch.addmm(self.static[i], cur[i - 1], self.weights_T[i - 1], out=nxt[i])
                 if i < top:
                     nxt[i].addmm_(cur[i + 1], W[i])
             elif i < top:  # the input layer's static drive and its feedback, one product
@@ -595,9 +652,12 @@ class _PlanarRun:
         self._noise_and_rho(noise, generator)
 
     def set_beta(self, beta) -> None:
-        """Nudge the run's one point with ``beta`` from the next step on (the oscillation)."""
-        if self.C:
-            self.beta_cplx.fill_(complex(beta))
+        """Nudge the run's one point with ``beta`` from the next step on (the oscillation); a
+        complex point's ``beta`` may be a 0-d tensor of the complex dtype (used as it is)."""
+        if self.C and torch.is_tensor(beta):
+            self.beta_cplx = beta
+        elif self.C:
+            self.beta_cplx = self.beta_cplx.new_tensor(complex(beta))
         else:
             if self.beta_real is not None:
                 self.beta_real.fill_(float(beta))
@@ -609,69 +669,74 @@ class _PlanarRun:
         Euler step from ``cur``, then its noise (the draws in the order of
         :meth:`Dynamics.noisy_step`, layer by layer)."""
         cur, nxt = self.cur, self.nxt
-        noisy = tuple(hi[: self.nre * self.B] for hi in nxt) if noise else ()
+        views = self._views[id(nxt)]
         if noise and not self.flow:
-            add_noise(noisy, noise, generator)
-        if self.merged and drives is None:
-            self._new(self.nxt_all, self.cur_all)
+            self._noise(views.noisy, noise, generator)
+        if not self.flow:
+            for block in views.blocks:
+                self._rho(*block)
+        elif self.merged and drives is None:
+            self._lerp(self.nxt_all, self.cur_all)
         else:
             for hi, si, out in zip(drives or nxt, cur, nxt, strict=True):
-                self._new(hi, si, out)
+                self._lerp(hi, si, out)
         if self.merged:
             self.cur_all, self.nxt_all = self.nxt_all, self.cur_all
         if noise and self.flow:
-            add_noise(noisy, noise, generator)
+            self._noise(views.noisy, noise, generator)
         self.prev, self.cur, self.nxt = cur, nxt, cur
 
-    def _new(self, h, s, out=None):
-        """The new states in ``out`` (default: in place of the drives ``h``), from the states
-        ``s``: ``rho(h)``, or ``clip(lerp(s, h, dt))`` for the energy dynamics
-        (:meth:`GradientFlow.step`'s kernels)."""
-        if self.flow:
-            out = h if out is None else out
-            torch.lerp(s, h, self.net.dynamics.dt, out=out).clamp_(*self.net.act.box)
-        else:
-            self._rho(h)
+    def _noise(self, noisy, noise, generator):
+        """``noisy += noise xi`` (:func:`add_noise`), the draws taken ahead where they can be."""
+        if self._steps is not None:
+            self._draws, self._steps = _Draws.ahead(noisy, self._steps), None
+        if self._draws is None:
+            add_noise(noisy, noise, generator)
+            return
+        for si, xi in zip(noisy, self._draws.next(generator), strict=True):
+            si.add_(xi if xi.device == si.device else xi.to(si.device), alpha=noise)
+
+    def _lerp(self, h, s, out=None):
+        """The energy dynamics' new states ``clip(lerp(s, h, dt))`` in ``out`` (default: in
+        place of the drives ``h``) (:meth:`GradientFlow.step`'s kernels)."""
+        out = h if out is None else out
+        torch.lerp(s, h, self.net.dynamics.dt, out=out).clamp_(*self.net.act.box)
 
     def _nudge_readout(self, h, r):
         """``h -= beta_k dC/dr_top`` for the cross-entropy readout, every row at once: the logits
         ``r W_out^T + b_out`` and ``dC/dr = (softmax - y) W_out`` are real products over all
-        rows; only the softmax of a complex point combines its two rows."""
-        B, R, nre, W = self.B, self.R, self.nre, self.W_out
-        z = r @ W.T
-        z[: nre * B] += self.b_out
-        e = torch.empty_like(z)
-        if R:
-            e[: R * B] = (self.net._softmax(z[: R * B]) - self.y_real).mul_(self.beta_real)
+        rows; only the softmax of a complex point combines its two rows. In buffers and views
+        made once (the numbers of the out-of-place operations, bit for bit)."""
+        torch.mm(r, self.W_out_T, out=self._z)
+        self._z_biased.add_(self.b_out)
+        if self.R:
+            p = _softmax_into(*self._real_softmax)
+            torch.sub(p, self.y_real, out=self._e_real).mul_(self.beta_real)
         if self.C:
-            zc = torch.complex(z[R * B : nre * B], z[nre * B :])
-            ec = (self.net._softmax(zc) - self.y_cplx).mul_(self.beta_cplx)
-            e[R * B : nre * B] = ec.real
-            e[nre * B :] = ec.imag
-        h.addmm_(e, W, alpha=-1)
+            zc = torch.complex(*self._zc_parts, out=self._cplx_softmax[0])
+            _softmax_into(zc, *self._cplx_softmax[1:]).sub_(self.y_cplx).mul_(self.beta_cplx)
+            self._e_pairs[0].copy_(self._e_pairs[1])
+        h.addmm_(self._e, self.W_out, alpha=-1)
 
-    def _scratch_like(self, a: Tensor):
-        """Buffers of ``a``'s shape for :func:`_sigmoid_planar_`, views of the flat scratch."""
-        (cd, mask), n = self._scratch, a.numel()
-        return cd[0, :n].view(a.shape), cd[1, :n].view(a.shape), mask[:n].view(a.shape)
-
-    def _rho(self, h):
-        """``rho`` in place on one layer's rows ``(M B, n)``, or every layer's ``(L, M B, n)``:
-        real points, then each complex point's pair."""
-        act, B, R, nre = self.net.act, self.B, self.R, self.nre
-        rows = h.dim() - 2
-        blocks = ((0, R), (R, nre), (nre, nre + self.C))
-        real, re, im = (h.narrow(rows, a * B, (b - a) * B) for a, b in blocks)
+    def _rho(self, real, pair, re, split):
+        """``rho`` in place on the real points' rows ``real`` and the complex points' pairs of
+        rows ``pair`` (``(..., 2, C B, n)``: real parts ``re``, imaginary parts) of one layer,
+        or of every layer at once (``split``: :func:`_sigmoid_planar_`'s views)."""
+        act = self.net.act
         if self.sigmoid4:
-            real.mul_(4.0).sub_(2.0).sigmoid_()
+            if self.R:
+                real.mul_(self._four).sub_(self._two).sigmoid_()
             if self.C:
-                _sigmoid_planar_(re.mul_(4.0).sub_(2.0), im.mul_(4.0), self._scratch_like(re))
+                pair.mul_(self._four)
+                re.sub_(self._two)
+                _sigmoid_planar_(split)
             return
-        if R:  # in place where the activation has an in-place form (Prototypical._rates' own)
+        if self.R:  # in place where the activation has an in-place form (Prototypical._rates' own)
             r = act.rho_(real)
             if r is not real:
                 real.copy_(r)
         if self.C:
+            re, im = pair.unbind(-3)
             r = act.rho(torch.complex(re, im))
             re.copy_(r.real)
             im.copy_(r.imag)
@@ -710,17 +775,103 @@ class _PlanarRun:
         return out
 
 
-def _sigmoid_planar_(a: Tensor, b: Tensor, scratch: tuple[Tensor, Tensor, Tensor]) -> None:
-    """``sigmoid(a + ib)`` in place, its real part into ``a`` and imaginary part into ``b``: the
-    arithmetic of :func:`spikeep.activations._sigmoid` (the same roundings) on split parts, in
-    ``scratch`` (two buffers of ``a``'s shape and dtype and one boolean) instead of new tensors."""
-    c, d, pos = scratch
-    torch.ge(a, 0, out=pos)
-    u = a.abs_().neg_().exp_()  # a: u = e^{-|a|}
-    uc = torch.cos(b, out=c).mul_(u)
-    us = b.sin_().mul_(u)  # b: u sin b
-    uu = u.mul_(u)  # a: u^2
-    D = torch.add(uu, 1, out=d).add_(uc, alpha=2)
-    # the real part: (1 + u cos b) / D where a >= 0, else (u cos b + u^2) / D
-    uu.masked_fill_(pos, 1.0).add_(uc).div_(D)
-    us.div_(D)
+class _SplitSigmoid(NamedTuple):
+    """:func:`_sigmoid_planar_`'s views: ``pair`` ``(..., 2, *S)``, its parts ``a`` and ``b``
+    (real and imaginary), three scratch buffers of a part's shape (``u``, ``d``, ``sign``), ``u``
+    and ``d`` broadcastable over ``pair``, and a 0-d one."""
+
+    pair: Tensor
+    a: Tensor
+    b: Tensor
+    u: Tensor
+    d: Tensor
+    sign: Tensor
+    u_pair: Tensor
+    d_pair: Tensor
+    one: Tensor
+
+
+def _split_sigmoid(pair: Tensor, buffers=None) -> _SplitSigmoid:
+    """The views :func:`_sigmoid_planar_` works in, for ``pair`` ``(..., 2, *S)``; its scratch
+    ``buffers`` (three of a part's shape and dtype) are new unless given."""
+    a, b = pair.unbind(-3)
+    u, d, sign = buffers or tuple(a.new_empty(a.shape) for _ in range(3))
+    return _SplitSigmoid(pair, a, b, u, d, sign, u.unsqueeze(-3), d.unsqueeze(-3), a.new_tensor(1))
+
+
+def _sigmoid_planar_(v: _SplitSigmoid) -> None:
+    """``sigmoid(a + ib)`` in place on ``v.pair`` (:func:`_split_sigmoid`): its real part into
+    ``a``, its imaginary part into ``b``. The arithmetic of :func:`spikeep.activations._sigmoid`
+    (the same roundings) on split parts, in scratch buffers instead of new tensors; the two
+    parts share the products with ``u`` and the division by ``D``. Where ``a >= 0`` the real
+    part's numerator is ``1 + u cos b``, else ``u^2 + u cos b``: ``max(u^2, sign a) + u cos b``
+    (``u^2 <= 1``, and ``u^2 = 1`` at ``a = 0``), with no boolean mask."""
+    a, b, u = v.a, v.b, v.u
+    torch.sign(a, out=v.sign)
+    torch.exp(a.abs_().neg_(), out=u)  # u = e^{-|a|}
+    torch.cos(b, out=a)
+    b.sin_()
+    v.pair.mul_(v.u_pair)  # a: u cos b, b: u sin b
+    uu = u.mul_(u)
+    torch.add(uu, v.one, out=v.d).add_(a, alpha=2)  # D = 1 + 2 u cos b + u^2
+    a.add_(torch.maximum(uu, v.sign, out=v.sign))
+    v.pair.div_(v.d_pair)
+
+
+def _softmax_into(z: Tensor, z_real: Tensor, work: Tensor, out: Tensor, total: Tensor) -> Tensor:
+    """``Network._softmax(z)`` (rows of ``z``) into ``out``, bit for bit, with ``z_real`` the
+    view ``z.real``, ``work`` a buffer of ``z``'s shape and ``total`` a ``(rows, 1)`` one for
+    the sums; returns ``out``. (The division is not in place: torch divides complex numbers
+    in place with other roundings.)"""
+    torch.sub(z, z_real.amax(dim=1, keepdim=True), out=work).exp_()
+    return torch.div(work, torch.sum(work, dim=1, keepdim=True, out=total), out=out)
+
+
+class _Draws:
+    """The Gaussian noise of the steps ahead, drawn in one call per chunk of steps into one
+    buffer: the numbers of a draw per layer and step (:func:`add_noise`), bit for bit. A CPU
+    generator fills a tensor of ``n`` numbers with ``n`` uniforms in turn, then turns each
+    16 of them into normals (Box-Muller); so when every draw holds a multiple of 16 numbers,
+    drawing them together gives the same numbers in the same order
+    (``tests/test_dynamics.py`` checks it against this torch)."""
+
+    CHUNK = 1 << 18  # numbers per call (1 MiB of float32)
+
+    def __init__(self, shapes, steps, dtype):
+        self.shapes, self.left = shapes, steps
+        self.sizes = [math.prod(s) for s in shapes]
+        per_step = sum(self.sizes)
+        buffer = torch.empty((max(1, min(steps, self.CHUNK // per_step)), per_step), dtype=dtype)
+        self.buffer, self.filled, self.used = buffer, 0, 0
+        self.rows = [  # each step's draw per layer, as views made once
+            [x.view(s) for x, s in zip(row.split(self.sizes), shapes, strict=True)]
+            for row in buffer
+        ]
+
+    @classmethod
+    def ahead(cls, noisy: tuple[Tensor, ...], steps: int):
+        """A drawer for ``steps`` steps of noise on ``noisy`` (real tensors), or ``None`` where
+        drawing ahead could change the numbers (a size not a multiple of 16, a dtype without
+        the 16-wide fill)."""
+        dtype = noisy[0].dtype
+        sizes = [si.numel() for si in noisy]
+        if dtype not in (torch.float32, torch.float64) or any(n == 0 or n % 16 for n in sizes):
+            return None
+        return cls([si.shape for si in noisy], steps, dtype)
+
+    def next(self, generator) -> list[Tensor]:
+        """This step's draw per layer, in the shapes given."""
+        exhausted = self.left == 0 and self.used == self.filled  # past the steps announced
+        if exhausted or generator.device.type != "cpu":  # a CUDA stream is in another order
+            return [
+                torch.randn(
+                    s, generator=generator, dtype=self.buffer.dtype, device=generator.device
+                )
+                for s in self.shapes
+            ]
+        if self.used == self.filled:
+            n = min(self.left, self.buffer.shape[0])
+            self.buffer[:n].normal_(generator=generator)
+            self.filled, self.used, self.left = n, 0, self.left - n
+        self.used += 1
+        return self.rows[self.used - 1]

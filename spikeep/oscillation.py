@@ -38,6 +38,7 @@ import math
 import torch
 from torch import Tensor
 
+from ._dtypes import COMPLEX_OF
 from .dynamics import DivergenceError, _planar, _PlanarRun, _tracked, check_noise, prepare, stepper
 
 __all__ = ["Demodulator", "teaching_signal", "oscillate"]
@@ -194,10 +195,16 @@ def _oscillate_planar(
     B = x.shape[0]
     s = net.zeros(x) if s is None else s
     static = net.static_drive(params, x) if static is None else static
-    run = _PlanarRun(net, params, y, [a], [not real], static, s)
+    run = _PlanarRun(net, params, y, [a], [not real], static, s, (warmup + periods) * K)
     rows = B if real else 2 * B
     n_w = min(PLANAR_WINDOW, periods * K)
     window = [si.new_empty((n_w, rows, si.shape[1])) for si in s]
+    slots = [list(w) for w in zip(*window)]  # per window step, its row in every layer's window
+    # the teaching signal of a period, computed once; a complex one as 0-d tensors as well
+    signal = [teaching_signal(a, K, t, real) for t in range(K)]
+    if not real:
+        cdtype = COMPLEX_OF[s[0].dtype]
+        nudges = torch.tensor([b for _, b in signal], dtype=cdtype, device=s[0].device).unbind()
     coef, qbeta = [], []  # c_t and c_t beta_t of the window's steps (complex numbers)
     top = len(s) - 1
     n_out = len(net.layers) - 1
@@ -212,13 +219,19 @@ def _oscillate_planar(
         coef.clear(), qbeta.clear()
         cr, ci = c[:, 0].view(n, 1, 1), c[:, 1].view(n, 1, 1)
         g = []  # per layer, [Re(c r); -Im(c r)] stacked over the window's steps
-        for w in window:
+        for i, w in enumerate(window):
             u = w[:n, :B]
             if real:
                 g.append(u * cr)
-                continue
-            v = w[:n, B:]
-            g.append(torch.cat([u * cr - v * ci, -(v * cr + u * ci)], dim=1))
+            elif i == 0:  # the input layer: Re(c r) alone (its sum over steps is all it needs)
+                g.append(torch.mul(u, cr).sub_(w[:n, B:] * ci))
+            else:  # [u cr; -v cr] - [v ci; u ci]: [u cr - v ci; -(v cr + u ci)], bit for bit
+                uv = w[:n].view(n, 2, B, -1)
+                gi = uv * torch.cat([cr, -cr], dim=1).unsqueeze(-1)
+                uv_ci = uv * ci.unsqueeze(-1)
+                gi[:, 0].sub_(uv_ci[:, 1])
+                gi[:, 1].sub_(uv_ci[:, 0])
+                g.append(gi.view(n, 2 * B, -1))
         g1.add_(g[0][:, :B].sum(0))
         for i in range(1, top + 1):  # coupling W{i+1} between dynamic layers i-1 and i
             below = window[i - 1][:n]
@@ -247,15 +260,15 @@ def _oscillate_planar(
     start = [c.clone() for c in run.cur]
     residual = 0.0
     for t in range((warmup + periods) * K):
-        phase, beta_t = teaching_signal(a, K, t, real)
-        run.set_beta(beta_t)
+        phase, beta_t = signal[t % K]
+        run.set_beta(beta_t if real else nudges[t % K])
         run.step(noise, generator)
         if t >= warmup * K:
             c = gain * Demodulator.reference(phase) / a
             coef.append(c)
             qbeta.append(complex(c * beta_t))
-            for w, cur in zip(window, run.cur, strict=True):
-                w[filled].copy_(cur)
+            for w, cur in zip(slots[filled], run.cur, strict=True):
+                w.copy_(cur)
             filled += 1
             count += 1
             if filled == n_w:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import load, setup, variant
 
-from spikeep.dynamics import DivergenceError, _planar, prepare, relax, stepper
+from spikeep.dynamics import DivergenceError, _Draws, _planar, prepare, relax, stepper
 
 
 @pytest.mark.parametrize("dynamics", ["prototypical", "alternating", "energy"])
@@ -225,3 +225,19 @@ def test_the_buffered_loop_is_bit_identical_to_the_step_functions(name, beta, no
 
 def _gen(noise):
     return torch.Generator().manual_seed(3) if noise else None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_drawn_ahead_is_the_draws_of_one_step_at_a_time(dtype, monkeypatch):
+    """The buffered loop draws several steps' noise in one call (dynamics._Draws): the same
+    numbers, in the same order, as a draw per layer and step; refilled, past the steps
+    announced, and not at all where a draw's size is not a multiple of 16."""
+    monkeypatch.setattr(_Draws, "CHUNK", 3 * 48)  # 3 steps a call: refills, a short last one
+    noisy = (torch.zeros(2, 16, dtype=dtype), torch.zeros(1, 16, dtype=dtype))
+    draws = _Draws.ahead(noisy, 7)
+    ahead, one_by_one = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(9):  # the 7 steps announced, then two more
+        got = draws.next(ahead)
+        want = [torch.randn(si.shape, generator=one_by_one, dtype=dtype) for si in noisy]
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert _Draws.ahead((torch.zeros(3, 5, dtype=dtype),), 4) is None

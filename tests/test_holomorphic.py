@@ -371,15 +371,16 @@ def test_protocol_bad_noise_is_named(tmp_path, text, key):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_split_sigmoid_is_bit_identical_to_the_complex_one(dtype):
     from spikeep.activations import _sigmoid
-    from spikeep.dynamics import _sigmoid_planar_
+    from spikeep.dynamics import _sigmoid_planar_, _split_sigmoid
 
     g = torch.Generator().manual_seed(0)
-    a = 30 * torch.randn(40, 9, generator=g, dtype=dtype)  # both branches, and exp underflow
-    b = 3 * torch.randn(40, 9, generator=g, dtype=dtype)
+    a = 30 * torch.randn(3, 40, 9, generator=g, dtype=dtype)  # both branches, exp underflow
+    a[0, 0, :3] = torch.tensor([0.0, -0.0, float("inf")])  # the branches' edge, and a > 88
+    b = 3 * torch.randn(3, 40, 9, generator=g, dtype=dtype)
     want = _sigmoid(torch.complex(a, b))
-    scratch = (torch.empty_like(a), torch.empty_like(a), torch.empty(a.shape, dtype=torch.bool))
-    _sigmoid_planar_(a, b, scratch)
-    assert torch.equal(a, want.real) and torch.equal(b, want.imag)
+    pair = torch.stack([a, b], dim=1)  # (3, 2, 40, 9): layers of real and imaginary parts
+    _sigmoid_planar_(_split_sigmoid(pair))
+    assert torch.equal(pair[:, 0], want.real) and torch.equal(pair[:, 1], want.imag)
 
 
 @pytest.mark.parametrize("real", [False, True])
