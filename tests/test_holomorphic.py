@@ -383,6 +383,22 @@ def test_split_sigmoid_is_bit_identical_to_the_complex_one(dtype):
     assert torch.equal(pair[:, 0], want.real) and torch.equal(pair[:, 1], want.imag)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.complex128])
+def test_softmax_in_buffers_is_bit_identical_to_the_networks(dtype):
+    """The buffered loop's readout nudge forms the softmax in buffers (dynamics._softmax_into),
+    with the numbers of Network._softmax, complex rows included."""
+    from spikeep.dynamics import _softmax_into
+    from spikeep.energy import Network
+
+    g = torch.Generator().manual_seed(1)
+    z = (30 * torch.randn(60, 10, generator=g, dtype=torch.float64)).to(dtype)
+    if dtype.is_complex:
+        z = z + 3j * torch.randn(60, 10, generator=g, dtype=torch.float64).to(dtype)
+    out, total = torch.empty_like(z), z.new_empty((60, 1))
+    got = _softmax_into(z, z.real, torch.empty_like(z), out, total)
+    assert got is out and torch.equal(out, Network._softmax(z))
+
+
 @pytest.mark.parametrize("real", [False, True])
 @pytest.mark.parametrize("noise", [0.0, 0.04])
 def test_oscillation_in_real_rows_equals_the_general_loop(monkeypatch, real, noise):
