@@ -751,28 +751,40 @@ class _PlanarRun:
         return torch.complex(re, layer[(nre + j) * B : (nre + j + 1) * B])
 
     def results(self, max_abs, static) -> list[Relaxed]:
-        out = []
-        for k, beta in enumerate(self.betas):
-            s = tuple(self._point(c, k) for c in self.cur)
-            prev = tuple(self._point(c, k) for c in self.prev)
-            stats = torch.stack(
-                [si.abs().amax() for si in s] + [(a - b).abs().amax() for a, b in zip(s, prev)]
-            )
-            peak = float(stats[: len(s)].amax())
-            if not peak <= max_abs:  # also true for NaN
-                layer = next(
-                    lay.name
-                    for lay, si in zip(self.net.spec.dynamic_layers, s, strict=True)
-                    if not float(si.abs().amax()) <= max_abs
-                )
+        """A :class:`Relaxed` per point. The residuals from the rows of every point at once
+        (``|a + ib|`` as ``hypot(a, b)``: torch's complex magnitude, bit for bit); the states
+        are checked point by point only where the bound ``|a + ib| <= sqrt(2) max(|a|, |b|)``
+        over every row exceeds ``max_abs``."""
+        B, R, C, nre = self.B, self.R, self.C, self.nre
+        peaks, residuals = [], []
+        for c, p in zip(self.cur, self.prev, strict=True):  # per layer: real, complex points
+            peaks.append(c.abs().amax())
+            d, size = c - p, B * c.shape[1]
+            cplx = torch.hypot(d[R * B : nre * B], d[nre * B :])
+            real = d[: R * B].abs()
+            residuals.append(torch.cat([real.view(R, size), cplx.view(C, size)]).amax(1))
+        residuals = torch.stack(residuals).amax(0) / self.net.dynamics.dt
+        if not float(torch.stack(peaks).amax()) * math.sqrt(2) <= max_abs:  # also for NaN
+            for k, beta in enumerate(self.betas):
+                self._check(tuple(self._point(c, k) for c in self.cur), beta, max_abs)
+        order = self.real + self.cplx  # the points' rows in the order of the residuals
+        return [
+            Relaxed(tuple(self._point(c, k) for c in self.cur), residuals[order.index(k)], static)
+            for k in range(len(self.betas))
+        ]
+
+    def _check(self, s, beta, max_abs) -> None:
+        """Raise a DivergenceError naming the first layer of the point's states ``s`` that is
+        non-finite or above ``max_abs`` in magnitude."""
+        for lay, si in zip(self.net.spec.dynamic_layers, s, strict=True):
+            if not float(si.abs().amax()) <= max_abs:  # also true for NaN
+                layer = lay.name
                 raise DivergenceError(
                     f"relaxation diverged: layer {layer!r} became non-finite or larger than "
                     f"{max_abs:g} in magnitude (beta={beta}, one of {len(self.betas)} nudges "
                     f"relaxed together, model {self.net.spec.source}); lower the learning rate "
                     f"or beta, or rescale the initial weights"
                 )
-            out.append(Relaxed(s, stats[len(s) :].amax() / self.net.dynamics.dt, static))
-        return out
 
 
 class _SplitSigmoid(NamedTuple):
@@ -842,7 +854,7 @@ class _Draws:
         self.sizes = [math.prod(s) for s in shapes]
         per_step = sum(self.sizes)
         buffer = torch.empty((max(1, min(steps, self.CHUNK // per_step)), per_step), dtype=dtype)
-        self.buffer, self.filled, self.used = buffer, 0, 0
+        self.buffer, self.filled, self.used, self.on_cpu = buffer, 0, 0, None
         self.rows = [  # each step's draw per layer, as views made once
             [x.view(s) for x, s in zip(row.split(self.sizes), shapes, strict=True)]
             for row in buffer
@@ -862,7 +874,9 @@ class _Draws:
     def next(self, generator) -> list[Tensor]:
         """This step's draw per layer, in the shapes given."""
         exhausted = self.left == 0 and self.used == self.filled  # past the steps announced
-        if exhausted or generator.device.type != "cpu":  # a CUDA stream is in another order
+        if self.on_cpu is None:
+            self.on_cpu = generator.device.type == "cpu"
+        if exhausted or not self.on_cpu:  # a CUDA generator's stream is in another order
             return [
                 torch.randn(
                     s, generator=generator, dtype=self.buffer.dtype, device=generator.device

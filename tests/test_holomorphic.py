@@ -109,6 +109,27 @@ def test_points_relaxed_as_one_batch_equal_the_full_circle_one_by_one(points):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
 
 
+def test_points_relaxed_as_one_batch_check_every_state_against_max_abs():
+    """relax_points bounds every state at once (|a + ib| <= sqrt(2) max(|a|, |b|)) and checks
+    point by point only past the bound: a state at max_abs passes, one above it is named."""
+    from spikeep.dynamics import DivergenceError
+
+    net = load("tiny_holo")
+    params, x, y = setup(net)
+    free = relax(net, params, x, steps=150)
+    betas = [0.4, 0.4j, -0.4]
+    outs = relax_points(net, params, x, y, betas, free.s, 40)
+    peak = max(float(si.abs().max()) for out in outs for si in out.s)
+    at_peak = relax_points(net, params, x, y, betas, free.s, 40, max_abs=peak)  # the check runs
+    for a, b in zip(outs, at_peak, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a.s, b.s)) and a.residual == b.residual
+    with pytest.raises(DivergenceError, match="one of 3 nudges relaxed together"):
+        relax_points(net, params, x, y, betas, free.s, 40, max_abs=peak * (1 - 1e-9))
+    bad = {**params, "W2": params["W2"] * float("nan")}
+    with pytest.raises(DivergenceError, match="layer 'h1' became non-finite"):
+        relax_points(net, bad, x, y, betas, free.s, 2)
+
+
 def test_points_relaxed_as_one_batch_draw_seeded_noise():
     net = load("tiny_holo")
     params, x, y = setup(net)
