@@ -847,13 +847,15 @@ class _Draws:
     drawing them together gives the same numbers in the same order
     (``tests/test_dynamics.py`` checks it against this torch)."""
 
-    CHUNK = 1 << 18  # numbers per call (1 MiB of float32)
+    CHUNK = 1 << 18  # numbers per call (1 MiB of float32), and at most STEPS steps
+    STEPS = 32
 
     def __init__(self, shapes, steps, dtype):
         self.shapes, self.left = shapes, steps
         self.sizes = [math.prod(s) for s in shapes]
         per_step = sum(self.sizes)
-        buffer = torch.empty((max(1, min(steps, self.CHUNK // per_step)), per_step), dtype=dtype)
+        n = max(1, min(steps, self.STEPS, self.CHUNK // per_step))
+        buffer = torch.empty((n, per_step), dtype=dtype)
         self.buffer, self.filled, self.used, self.on_cpu = buffer, 0, 0, None
         self.rows = [  # each step's draw per layer, as views made once
             [x.view(s) for x, s in zip(row.split(self.sizes), shapes, strict=True)]
