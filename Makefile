@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# train in rates, then the same weights in spikes on every engine (the first Brian2 run compiles
+# its simulation once, cached under ~/.cache/spikeep), then the gradient estimators' check
 demo: $(STAMP)
-	$(BIN)/spikeep train protocols/quickstart.toml --out out/quickstart
+	$(BIN)/spikeep train protocols/quickstart.toml --out out/quickstart --overwrite
 	$(BIN)/spikeep plot out/quickstart
-	@echo "results: out/quickstart/metrics.jsonl, checkpoint out/quickstart/checkpoint.pt, plot out/quickstart/curves.png"
+	$(BIN)/spikeep compare out/quickstart/checkpoint.pt --images 2000
+	@echo "results: out/quickstart/metrics.jsonl, checkpoint out/quickstart/checkpoint.pt, plots out/quickstart/curves.png and raster.png"
 	$(BIN)/spikeep gradcheck --model models/tiny.toml --estimator all --beta 0.01 --dtype float64
 
 test: $(STAMP)

@@ -15,7 +15,7 @@
     spikeep fidelity PROTOCOL [--set key=value ...] --out DIR [--jobs N] [--json]
     spikeep eval CHECKPOINT [--split test|val|train] [--data NAME] [--data-dir DIR]
                  [--noise SIGMA] [--json]
-    spikeep compare CHECKPOINT [--images 300] [--raster PNG] [--json]
+    spikeep compare CHECKPOINT [--images 1000] [--raster PNG] [--json]
                                        the test error on every engine, and a Brian2 raster
     spikeep plot OUT
     spikeep export CHECKPOINT --format nir --out FILE [--tau STEPS] [--decay D]
@@ -332,8 +332,8 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument(
         "--images",
         type=_positive_int,
-        default=300,
-        help="the first N test images of the run's data set (default 300)",
+        default=1000,
+        help="the first N test images of the run's data set (default 1000)",
     )
     co.add_argument(
         "--raster",

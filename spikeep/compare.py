@@ -1,6 +1,6 @@
 r"""One checkpoint on every registered engine, side by side (``spikeep compare``).
 
-    spikeep compare CHECKPOINT [--images 300] [--raster PNG] [--json]
+    spikeep compare CHECKPOINT [--images 1000] [--raster PNG] [--json]
 
 Each engine of the registry (:mod:`spikeep.engine`) is built from the run's own protocol as
 ``spikeep eval --engine NAME`` builds it (``training=False``; the evaluation settings are the
@@ -63,7 +63,8 @@ def _test_images(raw: dict, images: int, data_dir=None) -> data.Dataset:
 
 def _per_image(result: dict) -> str:
     """The simulated time of one image: the rate engine's steps, the snntorch engine's
-    ``settle + window`` steps (integers) or the brian2 engine's seconds."""
+    ``settle + window`` steps (integers, as its protocol section reads them) or the brian2
+    engine's seconds (floats)."""
     if "free_steps" in result:
         return f"{result['free_steps']} steps"
     settle, window = result["settle"], result["window"]
@@ -72,7 +73,7 @@ def _per_image(result: dict) -> str:
     return f"{settle * 1e3:g} + {window * 1e3:g} ms"
 
 
-def compare(path, images: int = 300, data_dir=None) -> dict:
+def compare(path, images: int = 1000, data_dir=None) -> dict:
     """Score the checkpoint at ``path`` with every registered engine's free phase on the first
     ``images`` test images.
 
@@ -152,8 +153,12 @@ def raster(path, png, index: int = 0, data_dir=None) -> dict:
         net, ds.images[index : index + 1], ds.labels[index : index + 1], ds.classes, normalize,
         torch.float64,
     )  # fmt: skip
-    est = raw.get("estimator", {})
-    return _raster(net, ckpt["params"], x, y, est.get("name"), est.get("beta", 0.5), png)
+    try:  # the run's estimator, its defaults filled in
+        where = {"model": str(Path(ckpt["model_source"]).resolve())}
+        est = proto.from_dict(raw, source=str(path), overrides=where, check_model=False).estimator
+    except proto.ProtocolError as err:
+        raise CompareError(str(err)) from None
+    return _raster(net, ckpt["params"], x, y, est.name, est.beta, png)
 
 
 def _raster(net, params, x, y, estimator, beta: float, png) -> dict:
@@ -221,7 +226,8 @@ def _plot(spikes: dict, sizes: list[int], phases, png, label: int, prediction: i
     axes[-1].set_xlabel("time (ms)")
     axes[-1].set_xlim(0, phases[-1][2] * 1e3)
     fig.suptitle(
-        f"one test image (label {label}, predicted {prediction}) in Brian2: spikes per phase",
+        f"one test image (label {label}, predicted {prediction}) in Brian2: a free phase, then "
+        f"nudged toward the label",
         y=0.995,
     )
     fig.tight_layout()

@@ -66,7 +66,8 @@ def test_an_engine_that_cannot_run_the_network_is_a_row_saying_why(readout_run, 
     rows = {line.split()[0]: line for line in lines[2 : 2 + len(engine.names())]}
     assert list(rows) == list(engine.names())  # every registered engine, in order
     assert re.fullmatch(r"rate +\d+\.\d\d% +- +10 steps +\d+\.\d", rows["rate"])
-    assert re.fullmatch(r"snntorch +\d+\.\d\d% +\d+ +200 \+ 800 steps +\d+\.\d", rows["snntorch"])
+    # the quickstart's own [snntorch] test pass
+    assert re.fullmatch(r"snntorch +\d+\.\d\d% +\d+ +40 \+ 100 steps +\d+\.\d", rows["snntorch"])
     assert "skipped:" in rows["brian2"] and "[spiking]" in rows["brian2"]
     assert lines[-1].startswith("raster: skipped:") and "[spiking]" in lines[-1]
     assert not (readout_run.parent / "raster.png").exists()
