@@ -7,7 +7,6 @@ before any simulation), and the script runs on a 784-8-10 network in runtime mod
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
@@ -71,9 +70,10 @@ def test_estimate_script_measures_the_sample_after_another():
     x, y = random_batch(net, 4, 1)
     (x0, x1), (y0, y1) = x.view(2, 2, -1), y.view(2, 2, -1)
     schedule = schedules.oscillation(0.5, model.spiking, periods=1, warmup=1)
-    args = argparse.Namespace(rule="endpoint", seed=0)
-    second, rates, spikes = est.spiking_estimate(args, model, params, x1, y1, schedule, x0, y0)
-    first = est.spiking_estimate(args, model, params, x0, y0, schedule)[0]
+    second, rates, spikes = est.spiking_estimate(
+        model, params, x1, y1, schedule, "endpoint", 0, x0, y0
+    )
+    first = est.spiking_estimate(model, params, x0, y0, schedule, "endpoint", 0)[0]
     both = build(model, params, torch.stack([x0, x1]), torch.stack([y0, y1]), schedule)
     both.run()
     total = both.gradient()  # averaged over the 2 copies and the 2 samples
@@ -98,3 +98,22 @@ def test_estimate_script_oscillation_json(tmp_path, capsys):
         assert set(r[key]) == {"W1", "b1", "W2", "b2", "all"}
         assert all(-1.0 <= c <= 1.0 for c in r[key].values())
     assert set(r["norm_vs_exact"]) == {"W1", "b1", "W2", "b2"}
+
+
+def test_estimate_script_compares_the_stdp_pairings_with_the_endpoint_rule(tmp_path, capsys):
+    # --compare-rules: at learning rate 0 the count pairing is the endpoint estimate formed spike
+    # by spike (float rounding), the running trace is not, and every rule sees the same spikes
+    model = tmp_path / "tiny.toml"
+    text = (ROOT / "models" / "spiking_784_500_10_stdp.toml").read_text()
+    model.write_text(text.replace("size = 500", "size = 8"))
+    argv = ["init", "--model", str(model), "--settle", "0.01", "--window", "0.01"]
+    argv += ["--batch", "2", "--steps", "60", "--compare-rules", "--json"]
+    assert script("brian2_mnist_estimate").main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["rule"] == "endpoint"
+    rows = {(p["stdp_trace"], p["tau_trace"]): p for p in r["rules"]}
+    assert set(rows) == {("running", 0.01), ("running", 0.02), ("running", 0.04), ("count", 0.01)}
+    assert all(p["same_spikes"] for p in rows.values())
+    count, running = rows["count", 0.01], rows["running", 0.01]
+    assert max(count["relative_error"].values()) < 1e-12
+    assert running["relative_error"]["W2"] > 1e-3
