@@ -4,7 +4,7 @@ A protocol names a model spec, the data, the gradient estimator and every hyperp
 carries the number the paper reports. ``protocols/quickstart.toml`` shows every key::
 
     name = "quickstart"
-    model = "../models/mlp_784_500_10.toml"     # relative to this file
+    model = "../models/spiking_784_500_10_f32.toml"     # relative to this file
 
     [data]        name, dir, train_subset, test_subset, validation, normalize, std_scale,
                   augment, crop_padding, flip
@@ -12,10 +12,12 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
                   noise, eval_noise, steps_per_period, periods, warmup, real
     [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
                   cosine, t_max, eta_min
-    [train]       epochs, batch_size, seed, persistent, checkpoint_every, device, engine
-    [brian2]      rule, chunk, eval_settle, eval_window   (read only when engine = "brian2")
+    [train]       epochs, batch_size, seed, persistent, checkpoint_every, device, engine, init,
+                  eval_engines
+    [brian2]      rule, chunk, eval_settle, eval_window   (read when engine = "brian2", and by
+                                                    eval_engines, eval and compare)
     [snntorch]    tau, decay, settle, window, input, eval_settle, eval_window
-                                                    (read only when engine = "snntorch")
+                                                    (likewise for "snntorch")
     [paper]       source, test_error, note          (reported numbers, for the record)
 
 ``noise`` is the std of the Gaussian noise on every neuron at every relaxation step of training
