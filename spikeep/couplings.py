@@ -100,6 +100,8 @@ class Dense(Coupling):
     def weight_grad(self, W, pairs):
         # Pairs that share the same r_prev (the clamped input) are summed before the product.
         dtype = pairs[0][1].dtype
+        if len(pairs) == 1:
+            return pairs[0][1].T @ pairs[0][0].flatten(1).to(dtype)
         if all(r is pairs[0][0] for r, _ in pairs):
             return sum(g for _, g in pairs).T @ pairs[0][0].flatten(1).to(dtype)
         g = torch.cat([g for _, g in pairs])

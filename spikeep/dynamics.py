@@ -74,6 +74,7 @@ from torch import Tensor
 
 from . import _checks
 from ._dtypes import COMPLEX_OF
+from .couplings import Dense
 
 __all__ = [
     "DivergenceError",
@@ -91,6 +92,7 @@ __all__ = [
     "cast_params",
     "halves",
     "relax_points",
+    "relax_each",
 ]
 
 
@@ -365,11 +367,10 @@ def relax(
     state, prev = s0, s0
     replay = generator.get_state() if noise else None  # to replay the draws if it diverges
     real = not s0[0].is_complex()
-    fast = _planar(net, flow=real) and real and not _tracked(params, x, s0, static)
+    fast = real and _planar(net, flow=True) and not _tracked(params, x, s0, static)
     if fast:  # the same arithmetic in preallocated buffers
         run = _PlanarRun(net, params, y, [beta], [False], static, s0, steps)
-        for _ in range(steps):
-            run.step(noise, generator)
+        run.run(steps, noise, generator)
         state, prev = tuple(run.cur), tuple(run.prev)
     else:
         step = stepper(dyn, noise, generator)
@@ -377,13 +378,21 @@ def relax(
             prev, state = state, step(net, params, state, static, y, beta)
     # One synchronisation at the end: the largest state magnitude (NaN propagates through amax)
     # and the last step's change. On failure, replay the phase to name the layer and step.
-    stats = torch.stack(
-        [si.abs().amax() for si in state] + [(a - b).abs().amax() for a, b in zip(state, prev)]
-    ).detach()
-    peak = float(stats[: len(state)].amax())
-    if not peak <= max_abs:  # also true for NaN
+    peak, change = _peak_and_change(state, prev)
+    if not float(peak) <= max_abs:  # also true for NaN
         _locate(net, params, s0, static, y, beta, steps, max_abs, noise, generator, replay)
-    return Relaxed(state, stats[len(state) :].amax() / dyn.dt, static)
+    return Relaxed(state, change / dyn.dt, static)
+
+
+def _peak_and_change(s, prev) -> tuple[Tensor, Tensor]:
+    """``max |s|`` and ``max |s - prev|`` over every layer, as 0-d tensors out of autograd
+    (maxima are exact: the numbers of any order of taking them)."""
+    with torch.no_grad():
+        peaks = [si.abs().amax() for si in s]
+        changes = [(a - b).abs().amax() for a, b in zip(s, prev, strict=True)]
+        if len(s) == 1:
+            return peaks[0], changes[0]
+        return torch.stack(peaks).amax(), torch.stack(changes).amax()
 
 
 def _locate(net, params, s0, static, y, beta, steps, max_abs, noise, generator, replay):
@@ -464,13 +473,59 @@ def relax_points(
     return run.results(max_abs, static)
 
 
+def relax_each(
+    net,
+    params: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    betas,
+    s: tuple[Tensor, ...] | None = None,
+    steps: int = 20,
+    static: list[Tensor] | None = None,
+    max_abs: float = 1e6,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[Relaxed]:
+    """``[relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator) for b in
+    betas]`` (real nudges), with one setup. Noise-free on a network that runs the buffered loop
+    (:func:`_planar`), the points relax as one batch of rows in which each point's nudge keeps
+    the arithmetic of its own phase (``relax``'s, not :func:`relax_points`' per-row nudge): the
+    same numbers wherever a row's matrix products do not depend on the rows beside it (MKL,
+    here: the float32 MLPs at 20 rows a point, bit for bit; tiny float64 layers, or 1 to 3
+    rows a point, differ by rounding). With noise, or on other networks, one phase after
+    another (the draws in that order)."""
+    betas = [float(b) for b in betas]
+    state_real = (s is None or not s[0].is_complex()) and not next(
+        iter(params.values())
+    ).is_complex()
+    if (
+        noise
+        or len(betas) < 2
+        or not (state_real and _planar(net, flow=True))
+        or _tracked(params, x, s, static)
+    ):
+        return [
+            relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator) for b in betas
+        ]
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if y is None:
+        raise ValueError(f"nudged phases (betas={betas}) need targets y")
+    _checks.check_batch(net, params, x, y)
+    p, x, y, static, s0 = prepare(net, params, x, y, betas[0], s, static)
+    run = _PlanarRun(net, p, y, betas, [False] * len(betas), static, s0, steps, each=True)
+    run.run(steps, 0.0, None)
+    try:
+        return run.results(max_abs, static)
+    except DivergenceError:  # one phase after another names the layer and the step
+        return [relax(net, params, x, y, b, s, steps, static, max_abs) for b in betas]
+
+
 def _planar(net, flow: bool = False) -> bool:
     """Whether :func:`relax_points` can carry complex states as real rows (its docstring), or,
     with ``flow`` (real states only), run the buffered loop of :class:`_PlanarRun` at all: then
     also for the ``energy`` dynamics of an activation that is the identity on its box (the hard
     sigmoid), whose step is ``clip(lerp(s, h, dt))`` of the drive ``h`` at rates ``s``."""
-    from .couplings import Dense
-
     dyn, act = net.dynamics, net.act
     box_flow = type(dyn) is GradientFlow and act.slope == 1 and act.box is not None
     return (
@@ -505,9 +560,11 @@ class _PlanarRun:
     at each step (no allocation for the drives). When every layer has the same width the
     buffers are the layers of one ``(L, M B, n)`` tensor, so that ``rho`` runs once for all.
     With ``steps`` (the phase's length) the noise of several steps is drawn at once
-    (:class:`_Draws`)."""
+    (:class:`_Draws`). What only some runs need (the views that noise and ``rho`` work on, the
+    readout nudge's buffers) is made at its first use: a phase of a few steps pays for no more
+    than it runs."""
 
-    def __init__(self, net, params, y, betas, is_complex, static, s0, steps=None):
+    def __init__(self, net, params, y, betas, is_complex, static, s0, steps=None, each=False):
         self.net, self.params, self.betas = net, params, betas
         self.real = [k for k, c in enumerate(is_complex) if not c]
         self.cplx = [k for k, c in enumerate(is_complex) if c]
@@ -515,20 +572,25 @@ class _PlanarRun:
         R, C = len(self.real), len(self.cplx)
         self.B, self.R, self.C = B, R, C
         self.nre = R + C  # blocks that carry real parts: static drive and noise go there
-        M = R + 2 * C
+        self.M = M = R + 2 * C
         self.weights = [params[f"W{i + 1}"] for i in range(1, net.n_dynamic)]
         self.weights_T = [w.T for w in self.weights]
-        # sigmoid4's constants as 0-d tensors: the arithmetic of Python numbers, without their
-        # conversion at every call
-        self._four, self._two = (s0[0].new_tensor(v) for v in (4.0, 2.0))
+        self.sigmoid4 = net.act.name == "sigmoid4"
+        if self.sigmoid4:  # its constants as 0-d tensors: the arithmetic of Python numbers,
+            # without their conversion at every call
+            self._four, self._two = (s0[0].new_tensor(v) for v in (4.0, 2.0))
         widths = [si.shape[1] for si in s0]
         self.merged = len(set(widths)) == 1
+        # one real point: every row is written before it is read (no zeros needed)
+        new = s0[0].new_empty if M == 1 else s0[0].new_zeros
         if self.merged:
-            both = s0[0].new_zeros((2, len(s0), M * B, widths[0]))
+            both = new((2, len(s0), M * B, widths[0]))
             self.cur_all, self.nxt_all = both[0], both[1]
-            self.cur, self.nxt = list(both[0]), list(both[1])
+            self.cur, self.nxt = list(both[0].unbind()), list(both[1].unbind())
+            # each set of layers and the one tensor it is a view of
+            self._whole = {id(self.cur): self.cur_all, id(self.nxt): self.nxt_all}
         else:
-            self.cur = [si.new_zeros((M * B, n)) for si, n in zip(s0, widths, strict=True)]
+            self.cur = [new((M * B, n)) for n in widths]
             self.nxt = [torch.empty_like(c) for c in self.cur]
         self.static = []
         for h, si, cur in zip(static, s0, self.cur, strict=True):
@@ -536,10 +598,13 @@ class _PlanarRun:
                 self.static.append(h)
                 cur.copy_(si)
                 continue
-            S = torch.zeros_like(cur)
-            S[: self.nre * B] = h if h.dim() == 1 else h.repeat(self.nre, 1)
+            if M == self.nre and h.dim() == 2:  # real points only: every row a copy
+                S = h.repeat(M, 1)
+            else:
+                S = torch.zeros_like(cur)
+                S[: self.nre * B] = h if h.dim() == 1 else h.repeat(self.nre, 1)
             self.static.append(S)
-            cur[: self.nre * B] = si.repeat(self.nre, 1)
+            cur[: self.nre * B].view(self.nre, B, -1).copy_(si)
         real_dtype, device = s0[0].dtype, s0[0].device
         beta_r = [complex(betas[k]).real for k in self.real]
         self.nudged = any(beta_r)  # a free phase has no cost term (Network.dphi)
@@ -547,7 +612,7 @@ class _PlanarRun:
         self.beta_real = None  # per-row nudges, where the points' differ (not self.single)
         if y is not None:
             self.y_real = y.to(real_dtype) if R == 1 else y.to(real_dtype).repeat(R, 1)
-            if self.single is None:
+            if self.single is None and not (each and not C):
                 beta_r = torch.tensor(beta_r, dtype=real_dtype, device=device)
                 self.beta_real = beta_r.repeat_interleave(B).unsqueeze(1)
         if C:
@@ -557,49 +622,58 @@ class _PlanarRun:
             self.y_cplx = y.to(cdtype).repeat(C, 1)
             beta_c = torch.tensor([complex(betas[k]) for k in self.cplx], dtype=cdtype)
             self.beta_cplx = beta_c.to(device).repeat_interleave(B).unsqueeze(1)
-        self.sigmoid4 = net.act.name == "sigmoid4"
         # the energy dynamics (real states only, _planar): s <- clip(lerp(s, h, dt)), then noise
         self.flow = type(net.dynamics) is GradientFlow
         if self.flow and C:
             raise ValueError("the buffered energy dynamics take real states only")
-        self._views, scratch = {}, []
-        for layers in (self.cur, self.nxt):  # the two sets swap roles: views of both, once
-            self._views[id(layers)] = self._targets(layers, scratch)
+        self._views, self._scratch = {}, []  # per buffer set, made at first use (_views_of)
         self.readout = bool(net.readout)
         if self.readout:
             n = len(net.layers) - 1
             self.W_out, self.b_out = params[f"W{n}"], params[f"b{n}"]
             self.W_out_T = self.W_out.T
-            z = s0[0].new_empty((M * B, self.W_out.shape[0]))  # logits, every row
-            e = torch.empty_like(z)  # beta_k (softmax - y), as real rows
-            self._z, self._e, self._z_biased = z, e, z[: self.nre * B]
-            if R:  # the real points' logits, softmax and its row sums, and their e rows
-                zr = z[: R * B]
-                work = (torch.empty_like(zr), torch.empty_like(zr), z.new_empty((R * B, 1)))
-                self._real_softmax = (zr, zr, *work)
-                self._e_real = e[: R * B]
-            if C:  # the complex points' logits as parts and as complex numbers, softmax, sums
-                zc = z.new_empty((C * B, z.shape[1]), dtype=cdtype)
-                pc = torch.empty_like(zc)
-                self._zc_parts = (z[R * B : self.nre * B], z[self.nre * B :])
-                self._cplx_softmax = (
-                    zc,
-                    zc.real,
-                    torch.empty_like(zc),
-                    pc,
-                    zc.new_empty((C * B, 1)),
-                )
-                self._e_pairs = (
-                    e[R * B :].view(2, C * B, -1),
-                    torch.view_as_real(pc).movedim(-1, 0),
-                )
+        self._rows = self._one = None  # the readout nudge's buffers (_nudge_readout, _dcost)
+        # each: real points nudged one block of rows at a time, with the arithmetic of a run of
+        # their own (relax_each), in place of the per-row nudge of _nudge_readout
+        self.each = each and not C and R > 1
+        if self.each:
+            self._alphas = [complex(betas[k]).real for k in self.real]
+            self._each_views = {}
         self._steps, self._draws = steps, None  # the drawer is made at the first noisy step
+
+    def _readout_rows(self):
+        """The buffers and views of :meth:`_nudge_readout`, made once: the logits of every row,
+        ``beta_k (softmax - y)`` as real rows, the real points' softmax work space, the complex
+        points' logits as parts and as complex numbers."""
+        B, R, C, nre = self.B, self.R, self.C, self.nre
+        z = self.cur[0].new_empty((self.M * B, self.W_out.shape[0]))  # logits, every row
+        e = torch.empty_like(z)  # beta_k (softmax - y), as real rows
+        self._z, self._e, self._z_biased = z, e, z[: nre * B]
+        if R:  # the real points' logits, softmax and its row sums, and their e rows
+            zr = z[: R * B]
+            work = (torch.empty_like(zr), torch.empty_like(zr), z.new_empty((R * B, 1)))
+            self._real_softmax = (zr, zr, *work)
+            self._e_real = e[: R * B]
+        if C:  # the complex points' logits as parts and as complex numbers, softmax, sums
+            zc = z.new_empty((C * B, z.shape[1]), dtype=COMPLEX_OF[z.dtype])
+            pc = torch.empty_like(zc)
+            self._zc_parts = (z[R * B : nre * B], z[nre * B :])
+            self._cplx_softmax = (zc, zc.real, torch.empty_like(zc), pc, zc.new_empty((C * B, 1)))
+            self._e_pairs = (e[R * B :].view(2, C * B, -1), torch.view_as_real(pc).movedim(-1, 0))
+        self._rows = True
+
+    def _views_of(self, layers: list[Tensor]) -> _Targets:
+        """The views of one of the two buffer sets (:class:`_Targets`), made at first use."""
+        views = self._views.get(id(layers))
+        if views is None:
+            views = self._views[id(layers)] = self._targets(layers, self._scratch)
+        return views
 
     def _targets(self, layers: list[Tensor], scratch: list) -> _Targets:
         """The views of one buffer set; ``scratch`` (filled on the first call, shared by both
         sets) holds :func:`_sigmoid_planar_`'s buffers per rho target."""
         B, R, C = self.B, self.R, self.C
-        whole = [self.cur_all if layers is self.cur else self.nxt_all] if self.merged else layers
+        whole = [self._whole[id(layers)]] if self.merged else layers
         blocks = []
         for j, h in enumerate(whole):
             rows = h.dim() - 2
@@ -612,6 +686,27 @@ class _PlanarRun:
             blocks.append((h.narrow(rows, 0, R * B), pair, pair.select(-3, 0), split))
         return _Targets(tuple(hi[: self.nre * B] for hi in layers), blocks)
 
+    def run(self, steps: int, noise, generator) -> None:
+        """``steps`` calls of :meth:`step`. A one-layer free phase of the energy dynamics with
+        no noise, whose drive is the static one, takes all but its last step in place on one
+        buffer (``s <- clip(lerp(s, static, dt))``, the same numbers); its last goes into the
+        other, which keeps the state before it for the residual."""
+        act, single = self.net.act, self.single
+        if not (noise or self.nudged) and self.flow and len(self.cur) == 1 and single is not None:
+            lo, hi = act.box
+            dt, h = self.net.dynamics.dt, self.static[0]
+            cur, nxt = self.cur, self.nxt
+            s = cur[0]
+            for _ in range(steps - 1):
+                s.lerp_(h, dt).clamp_(lo, hi)
+            torch.lerp(s, h, dt, out=nxt[0]).clamp_(lo, hi)
+            if self.merged:
+                self.cur_all, self.nxt_all = self.nxt_all, self.cur_all
+            self.prev, self.cur, self.nxt = cur, nxt, cur
+            return
+        for _ in range(steps):
+            self.step(noise, generator)
+
     def step(self, noise, generator):
         net, cur, nxt, W = self.net, self.cur, self.nxt, self.weights
         top, B, R, nre = len(cur) - 1, self.B, self.R, self.nre
@@ -620,10 +715,15 @@ class _PlanarRun:
                 self._noise_and_rho(noise, generator, self.static)
                 return
             if self.nudged:  # the static drive and the nudge in one op (Network.dphi's sub)
-                d = net.dcost_dr(self.params, cur[0], self.y_real)
-                torch.sub(self.static[0], d, alpha=self.single, out=nxt[0])
+                torch.sub(self.static[0], self._dcost(cur[0]), alpha=self.single, out=nxt[0])
                 self._noise_and_rho(noise, generator)
                 return
+        if top == 0 and self.each:  # the same per point, every point's block of rows
+            d = self._dcost(cur[0])
+            for S, dk, out, beta in self._blocks(nxt, d):
+                torch.sub(S, dk, alpha=beta, out=out)
+            self._noise_and_rho(noise, generator)
+            return
         for i in range(top + 1):  # the order of Network.dphi: forward drive, then feedback
             if i > 0:
                 torch.addmm(self.static[i], cur[i - 1], self.weights_T[i - 1], out=nxt[i])
@@ -634,15 +734,18 @@ class _PlanarRun:
             else:
                 nxt[i].copy_(self.static[i])
         h, r = nxt[top], cur[top]
-        if self.readout and self.single is None and (self.nudged or self.C):
+        if self.readout and self.single is None and not self.each and (self.nudged or self.C):
             self._nudge_readout(h, r)
             self._noise_and_rho(noise, generator)
             return
         if self.nudged:  # the nudge: - beta_k dC/dr_top, each point with its own beta
-            d = net.dcost_dr(self.params, r[: R * B], self.y_real)
             if self.single is not None:
-                h.sub_(d, alpha=self.single)
+                h.sub_(self._dcost(r), alpha=self.single)
+            elif self.each:
+                for _, dk, out, beta in self._blocks(nxt, self._dcost(r)):
+                    out.sub_(dk, alpha=beta)
             else:
+                d = net.dcost_dr(self.params, r[: R * B], self.y_real)
                 h[: R * B].sub_(d.mul_(self.beta_real))
         if self.C:
             rc = torch.complex(r[R * B : nre * B], r[nre * B :])
@@ -650,6 +753,41 @@ class _PlanarRun:
             h[R * B : nre * B].sub_(d.real)
             h[nre * B :].sub_(d.imag)
         self._noise_and_rho(noise, generator)
+
+    def _blocks(self, layers, d):
+        """Per real point (``each``): its rows of the static drive, of ``d`` and of the top
+        layer of ``layers``, and its nudge; the views made once per buffer set."""
+        views = self._each_views.get(id(layers))
+        if views is None:
+            B, top = self.B, len(layers) - 1
+            views = self._each_views[id(layers)] = [
+                (
+                    self.static[0][k * B : (k + 1) * B],
+                    d[k * B : (k + 1) * B],
+                    layers[top][k * B : (k + 1) * B],
+                    beta,
+                )
+                for k, beta in enumerate(self._alphas)
+            ]
+        return views
+
+    def _dcost(self, r: Tensor) -> Tensor:
+        """``Network.dcost_dr(params, r, y)`` of the real points' rows ``r``, bit for bit: the
+        readout's ``(softmax(r W_out^T + b_out) - y) W_out``, or ``r - y``, in buffers made at
+        its first use (the same ``d`` at every call: :meth:`_blocks` keeps views of it)."""
+        if self._one is None:
+            d = r.new_empty(r.shape)
+            if not self.readout:
+                self._one = (d,)
+            else:
+                z = r.new_empty((r.shape[0], self.W_out.shape[0]))
+                self._one = (z, *(torch.empty_like(z) for _ in range(2)), z[:, :1].clone(), d)
+        if not self.readout:
+            return torch.sub(r, self.y_real, out=self._one[0])
+        z, work, p, total, d = self._one
+        torch.mm(r, self.W_out_T, out=z).add_(self.b_out)
+        _softmax_into(z, z, work, p, total).sub_(self.y_real)
+        return torch.mm(p, self.W_out, out=d)
 
     def set_beta(self, beta) -> None:
         """Nudge the run's one point with ``beta`` from the next step on (the oscillation); a
@@ -669,10 +807,10 @@ class _PlanarRun:
         Euler step from ``cur``, then its noise (the draws in the order of
         :meth:`Dynamics.noisy_step`, layer by layer)."""
         cur, nxt = self.cur, self.nxt
-        views = self._views[id(nxt)]
-        if noise and not self.flow:
-            self._noise(views.noisy, noise, generator)
         if not self.flow:
+            views = self._views_of(nxt)
+            if noise:
+                self._noise(views.noisy, noise, generator)
             for block in views.blocks:
                 self._rho(*block)
         elif self.merged and drives is None:
@@ -683,7 +821,7 @@ class _PlanarRun:
         if self.merged:
             self.cur_all, self.nxt_all = self.nxt_all, self.cur_all
         if noise and self.flow:
-            self._noise(views.noisy, noise, generator)
+            self._noise(self._views_of(nxt).noisy, noise, generator)
         self.prev, self.cur, self.nxt = cur, nxt, cur
 
     def _noise(self, noisy, noise, generator):
@@ -707,6 +845,8 @@ class _PlanarRun:
         ``r W_out^T + b_out`` and ``dC/dr = (softmax - y) W_out`` are real products over all
         rows; only the softmax of a complex point combines its two rows. In buffers and views
         made once (the numbers of the out-of-place operations, bit for bit)."""
+        if self._rows is None:
+            self._readout_rows()
         torch.mm(r, self.W_out_T, out=self._z)
         self._z_biased.add_(self.b_out)
         if self.R:

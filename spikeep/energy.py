@@ -165,13 +165,17 @@ class Network:
 
     def cost(self, params, r: tuple[Tensor, ...], y: Tensor) -> Tensor:
         """``C`` per sample, shape ``(B,)``; ``y`` one-hot (or real targets for mse)."""
+        return self.cost_and_output(params, r, y)[0]
+
+    def cost_and_output(self, params, r: tuple[Tensor, ...], y: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`cost` and :meth:`output` at once (the readout's logits computed once)."""
         if self.readout:
             z = self.logits(params, r[-1])
             shift = z.real.amax(dim=1, keepdim=True).detach()
             lse = shift.squeeze(1) + torch.log(torch.exp(z - shift).sum(1))
-            return lse - (y * z).sum(1)
+            return lse - (y * z).sum(1), z
         d = r[-1] - y
-        return 0.5 * (d * d).flatten(1).sum(1)
+        return 0.5 * (d * d).flatten(1).sum(1), r[-1]
 
     def dcost_dr(self, params, r_last: Tensor, y: Tensor) -> Tensor:
         """Closed-form ``dC/dr_L`` (mse) or ``dC/dr_{L-1}`` through the readout."""
@@ -185,6 +189,13 @@ class Network:
     def _softmax(z: Tensor) -> Tensor:
         e = torch.exp(z - z.real.amax(dim=1, keepdim=True).detach())
         return e / e.sum(dim=1, keepdim=True)
+
+    @staticmethod
+    def _softmax_(z: Tensor) -> Tensor:
+        """:meth:`_softmax` in place on a real ``z`` outside autograd, bit for bit (a complex
+        division in place rounds otherwise); returns ``z``."""
+        z.sub_(z.amax(dim=1, keepdim=True)).exp_()
+        return z.div_(z.sum(dim=1, keepdim=True))
 
     def loss(self, params, r: tuple[Tensor, ...], y: Tensor) -> Tensor:
         """``L = mean_batch C``, a scalar."""
@@ -211,17 +222,25 @@ class Network:
             c = self.couplings[i - 1]
             W = params[f"W{i}"]
             pairs = [(x if i == 1 else r[i - 2], -ck * r[i - 1]) for r, _, ck in points]
-            grads[f"W{i}"] = c.weight_grad(W, pairs)
             g = sum(g for _, g in pairs)
+            # the clamped input is every point's: its coupling takes the summed g (one product)
+            grads[f"W{i}"] = c.weight_grad(W, [(x, g)] if i == 1 else pairs)
             grads[f"b{i}"] = g.sum(0).flatten(1).sum(1) if len(layer.shape) == 3 else g.sum(0)
         if self.readout:
             n = len(self.layers) - 1
-            W = params[f"W{n}"]
+            W, b = params[f"W{n}"], params[f"b{n}"]
+            tracked = torch.is_grad_enabled() and (W.requires_grad or b.requires_grad)
             pairs = []
             for r, beta, ck in points:
-                if beta != 0:
-                    z = self.logits({**params, f"W{n}": W.to(r[-1].dtype)}, r[-1])
-                    pairs.append((r[-1].flatten(1), ck * beta * (self._softmax(z) - y)))
+                if beta == 0:
+                    continue
+                a = r[-1].flatten(1)
+                if a.is_complex() or tracked or a.requires_grad:
+                    z = self.logits({**params, f"W{n}": W.to(a.dtype)}, a)
+                    pairs.append((a, ck * beta * (self._softmax(z) - y)))
+                else:  # the same numbers in place: logits, softmax, ck beta (softmax - y)
+                    e = self._softmax_(torch.mm(a, W.T).add_(b))
+                    pairs.append((a, e.sub_(y).mul_(ck * beta)))
             if pairs:
                 grads[f"W{n}"] = torch.cat([g for _, g in pairs]).T @ torch.cat(
                     [a for a, _ in pairs]

@@ -610,8 +610,8 @@ def _train_step(
         try:
             lr = {k: layer_lr(lrs, k) for k in p}
             step = engine.step(net, p, x, y, s0, g, rank, lr)
-            cost = net.cost(p, step.rates, y)
-            wrong = (net.output(p, step.rates).argmax(1) != train_set.labels[shard].to(dev)).sum()
+            cost, output = net.cost_and_output(p, step.rates, y)
+            wrong = (output.argmax(1) != train_set.labels[shard].to(dev)).sum()
         except DivergenceError as err:
             raise TrainingError(f"{where}: {err}") from None
         loss = float(cost.sum())

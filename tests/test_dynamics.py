@@ -4,7 +4,15 @@ import pytest
 import torch
 from conftest import load, setup, variant
 
-from spikeep.dynamics import DivergenceError, _Draws, _planar, prepare, relax, stepper
+from spikeep.dynamics import (
+    DivergenceError,
+    _Draws,
+    _planar,
+    prepare,
+    relax,
+    relax_each,
+    stepper,
+)
 
 
 @pytest.mark.parametrize("dynamics", ["prototypical", "alternating", "energy"])
@@ -221,6 +229,47 @@ def test_the_buffered_loop_is_bit_identical_to_the_step_functions(name, beta, no
     for _ in range(25):
         s = step(net, p, s, static, y, beta)
     assert all(torch.equal(a, b) for a, b in zip(fast.s, s, strict=True))
+
+
+@pytest.mark.parametrize("name", list(BUFFERED))
+@pytest.mark.parametrize("noise", [0.0, 0.04])
+def test_relax_each_is_one_relax_per_nudge(name, noise):
+    """The symmetric estimator's two phases with one setup (dynamics.relax_each): noise-free, as
+    one batch of rows whose every point keeps the arithmetic of its own phase, so that at 20
+    rows a point (MKL's row-independent products) the states and residuals are bit for bit
+    those of one relax per nudge; with noise, the phases one after another, draws included."""
+    net = BUFFERED[name]()
+    params, x, y = setup(net, batch=20, dtype=net.init_params(0)["W1"].dtype)
+    free = relax(net, params, x, steps=15)
+    betas = [0.3, -0.3]
+    each = relax_each(
+        net, params, x, y, betas, free.s, 6, free.static, noise=noise, generator=_gen(noise)
+    )
+    g = _gen(noise)
+    one = [
+        relax(net, params, x, y, b, free.s, 6, free.static, noise=noise, generator=g) for b in betas
+    ]
+    exact = noise or name.startswith("mlp")  # float32 MLPs: products row-independent in MKL
+    for a, b in zip(each, one, strict=True):
+        for u, v in zip(a.s, b.s, strict=True):
+            assert torch.equal(u, v) if exact else torch.allclose(u, v, rtol=0, atol=1e-13)
+        assert (
+            torch.equal(a.residual, b.residual)
+            if exact
+            else a.residual == pytest.approx(float(b.residual), abs=1e-12)
+        )
+    assert not torch.equal(each[0].s[-1], each[1].s[-1])  # the nudges differ
+
+
+def test_relax_each_names_a_diverging_phase_as_relax_does():
+    net = load("mlp_784_500_10_ce")
+    params, x, y = setup(net, batch=20, dtype=torch.float32)
+    free = relax(net, params, x, steps=5)
+    with pytest.raises(DivergenceError) as alone:
+        relax(net, params, x, y, 0.5, free.s, 3, free.static, max_abs=1e-3)
+    with pytest.raises(DivergenceError, match="at step 1 of 3") as each:
+        relax_each(net, params, x, y, [0.5, -0.5], free.s, 3, free.static, max_abs=1e-3)
+    assert str(each.value) == str(alone.value)
 
 
 def _gen(noise):
