@@ -3,7 +3,8 @@
 Each argument is ``LABEL=RUN`` (a ``spikeep train`` output folder or a ``metrics.jsonl``).
 Left panel: ``test_error`` (the spiking engine's own free phase, full test set) and, dashed,
 ``test_error_rate`` (the rate engine's free phase on the same weights); right panel:
-``train_error``. A horizontal line marks ``--target`` (%). Prints one line per epoch and run.
+``train_error``. A horizontal line marks each ``--target`` (%; the option repeats). Prints one
+line per epoch and run.
 Usage::
 
     .venv/bin/python scripts/spiking_curves.py \
@@ -35,7 +36,9 @@ def metrics_of(run: str) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="LABEL=RUN")
-    ap.add_argument("--target", type=float, default=None, help="target test error (%%)")
+    ap.add_argument(
+        "--target", type=float, action="append", default=[], help="a target test error (%%)"
+    )
     ap.add_argument("--out", default="spiking_rules.png")
     args = ap.parse_args(argv)
     runs = {}
@@ -55,6 +58,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     fig, (ax_test, ax_train) = plt.subplots(1, 2, figsize=(10, 4))
+    lowest = 2.0  # the panel's floor unless a curve goes below it
     for label, rows in runs.items():
         epochs = [r["epoch"] for r in rows]
         (line,) = ax_test.plot(epochs, [r["test_error"] for r in rows], "o-", ms=3, label=label)
@@ -64,17 +68,18 @@ def main(argv=None) -> int:
         ax_train.plot(epochs, [r["train_error"] for r in rows], "o-", ms=3, label=label)
         for r in rows:
             rate = r.get("test_error_rate", float("nan"))
+            lowest = min(lowest, r["test_error"], rate if rate == rate else lowest)
             print(
                 f"{label:>12}  epoch {r['epoch']:>2}  test {r['test_error']:.2f}% "
                 f"(rate {rate:.2f}%)  train {r['train_error']:.2f}%"
             )
-    if args.target is not None:
-        ax_test.axhline(args.target, color="k", lw=0.8, ls=":", label=f"target {args.target}%")
+    for target, style in zip(args.target, [":", "-."] * len(args.target)):
+        ax_test.axhline(target, color="k", lw=0.8, ls=style, label=f"target {target}%")
     ax_test.set(
         xlabel="epoch",
         ylabel="test error (%)",
         title="test error in spikes (dashed: rate free phase)",
-        ylim=(2.0, 5.5),
+        ylim=(max(0.0, lowest - 0.2), 5.5),
     )
     ax_train.set(xlabel="epoch", ylabel="training error (%)", title="training error", yscale="log")
     for ax in (ax_test, ax_train):

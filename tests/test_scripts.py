@@ -60,3 +60,23 @@ def test_table1_compare_reports_the_gap_to_the_authors_band(tmp_path, capsys):
     assert [r["gap"] for r in report] == pytest.approx([1.0, 3.0, -0.5])
     assert figure.stat().st_size > 0
     assert compare.main([f"{run}=noise/nothing", "--anchors", str(anchors)]) == 2
+
+
+def test_spiking_curves_plots_each_run_and_every_target(tmp_path, capsys):
+    runs = []
+    for name, errors in (("a", [4.0, 3.0]), ("b", [3.5, 1.9])):
+        path = tmp_path / f"{name}.metrics.jsonl"
+        rows = [
+            {"epoch": k + 1, "test_error": e, "test_error_rate": e - 0.1, "train_error": 2 * e}
+            for k, e in enumerate(errors)
+        ]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(f"{name}={path}")
+    out = tmp_path / "curves.png"
+    argv = [*runs, "--target", "2.5", "--target", "3.0", "--out", str(out)]
+    assert script("spiking_curves").main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 5 and "test 1.90% (rate 1.80%)" in printed[3]
+    assert out.stat().st_size > 0
+    assert script("spiking_curves").main(["a=" + str(tmp_path / "none.jsonl")]) == 2
+    assert script("spiking_curves").main(["no-label"]) == 2
