@@ -62,6 +62,13 @@ on complex states (holomorphic EP) it perturbs the real part only, as a physical
 would (the imaginary part is the mathematical continuation, which no neuron carries). Its std is
 per step, whatever ``dt``; a noisy phase's residual measures the noise as well. ``noise = 0`` runs
 the noise-free loop, untouched: no draws, bit-identical.
+
+Shared noise (``noise_shared=True``; ``shared`` in the step functions): each step draws one
+``xi`` per neuron and adds it to every sample of the batch (``xi`` of shape ``(1, *layer)``,
+broadcast over the ``B`` samples), as Laborieux & Zenke's code does (its random key is not
+batched). Where several nudges relax as one batch of rows (:func:`relax_points`), each point is
+a relaxation of its own and gets its own draw, shared by its ``B`` rows. The default draws
+independently per sample.
 """
 
 from __future__ import annotations
@@ -122,10 +129,11 @@ class Dynamics:
     def step(self, net, params, s, static, y=None, beta=0.0) -> tuple[Tensor, ...]:
         raise NotImplementedError
 
-    def noisy_step(self, net, params, s, static, y, beta, noise, generator):
+    def noisy_step(self, net, params, s, static, y, beta, noise, generator, shared=False):
         """:meth:`step` with Gaussian noise of std ``noise`` on the neurons' state (module
-        docstring), drawn from ``generator``; by default added to the new states."""
-        return add_noise(self.step(net, params, s, static, y, beta), noise, generator)
+        docstring), drawn from ``generator`` (``shared``: one draw per neuron for the whole
+        batch); by default added to the new states."""
+        return add_noise(self.step(net, params, s, static, y, beta), noise, generator, shared)
 
 
 class Prototypical(Dynamics):
@@ -139,14 +147,15 @@ class Prototypical(Dynamics):
     def step(self, net, params, s, static, y=None, beta=0.0):
         return self._rates(net, net.dphi(params, s, static, y, beta))
 
-    def noisy_step(self, net, params, s, static, y, beta, noise, generator):
-        return self._rates(net, net.dphi(params, s, static, y, beta), noise, generator)
+    def noisy_step(self, net, params, s, static, y, beta, noise, generator, shared=False):
+        h = net.dphi(params, s, static, y, beta)
+        return self._rates(net, h, noise, generator, shared)
 
     @staticmethod
-    def _rates(net, h, noise=0.0, generator=None) -> tuple[Tensor, ...]:
+    def _rates(net, h, noise=0.0, generator=None, shared=False) -> tuple[Tensor, ...]:
         """``rho(h + noise xi)`` in place on the (fresh) drives ``h``: the noise on the drive."""
         if noise:
-            add_noise(h, noise, generator)
+            add_noise(h, noise, generator, shared)
         return tuple(net.act.rho_(hi) for hi in h)
 
 
@@ -160,10 +169,10 @@ class Alternating(Prototypical):
     def step(self, net, params, s, static, y=None, beta=0.0):
         return self._step(net, params, s, static, y, beta)
 
-    def noisy_step(self, net, params, s, static, y, beta, noise, generator):
-        return self._step(net, params, s, static, y, beta, noise, generator)
+    def noisy_step(self, net, params, s, static, y, beta, noise, generator, shared=False):
+        return self._step(net, params, s, static, y, beta, noise, generator, shared)
 
-    def _step(self, net, params, s, static, y, beta, noise=0.0, generator=None):
+    def _step(self, net, params, s, static, y, beta, noise=0.0, generator=None, noise_shared=False):
         top, c = net.n_dynamic - 1, net.couplings  # c[i] links s[i-1] to s[i]; c[0] the input
         first, second = halves(net)
         new, feedback = list(s), {}
@@ -188,7 +197,7 @@ class Alternating(Prototypical):
                 if i == top and beta != 0:
                     terms.append(-beta * net.dcost_dr(params, new[i], y))
                 h.append(_sum(terms))
-            for i, r in zip(half, self._rates(net, h, noise, generator), strict=True):
+            for i, r in zip(half, self._rates(net, h, noise, generator, noise_shared), strict=True):
                 new[i] = r
         return tuple(new)
 
@@ -284,14 +293,27 @@ def prepare(net, params, x, y=None, beta=0.0, s=None, static=None):
     return params, x, y, static, s0
 
 
-def add_noise(s: tuple[Tensor, ...], noise: float, generator: torch.Generator):
-    """``s_l + noise xi_l`` in place for every tensor ``s_l`` (``xi_l ~ N(0, 1)``, real, drawn
-    from ``generator`` on its device); returns ``s``. Complex tensors get it on their real part."""
+def add_noise(s: tuple[Tensor, ...], noise: float, generator: torch.Generator, shared=False):
+    """``s_l + noise xi_l`` in place for every tensor ``s_l`` of shape ``(B, *shape)`` (``xi_l ~
+    N(0, 1)``, real, drawn from ``generator`` on its device): of ``s_l``'s shape, or with
+    ``shared`` of shape ``(1, *shape)``, one number per neuron added to all ``B`` samples.
+    Returns ``s``. Complex tensors get it on their real part."""
     for si in s:
         real = si.real.dtype if si.is_complex() else si.dtype
-        xi = torch.randn(si.shape, generator=generator, dtype=real, device=generator.device)
+        shape = (1, *si.shape[1:]) if shared else si.shape
+        xi = torch.randn(shape, generator=generator, dtype=real, device=generator.device)
         si.add_(xi.to(si.device), alpha=noise)
     return s
+
+
+def check_shared(noise_shared) -> bool:
+    """``noise_shared`` (a bool), refused in one line otherwise."""
+    if not isinstance(noise_shared, bool):
+        raise ValueError(
+            f"noise_shared must be True (one draw per neuron and step, shared by the batch) or "
+            f"False (a draw per sample), got {noise_shared!r}"
+        )
+    return noise_shared
 
 
 def check_noise(noise, generator=False) -> float:
@@ -311,14 +333,19 @@ def check_noise(noise, generator=False) -> float:
     return float(noise)
 
 
-def stepper(dyn: Dynamics, noise: float = 0.0, generator: torch.Generator | None = None):
+def stepper(
+    dyn: Dynamics,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+    shared: bool = False,
+):
     """``step(net, params, s, static, y, beta)`` of ``dyn``: the plain step when ``noise`` is 0
-    (no draws), else :meth:`Dynamics.noisy_step` with ``noise`` and ``generator``."""
+    (no draws), else :meth:`Dynamics.noisy_step` with ``noise``, ``generator`` and ``shared``."""
     if not noise:
         return dyn.step
 
     def noisy(net, params, s, static, y, beta):
-        return dyn.noisy_step(net, params, s, static, y, beta, noise, generator)
+        return dyn.noisy_step(net, params, s, static, y, beta, noise, generator, shared)
 
     return noisy
 
@@ -335,6 +362,7 @@ def relax(
     max_abs: float = 1e6,
     noise: float = 0.0,
     generator: torch.Generator | None = None,
+    noise_shared: bool = False,
 ) -> Relaxed:
     """Run ``steps`` steps of the network's dynamics with nudging ``beta``.
 
@@ -352,6 +380,8 @@ def relax(
         noise: std of the Gaussian noise on every neuron at every step (where it enters: module
             docstring); 0 for none.
         generator: the ``torch.Generator`` the noise is drawn from (required when ``noise > 0``).
+        noise_shared: one draw per neuron and step, added to every sample of the batch (module
+            docstring); default a draw per sample.
 
     Returns:
         :class:`Relaxed` ``(s, residual)``.
@@ -362,6 +392,7 @@ def relax(
         raise ValueError(f"a nudged phase (beta={beta}) needs targets y")
     _checks.check_batch(net, params, x, y if beta != 0 else None)  # named, before torch fails
     check_noise(noise, generator)
+    check_shared(noise_shared)
     params, x, y, static, s0 = prepare(net, params, x, y, beta, s, static)
     dyn = net.dynamics
     state, prev = s0, s0
@@ -369,18 +400,19 @@ def relax(
     real = not s0[0].is_complex()
     fast = real and _planar(net, flow=True) and not _tracked(params, x, s0, static)
     if fast:  # the same arithmetic in preallocated buffers
-        run = _PlanarRun(net, params, y, [beta], [False], static, s0, steps)
+        run = _PlanarRun(net, params, y, [beta], [False], static, s0, steps, shared=noise_shared)
         run.run(steps, noise, generator)
         state, prev = tuple(run.cur), tuple(run.prev)
     else:
-        step = stepper(dyn, noise, generator)
+        step = stepper(dyn, noise, generator, noise_shared)
         for _ in range(steps):
             prev, state = state, step(net, params, state, static, y, beta)
     # One synchronisation at the end: the largest state magnitude (NaN propagates through amax)
     # and the last step's change. On failure, replay the phase to name the layer and step.
     peak, change = _peak_and_change(state, prev)
     if not float(peak) <= max_abs:  # also true for NaN
-        _locate(net, params, s0, static, y, beta, steps, max_abs, noise, generator, replay)
+        noisy = (noise, generator, replay, noise_shared)
+        _locate(net, params, s0, static, y, beta, steps, max_abs, noisy)
     return Relaxed(state, change / dyn.dt, static)
 
 
@@ -395,11 +427,12 @@ def _peak_and_change(s, prev) -> tuple[Tensor, Tensor]:
         return torch.stack(peaks).amax(), torch.stack(changes).amax()
 
 
-def _locate(net, params, s0, static, y, beta, steps, max_abs, noise, generator, replay):
+def _locate(net, params, s0, static, y, beta, steps, max_abs, noisy):
+    noise, generator, replay, shared = noisy
     if noise:
         generator = torch.Generator(device=generator.device)
         generator.set_state(replay)
-    step = stepper(net.dynamics, noise, generator)
+    step = stepper(net.dynamics, noise, generator, shared)
     s = s0
     for t in range(1, steps + 1):
         s = step(net, params, s, static, y, beta)
@@ -430,6 +463,7 @@ def relax_points(
     max_abs: float = 1e6,
     noise: float = 0.0,
     generator: torch.Generator | None = None,
+    noise_shared: bool = False,
 ) -> list[Relaxed]:
     """One phase per nudge ``beta_k`` of ``betas`` (real or complex), every one ``steps`` steps
     from the same start ``s``: what ``[relax(..., beta_k, s=s, ...) for beta_k in betas]``
@@ -444,6 +478,8 @@ def relax_points(
     The nudge's cost term and ``rho`` combine a point's two rows. Other networks relax the
     points one after another (:func:`relax`). Noise-free, both give the same states to rounding;
     with noise the draws are taken in another order (the same distribution, other samples).
+    With ``noise_shared`` each point, a relaxation of its own, gets its own draw per neuron and
+    step, shared by its ``B`` rows (of a complex point: its real parts).
 
     Returns:
         a :class:`Relaxed` per nudge, in the order of ``betas`` (complex states for complex
@@ -455,19 +491,22 @@ def relax_points(
     if y is None:
         raise ValueError(f"nudged phases (betas={betas}) need targets y")
     check_noise(noise, generator)
+    check_shared(noise_shared)
     real_start = s is None or not s[0].is_complex()
     real_params = not next(iter(params.values())).is_complex()
     is_complex = [isinstance(b, complex) and b.imag != 0 for b in betas]
     planar = _planar(net, flow=not any(is_complex))
     if not (planar and real_start and real_params and not _tracked(params, x, s, static)):
         return [
-            relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator) for b in betas
+            relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator, noise_shared)
+            for b in betas
         ]
     if any(is_complex):
         _state_dtype(net, params, x, 1j, None)  # refuses a network that is not holomorphic
     if static is None:
         static = net.static_drive(params, x)
-    run = _PlanarRun(net, params, y, betas, is_complex, static, s or net.zeros(x), steps)
+    s0 = s or net.zeros(x)
+    run = _PlanarRun(net, params, y, betas, is_complex, static, s0, steps, shared=noise_shared)
     for _ in range(steps):
         run.step(noise, generator)
     return run.results(max_abs, static)
@@ -485,16 +524,18 @@ def relax_each(
     max_abs: float = 1e6,
     noise: float = 0.0,
     generator: torch.Generator | None = None,
+    noise_shared: bool = False,
 ) -> list[Relaxed]:
-    """``[relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator) for b in
-    betas]`` (real nudges), with one setup. Noise-free on a network that runs the buffered loop
-    (:func:`_planar`), the points relax as one batch of rows in which each point's nudge keeps
-    the arithmetic of its own phase (``relax``'s, not :func:`relax_points`' per-row nudge): the
-    same numbers wherever a row's matrix products do not depend on the rows beside it (MKL,
-    here: the float32 MLPs at 20 rows a point, bit for bit; tiny float64 layers, or 1 to 3
-    rows a point, differ by rounding). With noise, or on other networks, one phase after
-    another (the draws in that order)."""
+    """``[relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator, noise_shared)
+    for b in betas]`` (real nudges), with one setup. Noise-free on a network that runs the buffered
+    loop (:func:`_planar`), the points relax as one batch of rows in which each point's nudge keeps
+    the arithmetic of its own phase (``relax``'s, not :func:`relax_points`' per-row nudge): the same
+    numbers wherever a row's matrix products do not depend on the rows beside it (MKL, here: the
+    float32 MLPs at 20 rows a point, bit for bit; tiny float64 layers, or 1 to 3 rows a point,
+    differ by rounding). With noise, or on other networks, one phase after another (the draws in
+    that order)."""
     betas = [float(b) for b in betas]
+    check_shared(noise_shared)
     state_real = (s is None or not s[0].is_complex()) and not next(
         iter(params.values())
     ).is_complex()
@@ -505,7 +546,8 @@ def relax_each(
         or _tracked(params, x, s, static)
     ):
         return [
-            relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator) for b in betas
+            relax(net, params, x, y, b, s, steps, static, max_abs, noise, generator, noise_shared)
+            for b in betas
         ]
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -546,8 +588,9 @@ def _tracked(params, x, s, static) -> bool:
 
 class _Targets(NamedTuple):
     """Views of one of :class:`_PlanarRun`'s two buffer sets: the rows that get noise, per
-    layer, and the tensors ``rho`` runs on (every layer at once when merged, else one per
-    layer), each as ``(real points' rows, complex points' (..., 2, C B, n) pairs, the pairs'
+    layer (``(nre B, n)``; with shared noise ``(B, nre, n)``, a point's draw ``(1, nre, n)``
+    broadcast over its rows), and the tensors ``rho`` runs on (every layer at once when merged, else
+    one per layer), each as ``(real points' rows, complex points' (..., 2, C B, n) pairs, the pairs'
     real parts, the pairs' views for _sigmoid_planar_ or None)``."""
 
     noisy: tuple[Tensor, ...]
@@ -562,9 +605,12 @@ class _PlanarRun:
     With ``steps`` (the phase's length) the noise of several steps is drawn at once
     (:class:`_Draws`). What only some runs need (the views that noise and ``rho`` work on, the
     readout nudge's buffers) is made at its first use: a phase of a few steps pays for no more
-    than it runs."""
+    than it runs. ``shared``: each point's noise is one draw per neuron and step, added to its
+    ``B`` rows (module docstring)."""
 
-    def __init__(self, net, params, y, betas, is_complex, static, s0, steps=None, each=False):
+    def __init__(
+        self, net, params, y, betas, is_complex, static, s0, steps=None, each=False, shared=False
+    ):
         self.net, self.params, self.betas = net, params, betas
         self.real = [k for k, c in enumerate(is_complex) if not c]
         self.cplx = [k for k, c in enumerate(is_complex) if c]
@@ -640,6 +686,7 @@ class _PlanarRun:
             self._alphas = [complex(betas[k]).real for k in self.real]
             self._each_views = {}
         self._steps, self._draws = steps, None  # the drawer is made at the first noisy step
+        self.shared = shared
 
     def _readout_rows(self):
         """The buffers and views of :meth:`_nudge_readout`, made once: the logits of every row,
@@ -684,7 +731,10 @@ class _PlanarRun:
                 if len(scratch) == j:
                     scratch.append((split.u, split.d, split.sign))
             blocks.append((h.narrow(rows, 0, R * B), pair, pair.select(-3, 0), split))
-        return _Targets(tuple(hi[: self.nre * B] for hi in layers), blocks)
+        noisy = tuple(hi[: self.nre * B] for hi in layers)
+        if self.shared:  # the samples of each point on the first axis: one draw broadcasts
+            noisy = tuple(hi.view(self.nre, B, -1).transpose(0, 1) for hi in noisy)
+        return _Targets(noisy, blocks)
 
     def run(self, steps: int, noise, generator) -> None:
         """``steps`` calls of :meth:`step`. A one-layer free phase of the energy dynamics with
@@ -827,9 +877,9 @@ class _PlanarRun:
     def _noise(self, noisy, noise, generator):
         """``noisy += noise xi`` (:func:`add_noise`), the draws taken ahead where they can be."""
         if self._steps is not None:
-            self._draws, self._steps = _Draws.ahead(noisy, self._steps), None
+            self._draws, self._steps = _Draws.ahead(noisy, self._steps, self.shared), None
         if self._draws is None:
-            add_noise(noisy, noise, generator)
+            add_noise(noisy, noise, generator, self.shared)
             return
         for si, xi in zip(noisy, self._draws.next(generator), strict=True):
             si.add_(xi if xi.device == si.device else xi.to(si.device), alpha=noise)
@@ -1003,15 +1053,17 @@ class _Draws:
         ]
 
     @classmethod
-    def ahead(cls, noisy: tuple[Tensor, ...], steps: int):
-        """A drawer for ``steps`` steps of noise on ``noisy`` (real tensors), or ``None`` where
+    def ahead(cls, noisy: tuple[Tensor, ...], steps: int, shared: bool = False):
+        """A drawer for ``steps`` steps of noise on ``noisy`` (real tensors ``(B, *shape)``; with
+        ``shared`` one draw ``(1, *shape)`` each, as :func:`add_noise`), or ``None`` where
         drawing ahead could change the numbers (a size not a multiple of 16, a dtype without
         the 16-wide fill)."""
         dtype = noisy[0].dtype
-        sizes = [si.numel() for si in noisy]
+        shapes = [(1, *si.shape[1:]) if shared else si.shape for si in noisy]
+        sizes = [math.prod(s) for s in shapes]
         if dtype not in (torch.float32, torch.float64) or any(n == 0 or n % 16 for n in sizes):
             return None
-        return cls([si.shape for si in noisy], steps, dtype)
+        return cls(shapes, steps, dtype)
 
     def next(self, generator) -> list[Tensor]:
         """This step's draw per layer, in the shapes given."""

@@ -221,7 +221,10 @@ def _rate_bias(cls) -> str:
 
 class RateEngine(Engine):
     """The rate dynamics: ``relax`` and a registered estimator (:mod:`spikeep.estimators`); the
-    ``bptt`` baseline trains beside them (bias: none but the truncation)."""
+    ``bptt`` baseline trains beside them (bias: none but the truncation). Training noise:
+    ``[estimator] noise`` on the nudged phases, and on the free phase unless ``free_noise`` is
+    false; ``noise_shared`` draws it once per neuron and step for the whole batch (evaluation
+    draws ``eval_noise`` per sample)."""
 
     name = "rate"
     estimators = {
@@ -242,12 +245,15 @@ class RateEngine(Engine):
                 # C-EP moves the weights inside the estimator, at the initial learning rates
                 lr={k: layer_lr(protocol.optimizer.lr, k) for k in net.param_names()},
                 noise=cfg.noise,
+                noise_shared=cfg.noise_shared,
                 steps_per_period=cfg.steps_per_period,
                 periods=cfg.periods,
                 warmup=cfg.warmup,
                 real=cfg.real,
             )
         self.free_steps, self.noise = cfg.free_steps, cfg.noise
+        self.free_noise = cfg.noise if cfg.free_noise else 0.0
+        self.noise_shared = cfg.noise_shared
         self.eval_steps = cfg.eval_free_steps or cfg.free_steps
         self.eval_noise = cfg.noise if cfg.eval_noise is None else cfg.eval_noise
         self.seed = protocol.train.seed
@@ -268,10 +274,19 @@ class RateEngine(Engine):
             )
 
     def step(self, net, params, x, y, s0, g, rank, lr=None) -> Step:
-        noise = self.noise
-        # noise-free runs draw as they always did
-        gen = noise_generator(g, x.device, rank) if noise else g
-        free = relax(net, params, x, steps=self.free_steps, s=s0, noise=noise, generator=gen)
+        # noise-free runs draw as they always did; with free_noise = false the batch's noise
+        # generator is made all the same (the epoch generator's stream is a noisy run's)
+        gen = noise_generator(g, x.device, rank) if self.noise else g
+        free = relax(
+            net,
+            params,
+            x,
+            steps=self.free_steps,
+            s=s0,
+            noise=self.free_noise,
+            generator=gen,
+            noise_shared=self.noise_shared,
+        )
         rates = net.dynamics.rates(net, free.s)
         grads = self.est.estimate(net, params, x, y, free, generator=gen).grads
         return Step(rates, grads, free.s, {"free_residual": float(free.residual)})

@@ -25,8 +25,11 @@ on dense prototypical networks a complex state is two real rows and every produc
 
 Every estimator takes ``noise`` (default 0): the std of the Gaussian noise added to the states at
 every step of its nudged phases (:meth:`spikeep.dynamics.Dynamics.noisy_step`), drawn from the
-``generator`` passed to :meth:`Estimator.estimate`. With noise the half-circle shortcut of
-``holomorphic`` is a sampling choice (independent noise at each point), no longer an identity.
+``generator`` passed to :meth:`Estimator.estimate`, and ``noise_shared`` (default ``False``):
+``True`` draws one number per neuron and step and adds it to every sample of the batch (each
+``holomorphic`` point, a relaxation of its own, with its own draw), as Laborieux & Zenke's code
+does. With noise the half-circle shortcut of ``holomorphic`` is a sampling choice (independent
+noise at each point), no longer an identity.
 
 ``bptt`` (:class:`TruncatedBPTT`, in :data:`BASELINES`) is not EP: it backpropagates through
 free steps run on from the free state, so that training can set EP beside (close to) the exact
@@ -49,7 +52,15 @@ import torch
 from torch import Tensor
 
 from . import oscillation, reference
-from .dynamics import Relaxed, check_noise, relax, relax_each, relax_points, stepper
+from .dynamics import (
+    Relaxed,
+    check_noise,
+    check_shared,
+    relax,
+    relax_each,
+    relax_points,
+    stepper,
+)
 
 __all__ = [
     "Estimate",
@@ -85,17 +96,21 @@ class Estimate:
 
 
 class Estimator(ABC):
-    """A gradient estimator with nudging strength ``beta``, ``steps`` nudged steps, and ``noise``
-    (std of the Gaussian noise added to the states at every nudged step; 0 for none)."""
+    """A gradient estimator with nudging strength ``beta``, ``steps`` nudged steps, ``noise``
+    (std of the Gaussian noise added to the states at every nudged step; 0 for none) and
+    ``noise_shared`` (one draw per neuron and step for the whole batch)."""
 
     name: ClassVar[str]
 
-    def __init__(self, beta: float, steps: int = 20, *, noise: float = 0.0):
+    def __init__(
+        self, beta: float, steps: int = 20, *, noise: float = 0.0, noise_shared: bool = False
+    ):
         if not (isinstance(beta, int | float) and math.isfinite(beta) and beta != 0):
             raise ValueError(f"beta must be a finite non-zero real number, got {beta!r}")
         if not (isinstance(steps, int) and steps >= 1):
             raise ValueError(f"nudged steps must be a positive integer, got {steps!r}")
         self.beta, self.steps, self.noise = float(beta), steps, check_noise(noise)
+        self.noise_shared = check_shared(noise_shared)
 
     @property
     @abstractmethod
@@ -110,7 +125,13 @@ class Estimator(ABC):
         (signs, noise) come from ``generator`` (a ``torch.Generator``)."""
 
     def __repr__(self):
-        return f"{type(self).__name__}(beta={self.beta}, steps={self.steps}, noise={self.noise})"
+        return (
+            f"{type(self).__name__}(beta={self.beta}, steps={self.steps}, noise={self.noise}"
+            f"{self._shared_repr()})"
+        )
+
+    def _shared_repr(self) -> str:
+        return ", noise_shared=True" if self.noise_shared else ""
 
     def _nudge(self, net, params, x, y, free: Relaxed, beta, generator=None):
         out = relax(
@@ -124,6 +145,7 @@ class Estimator(ABC):
             static=free.static,
             noise=self.noise,
             generator=generator,
+            noise_shared=self.noise_shared,
         )
         return out, net.dynamics.rates(net, out.s)
 
@@ -177,6 +199,7 @@ class Symmetric(Estimator):
             free.static,
             noise=self.noise,
             generator=generator,
+            noise_shared=self.noise_shared,
         )
         r_p, r_m = (net.dynamics.rates(net, out.s) for out in (plus, minus))
         grads = net.dF_dtheta(params, x, y, [(r_p, b, 1 / (2 * b)), (r_m, -b, -1 / (2 * b))])
@@ -196,9 +219,10 @@ class Holomorphic(Estimator):
         points: int = 4,
         *,
         noise: float = 0.0,
+        noise_shared: bool = False,
         batched: bool = True,
     ):
-        super().__init__(beta, steps, noise=noise)
+        super().__init__(beta, steps, noise=noise, noise_shared=noise_shared)
         if not (isinstance(points, int) and points >= 2):
             raise ValueError(f"points must be an integer >= 2, got {points!r}")
         self.points, self.batched = points, batched
@@ -210,7 +234,7 @@ class Holomorphic(Estimator):
     def __repr__(self):
         return (
             f"Holomorphic(beta={self.beta}, steps={self.steps}, points={self.points}, "
-            f"noise={self.noise})"
+            f"noise={self.noise}{self._shared_repr()})"
         )
 
     def betas(self) -> list[tuple[complex | float, float]]:
@@ -241,6 +265,7 @@ class Holomorphic(Estimator):
                 free.static,
                 noise=self.noise,
                 generator=generator,
+                noise_shared=self.noise_shared,
             )
         else:  # one point after another
             outs = [self._nudge(net, params, x, y, free, b, generator)[0] for b in betas]
@@ -269,8 +294,9 @@ class Continual(Estimator):
         lr: float | dict[str, float] = 1e-3,
         *,
         noise: float = 0.0,
+        noise_shared: bool = False,
     ):
-        super().__init__(beta, steps, noise=noise)
+        super().__init__(beta, steps, noise=noise, noise_shared=noise_shared)
         self.lr = lr
 
     def _lr(self, name):
@@ -283,7 +309,7 @@ class Continual(Estimator):
         s = free.s
         r_prev, beta_prev = net.dynamics.rates(net, s), 0.0
         prev = s
-        step = stepper(net.dynamics, self.noise, generator)
+        step = stepper(net.dynamics, self.noise, generator, self.noise_shared)
         for _ in range(self.steps):
             static = net.static_drive(theta, x)
             prev, s = s, step(net, theta, s, static, y, b)
@@ -315,8 +341,9 @@ class Oscillation(Estimator):
         free: bool = True,
         *,
         noise: float = 0.0,
+        noise_shared: bool = False,
     ):
-        super().__init__(beta, steps, noise=noise)
+        super().__init__(beta, steps, noise=noise, noise_shared=noise_shared)
         if steps < 3:
             raise ValueError(f"steps per period must be an integer >= 3, got {steps!r}")
         if not (isinstance(periods, int) and not isinstance(periods, bool) and periods >= 1):
@@ -339,7 +366,8 @@ class Oscillation(Estimator):
     def __repr__(self):
         return (
             f"Oscillation(beta={self.beta}, steps={self.steps}, periods={self.periods}, "
-            f"warmup={self.warmup}, real={self.real}, free={self.free}, noise={self.noise})"
+            f"warmup={self.warmup}, real={self.real}, free={self.free}, noise={self.noise}"
+            f"{self._shared_repr()})"
         )
 
     def estimate(self, net, params, x, y, free, generator=None):
@@ -357,6 +385,7 @@ class Oscillation(Estimator):
             static=free.static,
             noise=self.noise,
             generator=generator,
+            noise_shared=self.noise_shared,
         )
         return Estimate(grads, [abs(self.beta)], [residual], s)
 
@@ -400,10 +429,10 @@ _OPTIONS = {
 
 def make(name: str, beta: float, steps: int = 20, **options) -> Estimator | TruncatedBPTT:
     """Build the estimator ``name`` with ``steps`` nudged steps. Options (``None`` or not
-    applicable: ignored): ``noise`` (all); ``points`` (holomorphic); ``lr`` (continual);
-    ``steps_per_period`` (replaces ``steps``), ``periods``, ``warmup``, ``real``, ``free``
-    (oscillation). A name in :data:`BASELINES` (``bptt``) builds that baseline, with ``steps``
-    unrolled steps; ``beta`` is unused."""
+    applicable: ignored): ``noise``, ``noise_shared`` (all); ``points`` (holomorphic); ``lr``
+    (continual); ``steps_per_period`` (replaces ``steps``), ``periods``, ``warmup``, ``real``,
+    ``free`` (oscillation). A name in :data:`BASELINES` (``bptt``) builds that baseline, with
+    ``steps`` unrolled steps; ``beta`` is unused."""
     if name in BASELINES:
         return BASELINES[name](steps, noise=options.get("noise") or 0.0)
     try:
@@ -415,5 +444,5 @@ def make(name: str, beta: float, steps: int = 20, **options) -> Estimator | Trun
         ) from None
     if name == "oscillation" and options.get("steps_per_period") is not None:
         steps = options["steps_per_period"]
-    allowed = _OPTIONS.get(name, set()) | {"noise"}
+    allowed = _OPTIONS.get(name, set()) | {"noise", "noise_shared"}
     return cls(beta, steps, **{k: v for k, v in options.items() if k in allowed and v is not None})

@@ -39,7 +39,16 @@ import torch
 from torch import Tensor
 
 from ._dtypes import COMPLEX_OF
-from .dynamics import DivergenceError, _planar, _PlanarRun, _tracked, check_noise, prepare, stepper
+from .dynamics import (
+    DivergenceError,
+    _planar,
+    _PlanarRun,
+    _tracked,
+    check_noise,
+    check_shared,
+    prepare,
+    stepper,
+)
 
 __all__ = ["Demodulator", "teaching_signal", "oscillate"]
 
@@ -121,6 +130,7 @@ def oscillate(
     noise: float = 0.0,
     generator: torch.Generator | None = None,
     max_abs: float = 1e6,
+    noise_shared: bool = False,
 ) -> tuple[dict[str, Tensor], float, tuple[Tensor, ...]]:
     """Run ``warmup + periods`` periods of the turning nudge and demodulate the last ``periods``.
 
@@ -135,6 +145,8 @@ def oscillate(
         static: the static drive of ``params`` and ``x`` (e.g. ``free.static``), or ``None``.
         noise, generator: per-step Gaussian state noise and its generator
             (:meth:`spikeep.dynamics.Dynamics.noisy_step`).
+        noise_shared: one draw per neuron and step, shared by the batch's samples (see
+            :mod:`spikeep.dynamics`); default a draw per sample.
 
     Returns:
         ``(grads, residual, s)``: the demodulated estimate of ``+dL/dtheta`` (shapes of
@@ -143,6 +155,7 @@ def oscillate(
     """
     K, a = steps_per_period, abs(beta)
     check_noise(noise, generator)
+    check_shared(noise_shared)
     if not (real or net.holomorphic):
         raise ValueError(
             f"the complex oscillation needs a holomorphic network, but {net.spec.source} uses "
@@ -150,13 +163,14 @@ def oscillate(
             f"states), or sigmoid4, holotanh or tanh with softmax or avg pooling"
         )
     if _planar(net) and (s is None or not s[0].is_complex()) and not _tracked(params, x, s, static):
+        noisy = (noise, generator, noise_shared)
         return _oscillate_planar(
-            net, params, x, y, a, K, periods, warmup, real, s, static, noise, generator, max_abs
+            net, params, x, y, a, K, periods, warmup, real, s, static, noisy, max_abs
         )
     p, _, ys, static, s = prepare(net, params, x, y, a if real else complex(a), s, static)
     dyn = net.dynamics
     gain = 2.0 if real else 1.0
-    step = stepper(dyn, noise, generator)
+    step = stepper(dyn, noise, generator, noise_shared)
     demod = Demodulator()
     window = []
     start = s
@@ -180,9 +194,7 @@ def oscillate(
 PLANAR_WINDOW = 30  # steps whose samples are demodulated by one product per weight
 
 
-def _oscillate_planar(
-    net, params, x, y, a, K, periods, warmup, real, s, static, noise, generator, max_abs
-):
+def _oscillate_planar(net, params, x, y, a, K, periods, warmup, real, s, static, noisy, max_abs):
     """:func:`oscillate` on dense prototypical networks: the states in the real rows of
     :class:`spikeep.dynamics._PlanarRun` (a complex state is two real rows), and the lock-in
     formed from them with real products. Per demodulated step ``t``, with weight ``c_t =
@@ -191,11 +203,13 @@ def _oscillate_planar(
     the samples of a window of steps stack into one real product per coupling. The input layer's
     coupling sums ``Re(c_t r_1)`` over every step first (``x`` is the same). The readout's sample
     is ``Re(c_t beta_t (softmax(z_t) - y)^T r_top)``. The same estimate as the general loop, to
-    rounding."""
+    rounding. ``noisy``: ``(noise, generator, shared)``."""
+    noise, generator, shared = noisy
     B = x.shape[0]
     s = net.zeros(x) if s is None else s
     static = net.static_drive(params, x) if static is None else static
-    run = _PlanarRun(net, params, y, [a], [not real], static, s, (warmup + periods) * K)
+    steps = (warmup + periods) * K
+    run = _PlanarRun(net, params, y, [a], [not real], static, s, steps, shared=shared)
     rows = B if real else 2 * B
     n_w = min(PLANAR_WINDOW, periods * K)
     window = [si.new_empty((n_w, rows, si.shape[1])) for si in s]

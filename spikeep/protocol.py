@@ -9,7 +9,8 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
     [data]        name, dir, train_subset, test_subset, validation, normalize, std_scale,
                   augment, crop_padding, flip
     [estimator]   name, beta, points, free_steps, nudged_steps, eval_free_steps,
-                  noise, eval_noise, steps_per_period, periods, warmup, real
+                  noise, eval_noise, free_noise, noise_shared, steps_per_period, periods,
+                  warmup, real
     [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
                   cosine, t_max, eta_min
     [train]       epochs, batch_size, seed, persistent, checkpoint_every, device, engine, init,
@@ -24,8 +25,12 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
 (free and nudged phases; :mod:`spikeep.dynamics` says where it enters). Evaluation runs with
 ``eval_noise``, which defaults to ``noise``: a noisy system is measured as it runs.
 ``eval_noise = 0.0`` measures the noise-free network with the same weights (what Laborieux &
-Zenke's code reports). ``steps_per_period``, ``periods``, ``warmup`` and ``real`` configure the
-``oscillation`` estimator (its ``nudged_steps`` is unused).
+Zenke's code reports). ``free_noise = false`` runs training's free phase without noise (only
+the nudged phases, or the whole oscillation, are noisy); ``noise_shared = true`` draws the
+training noise once per neuron and step and adds it to every sample of the batch (each
+holomorphic point its own draw). Both as Laborieux & Zenke's code does; the defaults (``true``,
+``false``) keep spikeep's own placement. ``steps_per_period``, ``periods``, ``warmup`` and
+``real`` configure the ``oscillation`` estimator (its ``nudged_steps`` is unused).
 
 ``engine`` picks what trains the model: ``"rate"`` (the default, :mod:`spikeep.train`) or
 ``"brian2"`` (spiking neurons in a compiled Brian2 simulation, :mod:`spikeep.brian2.engine`, which
@@ -112,6 +117,8 @@ class Estimator:
     eval_free_steps: int = 0  # 0: free_steps
     noise: float = 0.0  # std of the state noise per relaxation step, in training
     eval_noise: float | None = None  # None: noise
+    free_noise: bool = True  # false: training's free phase runs without noise
+    noise_shared: bool = False  # true: one draw per neuron and step, shared by the batch
     steps_per_period: int = 100  # oscillation
     periods: int = 2
     warmup: int = 1

@@ -8,9 +8,11 @@ from spikeep.dynamics import (
     DivergenceError,
     _Draws,
     _planar,
+    add_noise,
     prepare,
     relax,
     relax_each,
+    relax_points,
     stepper,
 )
 
@@ -290,3 +292,102 @@ def test_noise_drawn_ahead_is_the_draws_of_one_step_at_a_time(dtype, monkeypatch
         want = [torch.randn(si.shape, generator=one_by_one, dtype=dtype) for si in noisy]
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     assert _Draws.ahead((torch.zeros(3, 5, dtype=dtype),), 4) is None
+
+
+# -- shared noise: one draw per neuron and step for the whole batch ------------------------------
+
+
+def test_shared_noise_is_one_draw_per_neuron_for_the_batch():
+    g = torch.Generator().manual_seed(0)
+    s = (torch.zeros(5, 16, dtype=torch.float64), torch.zeros(5, 2, 3, 3, dtype=torch.complex128))
+    first = add_noise(tuple(si.clone() for si in s), 0.04, g, shared=True)
+    second = add_noise(tuple(si.clone() for si in s), 0.04, g, shared=True)
+    for a, b in zip(first, second, strict=True):
+        assert all(torch.equal(a[0], a[k]) for k in range(1, 5))  # every sample: the same draw
+        assert float(a.abs().amin()) > 0 and not torch.equal(a, b)  # a new draw each step
+    assert float(first[1].imag.abs().amax()) == 0  # real, on complex states too
+    apart = add_noise((torch.zeros(5, 16, dtype=torch.float64),), 0.04, g)[0]
+    assert not torch.equal(apart[0], apart[1])  # the default: a draw per sample
+
+
+# the buffered loop (with and without draws ahead: 256 neurons, or 8), and the step functions
+SHARED = {
+    "tiny": lambda: load("tiny"),
+    "mlp_784_256x2_10": lambda: load("mlp_784_256x2_10"),
+    "tiny energy": BUFFERED["tiny energy"],
+    "tiny alternating": lambda: variant("tiny", dynamics="alternating"),
+    "tiny_holo_conv": lambda: load("tiny_holo_conv"),
+}
+
+
+@pytest.mark.parametrize("name", list(SHARED))
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_shared_noise_keeps_identical_samples_identical(name, beta):
+    """A batch of copies of one input under shared noise: every sample's states are the same,
+    to the rounding of products over rows (with a draw per sample they part); the buffered loop
+    draws the numbers of the step functions, bit for bit."""
+    net = SHARED[name]()
+    dtype = net.init_params(0)["W1"].dtype
+    params, x, y = setup(net, batch=1, dtype=dtype)
+    x, y = x.repeat(4, *[1] * (x.dim() - 1)), y.repeat(4, 1)
+    g = torch.Generator().manual_seed(3)
+    shared = relax(net, params, x, y, beta, steps=12, noise=0.04, generator=g, noise_shared=True)
+    assert _spread(shared.s) < 1e-5
+    apart = relax(net, params, x, y, beta, steps=12, noise=0.04, generator=g)
+    assert _spread(apart.s) > 1e-3
+    quiet = relax(net, params, x, y, beta, steps=12)
+    assert float((shared.s[-1] - quiet.s[-1]).abs().max()) > 1e-3
+    p, xs, ys, static, s = prepare(net, params, x, y, beta)
+    step = stepper(net.dynamics, 0.04, torch.Generator().manual_seed(3), shared=True)
+    for _ in range(12):
+        s = step(net, p, s, static, ys, beta)
+    assert all(torch.equal(a, b) for a, b in zip(shared.s, s, strict=True))
+
+
+@pytest.mark.parametrize("name", ["tiny_holo", "mlp_784_256x2_10", "tiny_holo_conv"])
+def test_shared_noise_in_points_relaxed_together_is_a_draw_per_point(name):
+    """relax_points (hEP's points): each point is a relaxation of its own with its own draw,
+    shared by the batch: copies of one input stay identical within a point, and two points with
+    the same nudge part."""
+    net = load(name)
+    dtype = net.init_params(0)["W1"].dtype
+    params, x, y = setup(net, batch=1, dtype=dtype)
+    x, y = x.repeat(3, *[1] * (x.dim() - 1)), y.repeat(3, 1)
+    free = relax(net, params, x, steps=30)
+    betas = [0.4, 0.4j, -0.4, 0.4j]
+    g = torch.Generator().manual_seed(1)
+    outs = relax_points(
+        net, params, x, y, betas, free.s, 10, free.static, noise=0.04, generator=g,
+        noise_shared=True,
+    )  # fmt: skip
+    assert all(_spread(out.s) < 1e-5 for out in outs)
+    gap = float((outs[1].s[-1] - outs[3].s[-1]).abs().max())
+    assert gap > 1e-3  # the same nudge, its own draws
+    assert outs[1].s[-1].is_complex() and float(outs[1].s[-1].imag.abs().amax()) > 0
+
+
+def _spread(s) -> float:
+    """The largest difference between a sample's states and the first sample's."""
+    return max(float((si - si[:1]).abs().max()) for si in s)
+
+
+def test_noise_drawn_ahead_shared_is_the_draws_of_one_step_at_a_time():
+    noisy = (torch.zeros(4, 2, 16), torch.zeros(4, 1, 32))  # (B, points, n) views, as the loop's
+    draws = _Draws.ahead(noisy, 5, shared=True)
+    ahead, one_by_one = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(6):
+        want = add_noise(tuple(torch.zeros_like(si) for si in noisy), 1.0, one_by_one, True)
+        got = draws.next(ahead)
+        assert [tuple(xi.shape) for xi in got] == [(1, 2, 16), (1, 1, 32)]
+        assert all(torch.equal(w[:1], xi) for w, xi in zip(want, got, strict=True))
+    assert _Draws.ahead((torch.zeros(4, 1, 8),), 3, shared=True) is None  # 8 numbers a draw
+
+
+def test_bad_noise_shared_is_refused():
+    net = load("tiny")
+    params, x, y = setup(net)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="noise_shared must be True .* got 1$"):
+        relax(net, params, x, noise=0.1, generator=g, noise_shared=1)
+    with pytest.raises(ValueError, match="noise_shared must be True .* got 'yes'"):
+        relax_points(net, params, x, y, [0.1, -0.1], noise_shared="yes")

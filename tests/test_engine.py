@@ -217,3 +217,35 @@ def test_a_rate_trained_hard_sigmoid_network_runs_in_spikes(tmp_path, capsys):
     agree = net.output(params, counted).argmax(1) == net.output(params, fixed).argmax(1)
     assert agree.float().mean() >= 0.95
     assert abs(spiking["error"] - rated["error"]) <= 5.0
+
+
+def _noisy_rate_engine(**estimator):
+    model = ROOT / "models" / "tiny_holo.toml"
+    table = {"name": "holomorphic", "points": 4, "free_steps": 30, "nudged_steps": 6}
+    p = proto.from_dict({"model": str(model), "estimator": {**table, **estimator}})
+    net = Network(spec.load(model))
+    return engine.RateEngine(p, net), net
+
+
+def test_the_rate_engine_places_the_noise_as_free_noise_and_noise_shared_say():
+    """free_noise = false: the training free phase is the noise-free one (the nudged phases
+    stay noisy); noise_shared = true: a batch of copies of one sample stays identical."""
+    quiet_engine, net = _noisy_rate_engine()
+    params = net.init_params(0, dtype=torch.float64)
+    x = torch.rand(1, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = x.repeat(3, 1)
+    y = torch.nn.functional.one_hot(torch.tensor([2, 2, 2]), 4).double()
+
+    def step(eng):
+        return eng.step(net, params, x, y, None, torch.Generator().manual_seed(0), 0)
+
+    quiet = step(quiet_engine)
+    noisy = step(_noisy_rate_engine(noise=0.04)[0])
+    calm_free = step(_noisy_rate_engine(noise=0.04, free_noise=False)[0])
+    shared = step(_noisy_rate_engine(noise=0.04, noise_shared=True)[0])
+    assert all(torch.equal(a, b) for a, b in zip(calm_free.s, quiet.s, strict=True))
+    assert not torch.equal(noisy.s[-1], quiet.s[-1])
+    assert not torch.equal(calm_free.grads["W2"], quiet.grads["W2"])  # nudged: noisy
+    assert float((noisy.s[-1][0] - noisy.s[-1][1]).abs().max()) > 1e-3  # a draw per sample
+    assert float((shared.s[-1] - shared.s[-1][:1]).abs().max()) < 1e-12  # one for the batch
+    assert float((shared.s[-1] - quiet.s[-1]).abs().max()) > 1e-3
