@@ -20,10 +20,16 @@ the useful floating-point work of a batch (the dynamics' products, 2 FLOPs a
 multiply-add; a complex state counts as two real rows, as the batched path computes it) over the
 matrix-product throughput measured in the same run on one thread (a 1024^3 sgemm). The epoch:
 3000 batches (60,000 images, batch 20) plus the test pass (10,000 images, 200 free steps),
-timed once.
+timed once. A protocol that sets keys the ``before`` package does not know (``free_noise``,
+``noise_shared``) runs without them in both versions (the output names them).
+
+``--placement`` times instead, with the working tree alone, one hEP batch with the noise placed
+three ways, interleaved: a draw per sample with a noisy free phase (``hep_table1_noise``),
+shared by the batch with a noisy free phase, and shared with a noise-free free phase
+(``hep_table1_noise_shared``, as Laborieux & Zenke's code).
 
     OMP_NUM_THREADS=1 python benchmarks/table1_epoch.py [--before REV] [--repeats 7]
-        [--oscillation] [--protocol ep_table1_noise_beta04 ...] [--json]
+        [--oscillation] [--protocol ep_table1_noise_beta04 ...] [--placement] [--json]
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 from io import BytesIO
 from pathlib import Path
 
@@ -69,16 +76,21 @@ def load_before(rev: str, where: Path):
 
 
 class Version:
-    """One training batch's free phase and estimate with one version of the package."""
+    """One training batch's free phase and estimate with one version of the package, for the
+    protocol table ``raw`` read from ``protocol`` (the noise placed as the rate engine places
+    it: ``free_noise``, ``noise_shared``)."""
 
-    def __init__(self, pkg: str, protocol: Path):
+    def __init__(self, pkg: str, protocol: Path, raw: dict):
         spec = importlib.import_module(f"{pkg}.spec")
         energy = importlib.import_module(f"{pkg}.energy")
         self.dynamics = importlib.import_module(f"{pkg}.dynamics")
         estimators = importlib.import_module(f"{pkg}.estimators")
-        proto = importlib.import_module(f"{pkg}.protocol").load(protocol)
+        module = importlib.import_module(f"{pkg}.protocol")
+        proto = module.from_dict(raw, source=str(protocol), base=protocol.parent)
         self.net = energy.Network(spec.load(proto.model))
         cfg = proto.estimator
+        # a package before the keys gets no such argument (noise_shared defaults to False)
+        self.shared = {"noise_shared": True} if getattr(cfg, "noise_shared", False) else {}
         self.est = estimators.make(
             cfg.name,
             cfg.beta,
@@ -89,13 +101,15 @@ class Version:
             periods=cfg.periods,
             warmup=cfg.warmup,
             real=cfg.real,
+            **self.shared,
         )
-        self.free_steps, self.noise = cfg.free_steps, cfg.noise
+        self.free_steps = cfg.free_steps
+        self.noise = cfg.noise if getattr(cfg, "free_noise", True) else 0.0
 
     def batch(self, params, x, y, seed: int):
         g = torch.Generator().manual_seed(seed)
         free = self.dynamics.relax(
-            self.net, params, x, steps=self.free_steps, noise=self.noise, generator=g
+            self.net, params, x, steps=self.free_steps, noise=self.noise, generator=g, **self.shared
         )
         return self.est.estimate(self.net, params, x, y, free, generator=g).grads
 
@@ -158,11 +172,23 @@ def sgemm_gflops() -> float:
     return 2 * 1024**3 / best / 1e9
 
 
+def read(protocol: Path, known=None) -> tuple[dict, list[str]]:
+    """The protocol table, less the ``[estimator]`` keys not in ``known`` (all kept if None),
+    and the keys left out."""
+    raw = tomllib.loads(protocol.read_text())
+    est = raw.get("estimator", {})
+    dropped = sorted(k for k in est if known is not None and k not in known)
+    raw["estimator"] = {k: v for k, v in est.items() if k not in dropped}
+    return raw, dropped
+
+
 def measure(protocol: Path, repeats: int, seed: int = 0) -> dict:
     from spikeep import protocol as proto
     from spikeep.dynamics import relax
 
-    versions = {name: Version(pkg, protocol) for name, pkg in PACKAGES.items()}
+    known = importlib.import_module("spikeep_before.protocol").Estimator.__dataclass_fields__
+    raw, dropped = read(protocol, set(known))
+    versions = {name: Version(pkg, protocol, raw) for name, pkg in PACKAGES.items()}
     net = versions["after"].net
     params = net.init_params(seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -189,6 +215,7 @@ def measure(protocol: Path, repeats: int, seed: int = 0) -> dict:
     gflops = sgemm_gflops()
     limit = flops_per_batch(cfg, 20) / (gflops * 1e9)
     out = {"protocol": protocol.name, "test_pass_s": test_pass, "sgemm_gflops": gflops}
+    out["keys_left_out"] = dropped
     draws = noise_draws(cfg, 20) if cfg.noise else []
     out["noise_numbers"] = sum(c * s[0] * s[1] for c, s in draws)
     out["noise_ms"] = 1e3 * noise_seconds(draws)
@@ -211,6 +238,56 @@ def measure(protocol: Path, repeats: int, seed: int = 0) -> dict:
     return out
 
 
+# the noise placements of --placement: (label, free_noise, noise_shared)
+PLACEMENTS = [
+    ("per sample, noisy free phase", True, False),
+    ("shared, noisy free phase", True, True),
+    ("shared, noise-free free phase", False, True),
+]
+
+
+def measure_placement(protocol: Path, repeats: int, seed: int = 0) -> dict:
+    """One batch of ``protocol`` with the noise placed as each of :data:`PLACEMENTS`, the
+    working tree alone, interleaved round by round: medians (min-max) of wall and CPU time."""
+    raw, _ = read(protocol)
+    versions = {}
+    for label, free_noise, shared in PLACEMENTS:
+        table = {**raw, "estimator": {**raw["estimator"], "free_noise": free_noise}}
+        table["estimator"]["noise_shared"] = shared
+        versions[label] = Version("spikeep", protocol, table)
+    net = versions[PLACEMENTS[0][0]].net
+    params = net.init_params(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(20, 784, generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (20,), generator=g), 10).float()
+    for v in versions.values():  # warm-up
+        v.batch(params, x, y, 5)
+    times = {k: [] for k in versions}
+    cpu = {k: [] for k in versions}
+    for r in range(repeats):
+        for name, v in versions.items():
+            t, c = time.perf_counter(), time.process_time()
+            v.batch(params, x, y, 10 + r)
+            times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    out = {"protocol": protocol.name, "placements": {}}
+    base, base_cpu = (
+        statistics.median(times[PLACEMENTS[0][0]]),
+        statistics.median(cpu[PLACEMENTS[0][0]]),
+    )
+    for name in versions:
+        med, c = statistics.median(times[name]), statistics.median(cpu[name])
+        out["placements"][name] = {
+            "ms": 1e3 * med,
+            "min_ms": 1e3 * min(times[name]),
+            "max_ms": 1e3 * max(times[name]),
+            "cpu_ms": 1e3 * c,
+            "ratio": med / base,
+            "cpu_ratio": c / base_cpu,
+        }
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=BEFORE, help="git revision to compare against")
@@ -219,9 +296,27 @@ def main(argv=None):
     ap.add_argument(
         "--protocol", action="append", default=[], help="also time protocols/NAME.toml (repeat)"
     )
+    ap.add_argument(
+        "--placement",
+        action="store_true",
+        help="time hEP's batch with the noise placed three ways (the working tree alone)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.placement:
+        r = measure_placement(ROOT / "protocols" / "hep_table1_noise.toml", args.repeats)
+        if args.json:
+            print(json.dumps(r, indent=1))
+            return
+        print(f"{r['protocol']}: one batch of 20 (free phase + estimate), {args.repeats} rounds")
+        for name, v in r["placements"].items():
+            print(
+                f"  {name:30s} {v['ms']:8.1f} ms ({v['min_ms']:.1f}-{v['max_ms']:.1f}), "
+                f"CPU {v['cpu_ms']:.1f} ms;  {v['ratio']:.2f}x (CPU {v['cpu_ratio']:.2f}x) "
+                f"of the first"
+            )
+        return
     protocols = [ROOT / "protocols" / "hep_table1_noise.toml"]
     if args.oscillation:
         protocols.append(ROOT / "protocols" / "oscep_table1_noise.toml")
@@ -253,6 +348,8 @@ def main(argv=None):
             f"  the batch's noise alone: {r['noise_numbers'] / 1e6:.2f} million Gaussian numbers, "
             f"{r['noise_ms']:.1f} ms to draw"
         )
+        if r["keys_left_out"]:
+            print(f"  run without {r['keys_left_out']}, which --before's package does not know")
         diff = r["largest_relative_difference"]
         print(
             "  gradients, same batch and seed: "
