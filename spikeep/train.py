@@ -26,8 +26,10 @@ Under ``torchrun --nproc_per_node=N`` every process takes its share of each batc
 reach the weights of one process with the same global batch, up to summation order.
 
 State noise (``[estimator] noise``, rate engine): every relaxation of a training step (free and
-nudged) adds Gaussian noise to the states at every step, drawn from a generator seeded per batch
-from the epoch's generator, so a resumed run draws the same noise. Evaluation uses ``eval_noise``
+nudged; the free phase only with ``free_noise``, the default) adds Gaussian noise to the states at
+every step, independently per sample or, with ``noise_shared``, one draw per neuron and step for
+the whole batch, drawn from a generator seeded per batch from the epoch's generator, so a resumed
+run draws the same noise. Evaluation uses ``eval_noise``
 (default: ``noise``) from a generator seeded by the seed and the epoch. With several processes
 each rank draws its own noise (statistically the same run, not bit-for-bit).
 """
