@@ -85,15 +85,16 @@ def compare(ours: dict[int, float], lo_hi: dict[int, tuple[float, float]]) -> li
     return rows
 
 
-def figure(panels: list[tuple[str, dict, dict[int, float]]], path: str | Path):
-    """One panel per ``(key, anchor runs, ours)``: the runs, their band, our curve."""
+def figure(panels: dict[str, tuple[dict, list[tuple[str, dict[int, float]]]]], path: str | Path):
+    """One panel per key ``SETTING/ALGO``: the authors' runs, their band, and our curves (every
+    run given for that key, labelled by its folder's name)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (key, runs, ours) in zip(axes[0], panels, strict=True):
+    for ax, (key, (runs, ours_all)) in zip(axes[0], panels.items(), strict=True):
         lo_hi = band(runs)
         epochs = sorted(lo_hi)
         lows = [lo_hi[e][0] for e in epochs]
@@ -102,9 +103,13 @@ def figure(panels: list[tuple[str, dict, dict[int, float]]], path: str | Path):
             es = sorted(r)
             label = "authors' runs (GPU logs)" if i == 0 else None
             ax.plot(es, [r[e] for e in es], color="C0", lw=0.8, alpha=0.7, label=label)
-        es = sorted(ours)
-        ax.plot(es, [ours[e] for e in es], "o-", color="C3", ms=3, lw=1.5, label="spikeep")
-        shown = [v for v in lows + [ours[e] for e in es] if v > 80]  # collapsed runs: off scale
+        shown = list(lows)
+        for k, (label, ours) in enumerate(ours_all):
+            es = sorted(ours)
+            color = ["C3", "C1", "C2", "C4"][k % 4]
+            ax.plot(es, [ours[e] for e in es], "o-", color=color, ms=3, lw=1.5, label=label)
+            shown += [ours[e] for e in es]
+        shown = [v for v in shown if v > 80]  # collapsed runs: off scale
         bottom = min(shown, default=90.0) - 0.5
         ax.set_ylim(bottom, 100)
         setting, algo = key.split("/")
@@ -127,16 +132,22 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = ap.parse_args(argv)
     anchors = read_anchors(args.anchors)
-    panels, report = [], {}
+    panels, report = {}, {}
     for item in args.runs:
         folder, _, key = item.partition("=")
-        key = key or run_anchor(folder)
+        try:
+            key = key or run_anchor(folder)
+        except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+            print(f"table1_compare: {e}", file=sys.stderr)
+            return 2
         if key not in anchors:
             print(f"{key}: not in {args.anchors}; expected one of {sorted(anchors)}")
             return 2
         ours = read_run(folder)
         rows = compare(ours, band(anchors[key]))
-        panels.append((key, anchors[key], ours))
+        panels.setdefault(key, (anchors[key], []))[1].append(
+            ("spikeep, " + Path(folder).name, ours)
+        )
         report[f"{folder}={key}"] = rows
     if args.json:
         print(json.dumps(report, indent=1))

@@ -60,6 +60,18 @@ def test_table1_compare_reports_the_gap_to_the_authors_band(tmp_path, capsys):
     assert [r["gap"] for r in report] == pytest.approx([1.0, 3.0, -0.5])
     assert figure.stat().st_size > 0
     assert compare.main([f"{run}=noise/nothing", "--anchors", str(anchors)]) == 2
+    capsys.readouterr()
+    # two runs of one algorithm share its panel; a folder with no checkpoint to read the key
+    # from is one line, exit 2
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_error": 8.0}) + "\n")
+    argv = [f"{run}=noise/hep", f"{other}=noise/hep", "--anchors", str(anchors), "--json"]
+    assert compare.main([*argv, "--out", str(figure)]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {f"{run}=noise/hep", f"{other}=noise/hep"}
+    assert compare.main([str(other), "--anchors", str(anchors)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint" in err
 
 
 def test_spiking_curves_plots_each_run_and_every_target(tmp_path, capsys):
