@@ -134,20 +134,25 @@ class Estimator(ABC):
         return ", noise_shared=True" if self.noise_shared else ""
 
     def _nudge(self, net, params, x, y, free: Relaxed, beta, generator=None):
-        out = relax(
+        out = self._relax(relax, net, params, x, y, free, beta, generator)
+        return out, net.dynamics.rates(net, out.s)
+
+    def _relax(self, how, net, params, x, y, free: Relaxed, nudge, generator):
+        """``how`` (:func:`relax` for one nudge, :func:`relax_each` or :func:`relax_points` for
+        several) from the free state, with the estimator's steps and noise."""
+        return how(
             net,
             params,
             x,
             y,
-            beta,
-            s=free.s,
-            steps=self.steps,
-            static=free.static,
+            nudge,
+            free.s,
+            self.steps,
+            free.static,
             noise=self.noise,
             generator=generator,
             noise_shared=self.noise_shared,
         )
-        return out, net.dynamics.rates(net, out.s)
 
 
 class OneSided(Estimator):
@@ -188,19 +193,8 @@ class Symmetric(Estimator):
 
     def estimate(self, net, params, x, y, free, generator=None):
         b = self.beta
-        plus, minus = relax_each(  # the two phases with one setup, as one batch where it can
-            net,
-            params,
-            x,
-            y,
-            [b, -b],
-            free.s,
-            self.steps,
-            free.static,
-            noise=self.noise,
-            generator=generator,
-            noise_shared=self.noise_shared,
-        )
+        # the two phases with one setup, as one batch where it can
+        plus, minus = self._relax(relax_each, net, params, x, y, free, [b, -b], generator)
         r_p, r_m = (net.dynamics.rates(net, out.s) for out in (plus, minus))
         grads = net.dF_dtheta(params, x, y, [(r_p, b, 1 / (2 * b)), (r_m, -b, -1 / (2 * b))])
         return Estimate(grads, [b, -b], [float(plus.residual), float(minus.residual)], plus.s)
@@ -254,19 +248,7 @@ class Holomorphic(Estimator):
         N = self.points
         betas = [beta_k for beta_k, _ in self.betas()]
         if self.batched:  # the N/2 + 1 points as one relaxation (dynamics.relax_points)
-            outs = relax_points(
-                net,
-                params,
-                x,
-                y,
-                betas,
-                free.s,
-                self.steps,
-                free.static,
-                noise=self.noise,
-                generator=generator,
-                noise_shared=self.noise_shared,
-            )
+            outs = self._relax(relax_points, net, params, x, y, free, betas, generator)
         else:  # one point after another
             outs = [self._nudge(net, params, x, y, free, b, generator)[0] for b in betas]
         points = [
