@@ -182,6 +182,20 @@ def read(protocol: Path, known=None) -> tuple[dict, list[str]]:
     return raw, dropped
 
 
+def interleave(versions: dict, params, x, y, repeats: int) -> tuple[dict, dict]:
+    """``repeats`` rounds of one batch of every version in turn (the noise seeded by the round):
+    wall and CPU seconds per version (the process's CPU time is less hit by other jobs)."""
+    times = {k: [] for k in versions}
+    cpu = {k: [] for k in versions}
+    for r in range(repeats):
+        for name, v in versions.items():
+            t, c = time.perf_counter(), time.process_time()
+            v.batch(params, x, y, 10 + r)
+            times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    return times, cpu
+
+
 def measure(protocol: Path, repeats: int, seed: int = 0) -> dict:
     from spikeep import protocol as proto
     from spikeep.dynamics import relax
@@ -200,14 +214,7 @@ def measure(protocol: Path, repeats: int, seed: int = 0) -> dict:
         float((grads["before"][k] - grads["after"][k]).abs().max() / grads["before"][k].abs().max())
         for k in grads["before"]
     )
-    times = {k: [] for k in versions}
-    cpu = {k: [] for k in versions}  # the process's CPU time: less hit by other jobs' share
-    for r in range(repeats):
-        for name, v in versions.items():
-            t, c = time.perf_counter(), time.process_time()
-            v.batch(params, x, y, 10 + r)
-            times[name].append(time.perf_counter() - t)
-            cpu[name].append(time.process_time() - c)
+    times, cpu = interleave(versions, params, x, y, repeats)
     xt = torch.rand(1000, 784, generator=g)
     t = time.perf_counter()
     relax(net, params, xt, steps=cfg.eval_free_steps or cfg.free_steps)
@@ -262,14 +269,7 @@ def measure_placement(protocol: Path, repeats: int, seed: int = 0) -> dict:
     y = torch.nn.functional.one_hot(torch.randint(0, 10, (20,), generator=g), 10).float()
     for v in versions.values():  # warm-up
         v.batch(params, x, y, 5)
-    times = {k: [] for k in versions}
-    cpu = {k: [] for k in versions}
-    for r in range(repeats):
-        for name, v in versions.items():
-            t, c = time.perf_counter(), time.process_time()
-            v.batch(params, x, y, 10 + r)
-            times[name].append(time.perf_counter() - t)
-            cpu[name].append(time.process_time() - c)
+    times, cpu = interleave(versions, params, x, y, repeats)
     out = {"protocol": protocol.name, "placements": {}}
     base, base_cpu = (
         statistics.median(times[PLACEMENTS[0][0]]),
