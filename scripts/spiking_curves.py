@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         ax_train.plot(epochs, [r["train_error"] for r in rows], "o-", ms=3, label=label)
         for r in rows:
             rate = r.get("test_error_rate", float("nan"))
-            lowest = min(lowest, r["test_error"], rate if rate == rate else lowest)
+            lowest = min(lowest, r["test_error"], lowest if math.isnan(rate) else rate)
             print(
                 f"{label:>12}  epoch {r['epoch']:>2}  test {r['test_error']:.2f}% "
                 f"(rate {rate:.2f}%)  train {r['train_error']:.2f}%"
