@@ -3,7 +3,7 @@
     spikeep gradcheck --model PATH --estimator NAME|all --beta B [--points N] [--batch 16]
                       [--seed 0] [--dtype float64] [--free-steps 300] [--nudged-steps 300]
                       [--noise SIGMA] [--steps-per-period K] [--periods P] [--warmup W]
-                      [--real] [--no-free] [--json]
+                      [--real] [--no-free] [--hold H] [--json]
     spikeep gradcheck --engine brian2 --model PATH --estimator one-sided|symmetric|oscillation
                       --beta B [--rule endpoint|stdp] [--settle S] [--window S] [--period S]
     spikeep gradcheck --engine snntorch --model PATH --estimator one-sided|symmetric|oscillation
@@ -194,6 +194,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="from_free",
         action="store_false",
         help="oscillation: start from zeros, not from the free fixed point",
+    )
+    g.add_argument(
+        "--hold",
+        type=_positive_int,
+        default=1,
+        help="oscillation: steps per held phase, each held phase's end sampled (default 1: "
+        "beta turns at every step)",
     )
     g.add_argument("--json", action="store_true", help="print one JSON object")
     _add_threads(g)
@@ -739,6 +746,7 @@ def _gradcheck(args) -> int:
                     args.warmup,
                     args.real,
                     args.from_free,
+                    hold=args.hold,
                 )
             )
         except ValueError as err:  # e.g. a complex nudge on a non-holomorphic model
@@ -763,6 +771,7 @@ def _gradcheck(args) -> int:
         name = r["estimator"] + (f" N={r['points']}" if r["points"] else "")
         if r["steps_per_period"]:
             name += f" K={r['steps_per_period']}" + (" cos" if r["real"] else "")
+            name += f" h={r['hold']}" if r["hold"] != 1 else ""
         print(
             f"{name:<21}{'O(b^' + str(r['bias_order']) + ')':>8}{r['cosine']:>14.10f}"
             f"{r['rel_error']:>12.3e}  {max(r['nudged_residuals']):.1e}"
@@ -777,6 +786,11 @@ def _gradcheck(args) -> int:
 def _spiking_gradcheck(args, engine_cls, model) -> int:
     """A spiking engine's gradcheck: refuse its missing estimators, run, print JSON or text."""
     known = engine_cls.gradcheck_estimators
+    if args.hold != 1:
+        raise UsageError(
+            f"--hold: the {engine_cls.name} engine turns beta at every step; expected 1, got "
+            f"{args.hold}"
+        )
     if args.estimator not in known:
         raise UsageError(
             f"--estimator: the {engine_cls.name} engine has {list(known)}, not {args.estimator!r}"

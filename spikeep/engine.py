@@ -250,6 +250,7 @@ class RateEngine(Engine):
                 periods=cfg.periods,
                 warmup=cfg.warmup,
                 real=cfg.real,
+                hold=cfg.hold,
             )
         self.free_steps, self.noise = cfg.free_steps, cfg.noise
         self.free_noise = cfg.noise if cfg.free_noise else 0.0

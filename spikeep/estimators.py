@@ -14,7 +14,9 @@ and declares the order of its bias in ``beta``:
   ``1/beta`` of the update amplifies: keep ``lr`` well below ``beta``;
 - ``oscillation`` (O(abs(beta)^K) complex, O(beta^2) real, plus O(K^-2) lag): one run in which
   ``beta`` turns once every ``K`` steps, the gradient demodulated online (the maths is in
-  :mod:`spikeep.oscillation`).
+  :mod:`spikeep.oscillation`); with ``hold = h`` the phase is held ``h`` steps at each of ``N =
+  K / h`` values and sampled at each one's end: converged, the ``N``-point ``holomorphic``
+  estimator, each point relaxed from the previous one (O(abs(beta)^N) complex, no lag).
 
 ``holomorphic`` relaxes only ``k = 0 .. N/2``: for real parameters and data ``s^conj(beta)`` is
 ``conj(s^beta)``, so the other half of the circle repeats their real parts (weight 2). ``k = 0``
@@ -308,8 +310,11 @@ class Oscillation(Estimator):
     """Continuous oscillation (:mod:`spikeep.oscillation`): one run in which ``beta`` turns once
     every ``steps`` (``K``) dynamics steps; ``warmup`` periods are discarded, ``periods`` are
     demodulated. ``real`` uses ``|beta| cos`` with real states; ``free`` starts from the free
-    fixed point (else from zeros: no free phase is needed). Bias: O(abs(beta)^K) complex,
-    O(beta^2) real, plus O(K^-2) from the states' lag behind the turning ``beta``."""
+    fixed point (else from zeros: no free phase is needed). ``hold`` (``h``, default 1): the
+    phase is held ``h`` steps and only each held phase's last state demodulated, ``N = K / h``
+    phases a period (Laborieux & Zenke's scheme). Bias: O(abs(beta)^N) complex (``N = K`` for
+    ``h = 1``), O(beta^2) real, plus O(K^-2) from the states' lag behind the turning ``beta``
+    (``h = 1``) or what each held phase leaves unrelaxed (``h > 1``)."""
 
     name = "oscillation"
 
@@ -324,6 +329,7 @@ class Oscillation(Estimator):
         *,
         noise: float = 0.0,
         noise_shared: bool = False,
+        hold: int = 1,
     ):
         super().__init__(beta, steps, noise=noise, noise_shared=noise_shared)
         if steps < 3:
@@ -336,6 +342,7 @@ class Oscillation(Estimator):
             if not isinstance(value, bool):
                 raise ValueError(f"{key} must be True or False, got {value!r}")
         self.periods, self.warmup, self.real, self.free = periods, warmup, real, free
+        self.hold = oscillation.check_hold(steps, hold)
 
     @property
     def steps_per_period(self) -> int:
@@ -343,13 +350,13 @@ class Oscillation(Estimator):
 
     @property
     def bias_order(self):
-        return 2 if self.real else self.steps
+        return 2 if self.real else self.steps // self.hold
 
     def __repr__(self):
         return (
             f"Oscillation(beta={self.beta}, steps={self.steps}, periods={self.periods}, "
             f"warmup={self.warmup}, real={self.real}, free={self.free}, noise={self.noise}"
-            f"{self._shared_repr()})"
+            f"{self._shared_repr()}{f', hold={self.hold}' if self.hold != 1 else ''})"
         )
 
     def estimate(self, net, params, x, y, free, generator=None):
@@ -368,6 +375,7 @@ class Oscillation(Estimator):
             noise=self.noise,
             generator=generator,
             noise_shared=self.noise_shared,
+            hold=self.hold,
         )
         return Estimate(grads, [abs(self.beta)], [residual], s)
 
@@ -405,7 +413,7 @@ BASELINES: dict[str, type] = {TruncatedBPTT.name: TruncatedBPTT}
 _OPTIONS = {
     "holomorphic": {"points"},
     "continual": {"lr"},
-    "oscillation": {"periods", "warmup", "real", "free"},
+    "oscillation": {"periods", "warmup", "real", "free", "hold"},
 }
 
 
@@ -413,8 +421,8 @@ def make(name: str, beta: float, steps: int = 20, **options) -> Estimator | Trun
     """Build the estimator ``name`` with ``steps`` nudged steps. Options (``None`` or not
     applicable: ignored): ``noise``, ``noise_shared`` (all); ``points`` (holomorphic); ``lr``
     (continual); ``steps_per_period`` (replaces ``steps``), ``periods``, ``warmup``, ``real``,
-    ``free`` (oscillation). A name in :data:`BASELINES` (``bptt``) builds that baseline, with
-    ``steps`` unrolled steps; ``beta`` is unused."""
+    ``free``, ``hold`` (oscillation). A name in :data:`BASELINES` (``bptt``) builds that
+    baseline, with ``steps`` unrolled steps; ``beta`` is unused."""
     if name in BASELINES:
         return BASELINES[name](steps, noise=options.get("noise") or 0.0)
     try:

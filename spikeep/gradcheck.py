@@ -6,7 +6,7 @@
 whose sign matches the reference's, the reference's exact zeros left out), ``per_param``
 (name -> cosine, rel_error, sign_agreement), ``free_residual``, ``nudged_residuals``,
 ``bias_order``, ``noise``, and the oscillation's ``steps_per_period``, ``periods``, ``warmup``,
-``real``, ``from_free`` (``None`` for the other estimators; for ``oscillation``
+``real``, ``from_free``, ``hold`` (``None`` for the other estimators; for ``oscillation``
 ``nudged_residuals`` holds the state's change over the last period), and the cost: ``wall_s``
 (free phase and estimate, seconds) and ``relaxation_steps`` (dynamics steps per sample, free
 phase included).
@@ -140,6 +140,7 @@ def gradcheck(
     real: bool = False,
     from_free: bool = True,
     problem: Problem | None = None,
+    hold: int = 1,
 ) -> dict:
     """Run ``estimator`` once on a random batch and compare it with the implicit gradient.
 
@@ -173,6 +174,7 @@ def gradcheck(
         warmup=warmup,
         real=real,
         free=from_free,
+        hold=hold,
     )
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -194,6 +196,7 @@ def gradcheck(
         "warmup": warmup if oscillating else None,
         "real": real if oscillating else None,
         "from_free": from_free if oscillating else None,
+        "hold": hold if oscillating else None,
         "noise": noise,
         "bias_order": est.bias_order,
         "reference": "implicit",
@@ -239,6 +242,7 @@ def spiking_record(
         "warmup": osc.get("warmup"),
         "real": True if oscillation else None,
         "from_free": False if oscillation else None,
+        "hold": 1 if oscillation else None,
         "noise": 0.0,
         "bias_order": bias_order,
         "reference": "implicit",

@@ -24,6 +24,26 @@ imaginary first-order term drops out of ``Re``, leaving an error O((tau / K)^2),
 ``beta``: it falls as ``K^-2``. The residual reported is the state's change over the last period,
 ``max |s_t - s_{t-K}|`` (0 on a periodic orbit).
 
+Held phases (``hold = h``, Laborieux & Zenke's scheme). The phase is piecewise constant: the
+``j``-th held phase, steps ``t = j h .. j h + h - 1``, takes
+
+    phi_j = 2 pi j / N,    beta_j = |beta| e^{i phi_j}  (or |beta| cos(phi_j)),    N = K / h
+
+(``h`` must divide ``K``, with ``N >= 3`` phases a period), and only the state at the end of each
+held phase is demodulated: ``n = P N`` samples ``g_j = dF/dtheta(s_{(j+1) h}, beta_j)``,
+
+    complex:  dL/dtheta ~ Re (1/n) sum_j g_j / beta_j
+    real:     dL/dtheta ~ (2 / (n |beta|)) sum_j g_j cos(phi_j)
+
+If every held phase has converged, ``s_{(j+1) h} = s*(beta_j)``, each period's complex sum is
+exactly the holomorphic ``N``-point estimator (:class:`spikeep.estimators.Holomorphic`: the
+conjugate points repeat the real parts it weighs twice), each point relaxed from the previous
+phase's state rather than from the free state, and the ``P`` periods repeat it: bias
+O(abs(beta)^N) and no lag term, only what each phase leaves unrelaxed (``e^{-h/tau}``). The real
+sum keeps ``g_1`` exactly for ``N >= 3`` (the mean of ``cos^2`` over ``N`` equally spaced phases
+is 1/2; for ``N = 2`` it is 1) and an O(beta^2) bias. ``h = 1`` is the every-step scheme above;
+``h > 1`` also takes ``h`` times fewer samples, and the lock-in's products with them.
+
 :class:`Demodulator` is the lock-in, separate from the rate-engine loop :func:`oscillate`, so that
 the spiking engines demodulate their own samples (e.g. ``r_i r_j`` per synapse) with it. On dense
 prototypical networks :func:`oscillate` carries a complex state as two real rows and forms the
@@ -50,7 +70,7 @@ from .dynamics import (
     stepper,
 )
 
-__all__ = ["Demodulator", "teaching_signal", "oscillate"]
+__all__ = ["Demodulator", "teaching_signal", "check_hold", "oscillate"]
 
 
 class Demodulator:
@@ -103,13 +123,32 @@ class Demodulator:
         return self.total / self.count
 
 
-def teaching_signal(amplitude: float, steps_per_period: int, t: int, real: bool):
+def teaching_signal(amplitude: float, steps_per_period: int, t: int, real: bool, hold: int = 1):
     """``(phi_t, beta_t)``: the phase ``2 pi t / K`` and ``|beta| e^{i phi_t}`` (or the real
-    ``|beta| cos(phi_t)``)."""
-    phase = 2 * math.pi * (t % steps_per_period) / steps_per_period
+    ``|beta| cos(phi_t)``); with ``hold = h`` the phase of step ``t``'s held phase,
+    ``2 pi j / N``, ``j = t // h`` modulo ``N = K / h``."""
+    phases = steps_per_period // hold
+    phase = 2 * math.pi * ((t // hold) % phases) / phases
     if real:
         return phase, amplitude * math.cos(phase)
     return phase, amplitude * cmath.exp(1j * phase)
+
+
+def check_hold(steps_per_period: int, hold: int) -> int:
+    """``hold``, if it is a positive integer that divides ``steps_per_period`` into ``N >= 3``
+    held phases (module docstring); else a one-line ValueError naming both."""
+    if not (
+        isinstance(hold, int)
+        and not isinstance(hold, bool)
+        and hold >= 1
+        and steps_per_period % hold == 0
+        and steps_per_period // hold >= 3
+    ):
+        raise ValueError(
+            f"hold must be a positive integer dividing steps_per_period into at least 3 held "
+            f"phases, got hold={hold!r} for steps_per_period={steps_per_period!r}"
+        )
+    return hold
 
 
 WINDOW = 8  # steps folded into one dF/dtheta call: the input layer's product is shared by them
@@ -131,6 +170,7 @@ def oscillate(
     generator: torch.Generator | None = None,
     max_abs: float = 1e6,
     noise_shared: bool = False,
+    hold: int = 1,
 ) -> tuple[dict[str, Tensor], float, tuple[Tensor, ...]]:
     """Run ``warmup + periods`` periods of the turning nudge and demodulate the last ``periods``.
 
@@ -147,6 +187,9 @@ def oscillate(
             (:meth:`spikeep.dynamics.Dynamics.noisy_step`).
         noise_shared: one draw per neuron and step, shared by the batch's samples (see
             :mod:`spikeep.dynamics`); default a draw per sample.
+        hold: steps per held phase ``h`` (module docstring): the phase is held ``h`` steps and
+            only each held phase's last state demodulated; ``K / h`` must be an integer ``>= 3``.
+            1 (default): ``beta`` turns and is demodulated at every step.
 
     Returns:
         ``(grads, residual, s)``: the demodulated estimate of ``+dL/dtheta`` (shapes of
@@ -154,6 +197,7 @@ def oscillate(
         the final state.
     """
     K, a = steps_per_period, abs(beta)
+    check_hold(K, hold)
     check_noise(noise, generator)
     check_shared(noise_shared)
     if not (real or net.holomorphic):
@@ -165,7 +209,7 @@ def oscillate(
     if _planar(net) and (s is None or not s[0].is_complex()) and not _tracked(params, x, s, static):
         noisy = (noise, generator, noise_shared)
         return _oscillate_planar(
-            net, params, x, y, a, K, periods, warmup, real, s, static, noisy, max_abs
+            net, params, x, y, a, K, periods, warmup, real, s, static, noisy, max_abs, hold
         )
     p, _, ys, static, s = prepare(net, params, x, y, a if real else complex(a), s, static)
     dyn = net.dynamics
@@ -175,9 +219,9 @@ def oscillate(
     window = []
     start = s
     for t in range((warmup + periods) * K):
-        phase, beta_t = teaching_signal(a, K, t, real)
+        phase, beta_t = teaching_signal(a, K, t, real, hold)
         s = step(net, p, s, static, ys, beta_t)
-        if t >= warmup * K:
+        if t >= warmup * K and (t + 1) % hold == 0:  # the end of a held phase (every step: h = 1)
             w = demod.reference(phase)  # a real g_t needs only Re(w) = cos(phi_t)
             window.append((dyn.rates(net, s), beta_t, gain * (w.real if real else w) / a))
             if len(window) == WINDOW:
@@ -194,7 +238,9 @@ def oscillate(
 PLANAR_WINDOW = 30  # steps whose samples are demodulated by one product per weight
 
 
-def _oscillate_planar(net, params, x, y, a, K, periods, warmup, real, s, static, noisy, max_abs):
+def _oscillate_planar(
+    net, params, x, y, a, K, periods, warmup, real, s, static, noisy, max_abs, hold=1
+):
     """:func:`oscillate` on dense prototypical networks: the states in the real rows of
     :class:`spikeep.dynamics._PlanarRun` (a complex state is two real rows), and the lock-in
     formed from them with real products. Per demodulated step ``t``, with weight ``c_t =
@@ -203,7 +249,8 @@ def _oscillate_planar(net, params, x, y, a, K, periods, warmup, real, s, static,
     the samples of a window of steps stack into one real product per coupling. The input layer's
     coupling sums ``Re(c_t r_1)`` over every step first (``x`` is the same). The readout's sample
     is ``Re(c_t beta_t (softmax(z_t) - y)^T r_top)``. The same estimate as the general loop, to
-    rounding. ``noisy``: ``(noise, generator, shared)``."""
+    rounding. ``noisy``: ``(noise, generator, shared)``. With ``hold = h`` the run goes held
+    phase by held phase: ``beta`` set once, ``h`` steps, the last one's state sampled."""
     noise, generator, shared = noisy
     B = x.shape[0]
     s = net.zeros(x) if s is None else s
@@ -211,11 +258,12 @@ def _oscillate_planar(net, params, x, y, a, K, periods, warmup, real, s, static,
     steps = (warmup + periods) * K
     run = _PlanarRun(net, params, y, [a], [not real], static, s, steps, shared=shared)
     rows = B if real else 2 * B
-    n_w = min(PLANAR_WINDOW, periods * K)
+    N = K // hold  # held phases a period (K with h = 1)
+    n_w = min(PLANAR_WINDOW, periods * N)
     window = [si.new_empty((n_w, rows, si.shape[1])) for si in s]
     slots = [list(w) for w in zip(*window)]  # per window step, its row in every layer's window
     # the teaching signal of a period, computed once; a complex one as 0-d tensors as well
-    signal = [teaching_signal(a, K, t, real) for t in range(K)]
+    signal = [teaching_signal(a, N, j, real) for j in range(N)]  # per held phase
     if not real:
         cdtype = COMPLEX_OF[s[0].dtype]
         nudges = torch.tensor([b for _, b in signal], dtype=cdtype, device=s[0].device).unbind()
@@ -273,11 +321,12 @@ def _oscillate_planar(net, params, x, y, a, K, periods, warmup, real, s, static,
 
     start = [c.clone() for c in run.cur]
     residual = 0.0
-    for t in range((warmup + periods) * K):
-        phase, beta_t = signal[t % K]
-        run.set_beta(beta_t if real else nudges[t % K])
-        run.step(noise, generator)
-        if t >= warmup * K:
+    for j in range((warmup + periods) * N):  # held phase j: steps j h .. j h + h - 1
+        phase, beta_t = signal[j % N]
+        run.set_beta(beta_t if real else nudges[j % N])
+        for _ in range(hold):
+            run.step(noise, generator)
+        if j >= warmup * N:  # its last state, demodulated
             c = gain * Demodulator.reference(phase) / a
             coef.append(c)
             qbeta.append(complex(c * beta_t))
@@ -288,9 +337,9 @@ def _oscillate_planar(net, params, x, y, a, K, periods, warmup, real, s, static,
             if filled == n_w:
                 fold(filled)
                 filled = 0
-        if (t + 1) % K == 0:  # end of a period
+        if (j + 1) % N == 0:  # end of a period
             state = _split(run.cur, B, real)
-            _check_finite(net, state, max_abs, (t + 1) // K, warmup + periods, a)
+            _check_finite(net, state, max_abs, (j + 1) // N, warmup + periods, a)
             before = _split(start, B, real)
             residual = max(float((u - v).abs().amax()) for u, v in zip(state, before))
             for c0, c1 in zip(start, run.cur, strict=True):

@@ -10,7 +10,7 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
                   augment, crop_padding, flip
     [estimator]   name, beta, points, free_steps, nudged_steps, eval_free_steps,
                   noise, eval_noise, free_noise, noise_shared, steps_per_period, periods,
-                  warmup, real
+                  warmup, real, hold
     [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
                   cosine, t_max, eta_min
     [train]       epochs, batch_size, seed, persistent, checkpoint_every, device, engine, init,
@@ -29,8 +29,10 @@ Zenke's code reports). ``free_noise = false`` runs training's free phase without
 the nudged phases, or the whole oscillation, are noisy); ``noise_shared = true`` draws the
 training noise once per neuron and step and adds it to every sample of the batch (each
 holomorphic point its own draw). Both as Laborieux & Zenke's code does; the defaults (``true``,
-``false``) keep spikeep's own placement. ``steps_per_period``, ``periods``, ``warmup`` and
-``real`` configure the ``oscillation`` estimator (its ``nudged_steps`` is unused).
+``false``) keep spikeep's own placement. ``steps_per_period``, ``periods``, ``warmup``, ``real``
+and ``hold`` configure the ``oscillation`` estimator (its ``nudged_steps`` is unused); ``hold``
+(default 1: ``beta`` turns at every step) holds each of ``steps_per_period / hold`` phases for
+``hold`` steps and samples its end, as Laborieux & Zenke's code does.
 
 ``engine`` picks what trains the model: ``"rate"`` (the default, :mod:`spikeep.train`) or
 ``"brian2"`` (spiking neurons in a compiled Brian2 simulation, :mod:`spikeep.brian2.engine`, which
@@ -123,6 +125,7 @@ class Estimator:
     periods: int = 2
     warmup: int = 1
     real: bool = False
+    hold: int = 1  # oscillation: steps per held phase (1: beta turns at every step)
 
 
 @dataclass(frozen=True)
@@ -372,6 +375,13 @@ def _check(fail, p: Protocol):
         fail(
             "estimator.steps_per_period",
             f"expected an integer >= 3, got {p.estimator.steps_per_period}",
+        )
+    K, hold = p.estimator.steps_per_period, p.estimator.hold
+    if not (hold >= 1 and K % hold == 0 and K // hold >= 3):
+        fail(
+            "estimator.hold",
+            f"expected a positive integer dividing steps_per_period = {K} into at least 3 held "
+            f"phases, got {hold}",
         )
     for key in ("noise", "eval_noise"):
         value = getattr(p.estimator, key)

@@ -104,6 +104,10 @@ REFUSED = [
     (["estimator.name=holomorphic"], "the brian2 engine has ['one-sided'"),
     (["estimator.name=oscillation"], "estimator.real"),
     (["estimator.noise=0.1"], "estimator.noise"),
+    (
+        ["estimator.name=oscillation", "estimator.real=true", "estimator.hold=2"],
+        "estimator.hold: the brian2 engine turns beta at every step",
+    ),
     (["data.augment=true"], "data.augment"),
     (["train.device=cuda"], "runs on the CPU"),
     (["train.engine=brain2"], "did you mean 'brian2'?"),

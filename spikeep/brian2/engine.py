@@ -75,6 +75,7 @@ def check(protocol: Protocol, model: spec.ModelSpec) -> None:
         "optimizer.momentum": (protocol.optimizer.momentum != 0, "has no momentum: set 0"),
         "optimizer.weight_decay": (protocol.optimizer.weight_decay != 0, "has none: set 0"),
         "estimator.noise": (est.noise != 0, "spikes are its noise: set 0"),
+        "estimator.hold": (est.hold != 1, "turns beta at every step: set 1"),
         "data.augment": (protocol.data.augment, "has no augmentation: set false"),
         "data.normalize": (
             protocol.data.normalize and model.spiking.input != "current",
