@@ -28,8 +28,13 @@ three ways, interleaved: a draw per sample with a noisy free phase (``hep_table1
 shared by the batch with a noisy free phase, and shared with a noise-free free phase
 (``hep_table1_noise_shared``, as Laborieux & Zenke's code).
 
+``--hold`` times instead, with the working tree alone, one oscEP batch of
+``oscep_table1_noise`` two ways, interleaved: ``beta`` turned and demodulated at every step
+(``hold = 1``, the protocol before it held its phases) and held as the protocol holds it (``hold
+= 30``: 10 phases of 30 steps, each one's end sampled), with the FLOPs of each.
+
     OMP_NUM_THREADS=1 python benchmarks/table1_epoch.py [--before REV] [--repeats 7]
-        [--oscillation] [--protocol ep_table1_noise_beta04 ...] [--placement] [--json]
+        [--oscillation] [--protocol ep_table1_noise_beta04 ...] [--placement] [--hold] [--json]
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ class Version:
         cfg = proto.estimator
         # a package before the keys gets no such argument (noise_shared defaults to False)
         self.shared = {"noise_shared": True} if getattr(cfg, "noise_shared", False) else {}
+        held = {"hold": cfg.hold} if getattr(cfg, "hold", 1) != 1 else {}  # likewise
         self.est = estimators.make(
             cfg.name,
             cfg.beta,
@@ -102,6 +108,7 @@ class Version:
             warmup=cfg.warmup,
             real=cfg.real,
             **self.shared,
+            **held,
         )
         self.free_steps = cfg.free_steps
         self.noise = cfg.noise if getattr(cfg, "free_noise", True) else 0.0
@@ -127,10 +134,12 @@ def flops_per_batch(cfg, B: int) -> float:
     elif cfg.name == "one-sided":  # one real nudged phase, the update at its two ends
         nudged = cfg.nudged_steps * step
         grads = 2 * 2 * (n1 * n2 + n2 * 10) + 2 * 784 * n1
-    else:  # oscillation: two rows per step and a rank-2B update of W2 per step
+    else:  # oscillation: two rows per step and a rank-2B update of W2 per sample (every step,
+        # or the end of every held phase)
         steps = cfg.steps_per_period * (cfg.periods + cfg.warmup)
         nudged = steps * 2 * step
-        grads = cfg.steps_per_period * cfg.periods * 2 * 2 * (n1 * n2 + n2 * 10)
+        samples = cfg.steps_per_period // getattr(cfg, "hold", 1) * cfg.periods
+        grads = samples * 2 * 2 * (n1 * n2 + n2 * 10)
     return B * (free + nudged + grads)
 
 
@@ -288,6 +297,47 @@ def measure_placement(protocol: Path, repeats: int, seed: int = 0) -> dict:
     return out
 
 
+def measure_hold(protocol: Path, repeats: int, seed: int = 0) -> dict:
+    """One batch of the oscillation ``protocol`` every step (``hold = 1``) and held as the
+    protocol says, the working tree alone, interleaved round by round: medians (min-max) of
+    wall and CPU time, the FLOPs of each (:func:`flops_per_batch`), and the relative difference
+    of the two gradients (two estimators of one gradient: not 0)."""
+    from spikeep import protocol as proto
+
+    raw, _ = read(protocol)
+    held = raw["estimator"].get("hold", 1)
+    labels = {1: "every step (hold = 1)", held: f"held (hold = {held})"}
+    versions, flops = {}, {}
+    for hold, label in labels.items():
+        table = {**raw, "estimator": {**raw["estimator"], "hold": hold}}
+        versions[label] = Version("spikeep", protocol, table)
+        cfg = proto.from_dict(table, source=str(protocol), base=protocol.parent).estimator
+        flops[label] = flops_per_batch(cfg, 20)
+    net = versions[labels[1]].net
+    params = net.init_params(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(20, 784, generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (20,), generator=g), 10).float()
+    grads = [v.batch(params, x, y, 5) for v in versions.values()]  # warm-up
+    diff = max(float((grads[1][k] - grads[0][k]).norm() / grads[0][k].norm()) for k in grads[0])
+    times, cpu = interleave(versions, params, x, y, repeats)
+    out = {"protocol": protocol.name, "variants": {}, "relative_difference": diff}
+    base, base_cpu = statistics.median(times[labels[1]]), statistics.median(cpu[labels[1]])
+    for name in versions:
+        med, c = statistics.median(times[name]), statistics.median(cpu[name])
+        out["variants"][name] = {
+            "ms": 1e3 * med,
+            "min_ms": 1e3 * min(times[name]),
+            "max_ms": 1e3 * max(times[name]),
+            "cpu_ms": 1e3 * c,
+            "speedup": base / med,
+            "cpu_speedup": base_cpu / c,
+            "gflop": flops[name] / 1e9,
+            "epoch_s": BATCHES * med,
+        }
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=BEFORE, help="git revision to compare against")
@@ -301,9 +351,29 @@ def main(argv=None):
         action="store_true",
         help="time hEP's batch with the noise placed three ways (the working tree alone)",
     )
+    ap.add_argument(
+        "--hold",
+        action="store_true",
+        help="time oscEP's batch every step and held (the working tree alone)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.hold:
+        r = measure_hold(ROOT / "protocols" / "oscep_table1_noise.toml", args.repeats)
+        if args.json:
+            print(json.dumps(r, indent=1))
+            return
+        print(f"{r['protocol']}: one batch of 20 (free phase + estimate), {args.repeats} rounds")
+        for name, v in r["variants"].items():
+            print(
+                f"  {name:22s} {v['ms']:8.1f} ms ({v['min_ms']:.1f}-{v['max_ms']:.1f}), "
+                f"CPU {v['cpu_ms']:.1f} ms;  {v['gflop']:.2f} GFLOP;  {v['speedup']:.2f}x "
+                f"(CPU {v['cpu_speedup']:.2f}x) vs the first;  3000 batches {v['epoch_s']:.0f} s"
+            )
+        diff = r["relative_difference"]
+        print(f"  the two estimates differ by {diff:.2g} (largest over parameters, in norm)")
+        return
     if args.placement:
         r = measure_placement(ROOT / "protocols" / "hep_table1_noise.toml", args.repeats)
         if args.json:
