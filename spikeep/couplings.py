@@ -61,10 +61,16 @@ class Coupling(ABC):
     @abstractmethod
     def weight_grad(self, W: Tensor, pairs: list[tuple[Tensor, Tensor]]) -> Tensor: ...
 
-    def drives(self, W, r_prev, r_next, h_prev, h_next) -> tuple[Tensor, Tensor]:
+    def kernel(self, W: Tensor) -> Tensor | None:
+        """What :meth:`drives` may be given as ``kernel``, formed from ``W`` once for many steps
+        (the folded kernel of :class:`Conv`); None where the coupling has none."""
+        return None
+
+    def drives(self, W, r_prev, r_next, h_prev, h_next, kernel=None) -> tuple[Tensor, Tensor]:
         """``(h_prev + feedback, h_next + forward)``: the coupling's share of both layers' drive
         in one dynamics step (subclasses fuse and share work here). With ``r_next=None`` only
-        the forward drive is formed (``h_prev`` is returned as given)."""
+        the forward drive is formed (``h_prev`` is returned as given). ``kernel`` is
+        :meth:`kernel` of this ``W`` (or None: formed here when needed)."""
         if r_next is None:
             return h_prev, h_next + self.forward(W, r_prev)
         return h_prev + self.feedback(W, r_prev, r_next), h_next + self.forward(W, r_prev)
@@ -89,7 +95,7 @@ class Dense(Coupling):
     def feedback(self, W, r_prev, r_next):
         return (r_next @ W).view(r_next.shape[0], *self.prev.shape)
 
-    def drives(self, W, r_prev, r_next, h_prev, h_next):
+    def drives(self, W, r_prev, r_next, h_prev, h_next, kernel=None):
         h_next = torch.addmm(h_next, r_prev.flatten(1), W.T)
         if r_next is None:
             return h_prev, h_next
@@ -195,11 +201,17 @@ class Conv(Coupling):
         )
         return F.conv_transpose2d(g, W, stride=sp.stride, padding=sp.padding, output_padding=pad)
 
-    def drives(self, W, r_prev, r_next, h_prev, h_next):
+    def kernel(self, W):
+        return self._folded(W)
+
+    def drives(self, W, r_prev, r_next, h_prev, h_next, kernel=None):
         sp = self.spec
         if r_next is None:
             return h_prev, h_next + self.forward(W, r_prev)
-        K = self._folded(W, r_prev, r_next)
+        if kernel is None or r_prev.is_complex() or r_next.is_complex():
+            K = self._folded(W, r_prev, r_next)
+        else:
+            K = kernel
         if K is not None:
             forward = self._conv_folded(K, r_prev)
             return self._transpose_folded(K, r_next).add_(h_prev), forward.add_(h_next)

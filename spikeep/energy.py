@@ -116,17 +116,29 @@ class Network:
             )
         return drive
 
-    def dphi(self, params, r: tuple[Tensor, ...], static: list[Tensor], y=None, beta=0.0):
+    def kernels(self, params) -> tuple:
+        """Per coupling, what its ``drives`` can reuse across steps (a conv's kernel folded with
+        its average pool, :meth:`spikeep.couplings.Coupling.kernel`), or None: :meth:`dphi`'s
+        ``kernels`` for many steps at the same ``params``."""
+        return tuple(
+            c.kernel(params[w]) for c, w in zip(self.couplings, self._weights, strict=True)
+        )
+
+    def dphi(
+        self, params, r: tuple[Tensor, ...], static: list[Tensor], y=None, beta=0.0, kernels=None
+    ):
         """Closed-form ``dPhi_beta/dr_l`` for every dynamic layer (tuple, shapes of ``r``).
+        ``kernels``: :meth:`kernels` of ``params`` (the same numbers, formed once), or None.
 
         The tensors returned are new (never ``static`` itself): callers may overwrite them.
         """
         h = list(static)
         for i, c in enumerate(self.couplings[1 : self.n_dynamic], start=1):
             # coupling i+1 links r[i-1] (below) and r[i] (above)
-            h[i - 1], h[i] = c.drives(params[self._weights[i]], r[i - 1], r[i], h[i - 1], h[i])
+            k = None if kernels is None else kernels[i]
+            h[i - 1], h[i] = c.drives(params[self._weights[i]], r[i - 1], r[i], h[i - 1], h[i], k)
         if beta != 0:
-            h[-1] = torch.sub(h[-1], self.dcost_dr(params, r[-1], y), alpha=beta)
+            h[-1] = self._nudged(params, h[-1], r[-1], y, beta)
         elif self.n_dynamic == 1:
             h[0] = h[0].clone()
         return tuple(h)
@@ -157,7 +169,10 @@ class Network:
     def logits(self, params, r_last: Tensor) -> Tensor:
         """Cross-entropy readout ``W_out r_{L-1} + b_out``, shape ``(B, classes)``."""
         n = len(self.layers) - 1
-        return r_last.flatten(1) @ params[f"W{n}"].T + params[f"b{n}"]
+        W, b, a = params[f"W{n}"], params[f"b{n}"], r_last.flatten(1)
+        if a.dtype == W.dtype == b.dtype:  # one product with the bias
+            return torch.addmm(b, a, W.T)
+        return a @ W.T + b
 
     def output(self, params, r: tuple[Tensor, ...]) -> Tensor:
         """The network's prediction: output rates (mse) or logits (cross-entropy)."""
@@ -171,6 +186,8 @@ class Network:
         """:meth:`cost` and :meth:`output` at once (the readout's logits computed once)."""
         if self.readout:
             z = self.logits(params, r[-1])
+            if not z.is_complex():  # torch's log-sum-exp; y . z in one op
+                return torch.logsumexp(z, 1) - torch.linalg.vecdot(y.to(z.dtype), z), z
             shift = z.real.amax(dim=1, keepdim=True).detach()
             lse = shift.squeeze(1) + torch.log(torch.exp(z - shift).sum(1))
             return lse - (y * z).sum(1), z
@@ -178,24 +195,35 @@ class Network:
         return 0.5 * (d * d).flatten(1).sum(1), r[-1]
 
     def dcost_dr(self, params, r_last: Tensor, y: Tensor) -> Tensor:
-        """Closed-form ``dC/dr_L`` (mse) or ``dC/dr_{L-1}`` through the readout."""
+        """Closed-form ``dC/dr_L`` (mse) or ``dC/dr_{L-1}`` through the readout:
+        ``readout_error(params, r_last, y) W_out``."""
         if self.readout:
             n = len(self.layers) - 1
-            err = self._softmax(self.logits(params, r_last)) - y
-            return (err @ params[f"W{n}"]).view_as(r_last)
+            return (self.readout_error(params, r_last, y) @ params[f"W{n}"]).view_as(r_last)
         return r_last - y
+
+    def readout_error(self, params, r_last: Tensor, y: Tensor) -> Tensor:
+        """The cross-entropy readout's ``softmax(W_out r_{L-1} + b_out) - y``, ``(B, classes)``."""
+        return self._softmax(self.logits(params, r_last)) - y
+
+    def _nudged(self, params, h: Tensor, r_last: Tensor, y: Tensor, beta) -> Tensor:
+        """``h - beta dC/dr`` for the top layer's drive ``h``: for a real dense readout one
+        product, ``addmm(h, readout_error, W_out, alpha=-beta)``."""
+        real = isinstance(beta, int | float) and not (h.is_complex() or r_last.is_complex())
+        if self.readout and real and h.dim() == 2 and r_last.dim() == 2:
+            W = params[f"W{len(self.layers) - 1}"]
+            if W.dtype == h.dtype:
+                return torch.addmm(h, self.readout_error(params, r_last, y), W, alpha=-beta)
+        return torch.sub(h, self.dcost_dr(params, r_last, y), alpha=beta)
 
     @staticmethod
     def _softmax(z: Tensor) -> Tensor:
+        """The softmax of the rows of ``z`` (torch's for real ``z``; complex: the shifted
+        exponentials over their sum, the shift out of autograd)."""
+        if not z.is_complex():
+            return torch.softmax(z, 1)
         e = torch.exp(z - z.real.amax(dim=1, keepdim=True).detach())
         return e / e.sum(dim=1, keepdim=True)
-
-    @staticmethod
-    def _softmax_(z: Tensor) -> Tensor:
-        """:meth:`_softmax` in place on a real ``z`` outside autograd, bit for bit (a complex
-        division in place rounds otherwise); returns ``z``."""
-        z.sub_(z.amax(dim=1, keepdim=True)).exp_()
-        return z.div_(z.sum(dim=1, keepdim=True))
 
     def loss(self, params, r: tuple[Tensor, ...], y: Tensor) -> Tensor:
         """``L = mean_batch C``, a scalar."""
@@ -221,26 +249,40 @@ class Network:
         for i, layer in enumerate(self.spec.dynamic_layers, start=1):
             c = self.couplings[i - 1]
             W = params[f"W{i}"]
-            pairs = [(x if i == 1 else r[i - 2], -ck * r[i - 1]) for r, _, ck in points]
-            g = sum(g for _, g in pairs)
-            # the clamped input is every point's: its coupling takes the summed g (one product)
-            grads[f"W{i}"] = c.weight_grad(W, [(x, g)] if i == 1 else pairs)
+            if i == 1:  # the clamped input is every point's: its coupling takes the summed g
+                (r, _, ck), *rest = points
+                g = torch.mul(r[0], -ck)
+                for r, _, ck in rest:
+                    g.add_(r[0], alpha=-ck)
+                grads["W1"] = c.weight_grad(W, [(x, g)])  # one product
+            else:
+                pairs = [(r[i - 2], -ck * r[i - 1]) for r, _, ck in points]
+                g = sum(g for _, g in pairs)
+                grads[f"W{i}"] = c.weight_grad(W, pairs)
             grads[f"b{i}"] = g.sum(0).flatten(1).sum(1) if len(layer.shape) == 3 else g.sum(0)
         if self.readout:
             n = len(self.layers) - 1
             W, b = params[f"W{n}"], params[f"b{n}"]
             tracked = torch.is_grad_enabled() and (W.requires_grad or b.requires_grad)
+            nudged = [(r[-1].flatten(1), ck * beta) for r, beta, ck in points if beta != 0]
+            plain = not (tracked or any(a.is_complex() or a.requires_grad for a, _ in nudged))
             pairs = []
-            for r, beta, ck in points:
-                if beta == 0:
-                    continue
-                a = r[-1].flatten(1)
-                if a.is_complex() or tracked or a.requires_grad:
+            if nudged and plain and all(a.dtype == W.dtype for a, _ in nudged):
+                # every nudged point's rows at once: the logits, softmax - y, times ck beta
+                a = torch.cat([a for a, _ in nudged]) if len(nudged) > 1 else nudged[0][0]
+                e = torch.softmax(torch.addmm(b, a, W.T), 1)
+                rows = e.view(len(nudged), -1, e.shape[1])
+                rows.sub_(y)
+                coefficients = [w for _, w in nudged]
+                if len(set(coefficients)) == 1:
+                    e.mul_(coefficients[0])
+                else:
+                    rows.mul_(e.new_tensor(coefficients).view(-1, 1, 1))
+                pairs.append((a, e))
+            else:
+                for a, w in nudged:
                     z = self.logits({**params, f"W{n}": W.to(a.dtype)}, a)
-                    pairs.append((a, ck * beta * (self._softmax(z) - y)))
-                else:  # the same numbers in place: logits, softmax, ck beta (softmax - y)
-                    e = self._softmax_(torch.mm(a, W.T).add_(b))
-                    pairs.append((a, e.sub_(y).mul_(ck * beta)))
+                    pairs.append((a, w * (self._softmax(z) - y)))
             if pairs:
                 grads[f"W{n}"] = torch.cat([g for _, g in pairs]).T @ torch.cat(
                     [a for a, _ in pairs]

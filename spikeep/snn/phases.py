@@ -34,6 +34,7 @@ steps instead (the slower path, kept for tests and benchmarks).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -163,6 +164,12 @@ def simulate(
         )
     neuron = Neuron(config.decay)
     decay, k = neuron.beta, 1.0 / config.tau
+    # g dPhi/dr from g-scaled couplings and biases (and beta g for the nudge): the same numbers
+    # as scaling the currents when g is a power of two (scaling by it is exact), one pass less
+    scaled = g != 1 and math.frexp(g)[0] == 0.5
+    if scaled:
+        params = _scaled(net, params, g)
+    kernels = net.kernels(params)  # a conv's folded kernel, once per phase
     # the phase's own buffers: the state it starts from may start another phase too
     v = tuple(vl.clone() for vl in state.v)
     r = tuple(rl.clone() for rl in state.r)
@@ -181,9 +188,9 @@ def simulate(
             xr.lerp_(block[t % _BLOCK], k)
             static = net.static_drive(params, xr)
         beta_t = beta(t)
-        h = net.dphi(params, r, static, y, beta_t)
+        h = net.dphi(params, r, static, y, g * beta_t if scaled else beta_t, kernels)
         for hl, vl, zl, rl, cl in zip(h, v, z, r, total, strict=True):
-            _advance(hl.mul_(g) if g != 1 else hl, vl, zl, rl, cl, decay, k)
+            _advance(hl.mul_(g) if g != 1 and not scaled else hl, vl, zl, rl, cl, decay, k)
         if observe is not None:
             observe(t, tuple(rl.clone() for rl in r), beta_t)
     if counted is None:
@@ -193,6 +200,13 @@ def simulate(
         total = tuple(c.add(s) for c, s in zip(counts, counted, strict=True))
     spikes = sum(c.sum(dtype=torch.float64) for c in total)
     return SNNState(v, r, xr), counts, (spikes / x.shape[0]).to(x.dtype)
+
+
+def _scaled(net, params: dict[str, Tensor], g: float) -> dict[str, Tensor]:
+    """``params`` with the dynamic layers' couplings and biases times ``g`` (the readout's, which
+    the nudge's ``dC/dr`` uses, as they are)."""
+    dynamic = {f"{p}{i}" for i in range(1, net.n_dynamic + 1) for p in ("W", "b")}
+    return {n: p * g if n in dynamic else p for n, p in params.items()}
 
 
 def _advance(h: Tensor, v: Tensor, z: Tensor, r: Tensor, total: Tensor, decay: float, k: float):
