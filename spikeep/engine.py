@@ -216,7 +216,7 @@ def _rate_bias(cls) -> str:
     order = getattr(cls, "bias_order", None)
     if isinstance(order, int):
         return str(order)
-    return {"holomorphic": "N", "oscillation": "K (real: 2)"}[cls.name]
+    return {"holomorphic": "N", "oscillation": "K / hold (real: 2)"}[cls.name]
 
 
 class RateEngine(Engine):
