@@ -17,8 +17,8 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
                   eval_engines
     [brian2]      rule, chunk, eval_settle, eval_window   (read when engine = "brian2", and by
                                                     eval_engines, eval and compare)
-    [snntorch]    tau, decay, settle, window, input, eval_settle, eval_window
-                                                    (likewise for "snntorch")
+    [snntorch]    tau, decay, settle, window, input, eval_settle, eval_window,
+                  nudged_settle, nudged_window      (likewise for "snntorch")
     [paper]       source, test_error, note          (reported numbers, for the record)
 
 ``noise`` is the std of the Gaussian noise on every neuron at every relaxation step of training
@@ -173,6 +173,8 @@ class Snntorch:
     input: str = "current"  # one of SNN_INPUTS
     eval_settle: int = 0  # the spiking test pass; 0: settle
     eval_window: int = 0  # 0: window
+    nudged_settle: int | None = None  # the nudged phases of EP (from the free state); unset: settle
+    nudged_window: int | None = None  # unset: window
 
 
 @dataclass(frozen=True)
@@ -310,9 +312,14 @@ def _section(fail, section: str, cls, raw: Any):
 
 _OPTIONAL_NUMBERS = {"estimator.eval_noise"}
 _STRING_LISTS = {"train.eval_engines"}
+_OPTIONAL_STEPS = {"snntorch.nudged_settle", "snntorch.nudged_window"}  # unset: None
 
 
 def _coerce(fail, where, value, default):
+    if where in _OPTIONAL_STEPS:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail(where, f"expected a non-negative integer number of steps, got {value!r}")
+        return value
     if where in _OPTIONAL_NUMBERS:
         if not _toml.is_number(value):
             fail(where, f"expected a number, got {value!r}")
@@ -427,6 +434,10 @@ def _check_snntorch(fail, s: Snntorch):
         )
     if s.window < 1:
         fail("snntorch.window", f"expected a positive number of steps, got {s.window}")
+    if s.nudged_window is not None and s.nudged_window < 1:
+        fail(
+            "snntorch.nudged_window", f"expected a positive number of steps, got {s.nudged_window}"
+        )
     _choice(fail, "snntorch.input", s.input, SNN_INPUTS)
 
 

@@ -174,6 +174,9 @@ def test_cli_json_has_the_rate_engines_keys(capsys):
         ({"settle": -1}, "settle must be"),
         ({"window": 0}, "window must be"),
         ({"input": "poisson"}, "input must be one of"),
+        ({"nudged_settle": -1}, r"nudged_settle must be an integer number of steps >= 0, or None"),
+        ({"nudged_window": 0}, r"nudged_window must be an integer number of steps >= 1, or None"),
+        ({"nudged_window": 2.0}, r"nudged_window must be .*, got 2\.0"),
     ],
 )
 def test_bad_config(kwargs, match):
@@ -371,3 +374,27 @@ def test_fused_steps_are_snntorch_leaky_bit_for_bit(name, half, coding):
     for (s, c, n), (s_ref, c_ref, n_ref) in zip(runs, reference, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(s.v + s.r + c, s_ref.v + s_ref.r + c_ref))
         assert float(n) == float(n_ref) > 0
+
+
+def test_nudged_phases_take_their_own_settle_and_window():
+    """Unset (or equal to settle and window), the nudged phases are the free phase's length, bit
+    for bit; nudged_settle = 0 counts from the free state on, as phases composed by hand."""
+    net = load("spiking_small")
+    params, x, y = setup(net, batch=3, dtype=torch.float32)
+    cfg = SNNConfig(tau=4, settle=12, window=20)
+    same = SNNConfig(tau=4, settle=12, window=20, nudged_settle=12, nudged_window=20)
+    short = SNNConfig(tau=4, settle=12, window=20, nudged_settle=0, nudged_window=15)
+    assert cfg.nudged is cfg and short.nudged == SNNConfig(tau=4, settle=0, window=15)
+    grads = {c: snn_estimators.symmetric(net, params, x, y, 0.5, c).grads for c in (cfg, same)}
+    assert all(torch.equal(grads[cfg][k], grads[same][k]) for k in params)
+    free = phase(net, params, x, config=short)
+    nudged = [phase(net, params, x, y, b, free.state, short.nudged) for b in (0.5, -0.5)]
+    points = [(nudged[0].rates, 0.5, 1.0), (nudged[1].rates, -0.5, -1.0)]
+    by_hand = net.dF_dtheta(params, x, y, points)
+    est = snn_estimators.symmetric(net, params, x, y, 0.5, short)
+    assert all(torch.equal(est.grads[k], by_hand[k]) for k in params)
+    assert est.spikes == free.spikes + nudged[0].spikes + nudged[1].spikes
+    assert not torch.equal(est.grads["W1"], grads[cfg]["W1"])
+    one = snn_estimators.one_sided(net, params, x, y, 0.5, short)
+    points = [(nudged[0].rates, 0.5, 2.0), (free.rates, 0.0, -2.0)]
+    assert all(torch.equal(one.grads[k], g) for k, g in net.dF_dtheta(params, x, y, points).items())

@@ -171,6 +171,17 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tiny, tmp_path, monk
         ("snntorch.settle", -1, r"snntorch\.settle: expected a non-negative integer, got -1"),
         ("snntorch.input", "poisson", r"snntorch\.input: expected one of \['current', 'rate'\]"),
         ("snntorch.tua", 4, r"snntorch\.tua: unknown key; did you mean 'tau'\?"),
+        (
+            "snntorch.nudged_settle",
+            -1,
+            r"snntorch\.nudged_settle: expected a non-negative integer number of steps, got -1",
+        ),
+        ("snntorch.nudged_settle", 2.5, r"snntorch\.nudged_settle: expected .*, got 2\.5"),
+        (
+            "snntorch.nudged_window",
+            0,
+            r"snntorch\.nudged_window: expected a positive number of steps, got 0",
+        ),
         ("train.engine", "snntorh", r"did you mean 'snntorch'\?"),
     ],
 )
@@ -186,6 +197,14 @@ def test_bad_snntorch_values_are_named_in_one_line(tiny, key, value, match):
         ({"estimator.name": "holomorphic"}, r"estimator\.name: the snntorch engine has \["),
         ({"estimator.name": "oscillation"}, r"estimator\.real: .* set real = true"),
         ({"train.persistent": True}, r"train\.persistent: the snntorch engine has no stored"),
+        (
+            {"estimator.name": "oscillation", "estimator.real": True, "snntorch.nudged_settle": 0},
+            r"snntorch\.nudged_settle: the snntorch engine runs no nudged phases with the osc",
+        ),
+        (
+            {"estimator.name": "oscillation", "estimator.real": True, "snntorch.nudged_window": 9},
+            r"snntorch\.nudged_window: the snntorch engine runs no nudged phases with the osc",
+        ),
         ({"estimator.noise": 0.1}, r"estimator\.noise: the snntorch engine spikes are its noise"),
         (
             {"snntorch.input": "rate", "data.normalize": True},
@@ -223,3 +242,14 @@ def test_snn_protocols_validate():
         from spikeep.snn.engine import check
 
         check(p, net)
+
+
+def test_the_engine_reads_the_nudged_phases_lengths(tiny):
+    from spikeep.snn.engine import SNNEngine
+
+    net = Network(spec.load(tiny.parent / "model.toml"))
+    plain = SNNEngine(proto.load(tiny), net).config
+    assert plain.nudged is plain and (plain.settle, plain.window) == (20, 40)
+    over = {"snntorch.nudged_settle": 0, "snntorch.nudged_window": 30}
+    cfg = SNNEngine(proto.load(tiny, over), net).config
+    assert (cfg.settle, cfg.window, cfg.nudged.settle, cfg.nudged.window) == (20, 40, 0, 30)

@@ -7,7 +7,7 @@ value and what was expected.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["SNNConfig", "INPUTS"]
 
@@ -38,6 +38,10 @@ class SNNConfig:
             ``"rate"`` (``x`` coded as Bernoulli spike trains by ``snntorch.spikegen.rate``,
             filtered by the same trace).
         seed: seed of the input spike trains (``input = "rate"``).
+        nudged_settle, nudged_window: ``settle`` and ``window`` of the nudged phases of EP,
+            which start from the free phase's final state (membranes and traces carried over);
+            None: ``settle`` and ``window``. With 0 the nudged phases count from their first
+            step (docs/snn.md, "Speed": as close to the converged estimate in fewer steps).
     """
 
     decay: float = 1.0
@@ -46,6 +50,8 @@ class SNNConfig:
     window: int = 800
     input: str = "current"
     seed: int = 0
+    nudged_settle: int | None = None
+    nudged_window: int | None = None
 
     def __post_init__(self):
         d = self.decay
@@ -64,8 +70,24 @@ class SNNConfig:
             _fail("input", self.input, f"one of {list(INPUTS)}")
         if not (_is_int(self.seed) and self.seed >= 0):
             _fail("seed", self.seed, "a non-negative integer")
+        n = self.nudged_settle
+        if not (n is None or (_is_int(n) and n >= 0)):
+            _fail("nudged_settle", n, "an integer number of steps >= 0, or None (settle)")
+        n = self.nudged_window
+        if not (n is None or (_is_int(n) and n >= 1)):
+            _fail("nudged_window", n, "an integer number of steps >= 1, or None (window)")
 
     @property
     def steps(self) -> int:
         """Steps per phase, ``settle + window``."""
         return self.settle + self.window
+
+    @property
+    def nudged(self) -> SNNConfig:
+        """The settings of the nudged phases: ``nudged_settle`` and ``nudged_window`` as their
+        ``settle`` and ``window`` (this config itself when neither is set)."""
+        if self.nudged_settle is None and self.nudged_window is None:
+            return self
+        settle = self.settle if self.nudged_settle is None else self.nudged_settle
+        window = self.window if self.nudged_window is None else self.nudged_window
+        return replace(self, settle=settle, window=window, nudged_settle=None, nudged_window=None)

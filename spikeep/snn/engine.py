@@ -9,14 +9,15 @@ cosine learning rates, checkpoints, ``--resume``, several processes) with the sp
     theta        = theta - lr_l (momentum v + g + weight_decay theta)   (as the rate engine)
 
 ``[snntorch]`` gives the :class:`~spikeep.snn.config.SNNConfig` (``tau``, ``decay``, ``settle``,
-``window``, ``input``; times in steps) and the spiking test pass's ``eval_settle`` and
-``eval_window`` (0: the training values). Estimators: ``one-sided``, ``random-sign`` (one-sided
-with the sign of ``beta`` drawn per batch from the epoch's generator), ``symmetric`` (both nudged
-phases from the free state) and ``oscillation`` (``real = true``: the cosine teaching current,
-``[estimator] steps_per_period``, ``periods``, ``warmup``), which here starts after a free phase,
-whose rates give the training loss and error. Input spike trains (``input = "rate"``) are drawn
-from a generator seeded per batch from the epoch's generator, so a resumed run draws the same
-spikes and reaches the weights of an uninterrupted one (CPU).
+``window``, ``input``; times in steps), the nudged phases' ``nudged_settle`` and ``nudged_window``
+(unset: ``settle`` and ``window``), and the spiking test pass's ``eval_settle`` and ``eval_window``
+(0: the training values). Estimators: ``one-sided``, ``random-sign`` (one-sided with the sign of
+``beta`` drawn per batch from the epoch's generator), ``symmetric`` (both nudged phases from the
+free state) and ``oscillation`` (``real = true``: the cosine teaching current, ``[estimator]
+steps_per_period``, ``periods``, ``warmup``), which here starts after a free phase, whose rates give
+the training loss and error. Input spike trains (``input = "rate"``) are drawn from a generator
+seeded per batch from the epoch's generator, so a resumed run draws the same spikes and reaches the
+weights of an uninterrupted one (CPU).
 
 Metrics per epoch (``metrics.jsonl``), from the spiking network unless named ``_rate``:
 
@@ -80,6 +81,14 @@ def check(protocol: Protocol, net) -> None:
         fail("estimator.real", "the snntorch oscillation is the real beta cos(wt): set real = true")
     refused = {
         "train.persistent": (protocol.train.persistent, "has no stored free states: set false"),
+        "snntorch.nudged_settle": (
+            est.name == "oscillation" and protocol.snntorch.nudged_settle is not None,
+            "runs no nudged phases with the oscillation: remove the key",
+        ),
+        "snntorch.nudged_window": (
+            est.name == "oscillation" and protocol.snntorch.nudged_window is not None,
+            "runs no nudged phases with the oscillation: remove the key",
+        ),
         "estimator.noise": (est.noise != 0, "spikes are its noise: set 0"),
         "data.normalize": (
             protocol.data.normalize and protocol.snntorch.input == "rate",
@@ -102,7 +111,8 @@ class SNNEngine(Engine):
         if not training:
             check_model(protocol, net)
         s, est = protocol.snntorch, protocol.estimator
-        self.config = SNNConfig(s.decay, s.tau, s.settle, s.window, s.input)
+        nudged = {"nudged_settle": s.nudged_settle, "nudged_window": s.nudged_window}
+        self.config = SNNConfig(s.decay, s.tau, s.settle, s.window, s.input, **nudged)
         self.eval_config = SNNConfig(
             s.decay, s.tau, s.eval_settle or s.settle, s.eval_window or s.window, s.input
         )

@@ -5,6 +5,9 @@ phase's, each started from the free phase's final state) the estimates of ``+dL/
 :meth:`spikeep.energy.Network.dF_dtheta` of the weighted points (the same formulas as
 :mod:`spikeep.estimators`):
 
+The free phase runs ``config``'s ``settle + window`` steps, the nudged ones ``config.nudged``'s
+(``nudged_settle``, ``nudged_window``).
+
 - ``one-sided`` (bias O(beta)): ``[(r^beta, beta, 1/beta), (r^0, 0, -1/beta)]``;
 - ``symmetric`` (O(beta^2)): ``[(r^beta, beta, 1/(2 beta)), (r^-beta, -beta, -1/(2 beta))]``,
   both nudged phases from the free state (explicit state, passed back in);
@@ -60,7 +63,7 @@ def one_sided(net, params, x, y, beta: float, config: SNNConfig, generator=None)
     """Free phase, then a phase at ``+beta`` from the free state."""
     beta = _check_beta(beta)
     free = phase(net, params, x, config=config, generator=generator)
-    nudged = phase(net, params, x, y, beta, free.state, config, generator)
+    nudged = phase(net, params, x, y, beta, free.state, config.nudged, generator)
     points = [(nudged.rates, beta, 1 / beta), (free.rates, 0.0, -1 / beta)]
     return SNNEstimate(net.dF_dtheta(params, x, y, points), free, free.spikes + nudged.spikes)
 
@@ -69,8 +72,8 @@ def symmetric(net, params, x, y, beta: float, config: SNNConfig, generator=None)
     """Free phase, then phases at ``+beta`` and ``-beta``, each from the free state."""
     b = _check_beta(beta)
     free = phase(net, params, x, config=config, generator=generator)
-    plus = phase(net, params, x, y, b, free.state, config, generator)
-    minus = phase(net, params, x, y, -b, free.state, config, generator)
+    plus = phase(net, params, x, y, b, free.state, config.nudged, generator)
+    minus = phase(net, params, x, y, -b, free.state, config.nudged, generator)
     points = [(plus.rates, b, 1 / (2 * b)), (minus.rates, -b, -1 / (2 * b))]
     spikes = free.spikes + plus.spikes + minus.spikes
     return SNNEstimate(net.dF_dtheta(params, x, y, points), free, spikes)
