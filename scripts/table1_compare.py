@@ -8,7 +8,10 @@ test images). The algorithm is the run's protocol's ``[paper] anchors`` key (``n
 after the folder as ``RUN=SETTING/ALGO``. Prints, per epoch, our accuracy, the band (lowest and
 highest of the three runs), the gap to the band's bottom and whether we are inside, above or
 below; writes a figure with one panel per algorithm: the three runs, the band between them, our
-curve. Usage::
+curve. Whether a dip below the band means anything is judged against the authors' own spread:
+over the same epochs after the first, how often each of their runs falls below the band of the
+other two, beside how often ours falls below a band of two of their runs (both held against two
+runs, so alike). Usage::
 
     .venv/bin/python scripts/table1_compare.py /work/runs/hep_table1_noise \
         [/work/runs/oscep_table1_noise=noise/continuous_hep ...] \
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import sys
 from collections import defaultdict
@@ -85,6 +89,41 @@ def compare(ours: dict[int, float], lo_hi: dict[int, tuple[float, float]]) -> li
     return rows
 
 
+def dips(curve: dict[int, float], runs: dict[str, dict[int, float]], epochs) -> list[tuple]:
+    """``(epoch, gap)`` for each epoch of ``epochs`` at which ``curve`` lies below the band of
+    ``runs`` (gap = curve - band bottom, negative)."""
+    lo_hi = band(runs)
+    return [(e, curve[e] - lo_hi[e][0]) for e in epochs if e in lo_hi and curve[e] < lo_hi[e][0]]
+
+
+def spread(ours: dict[int, float], runs: dict[str, dict[int, float]]) -> dict:
+    """The dips below the band over our epochs after the first, ours against theirs.
+
+    ``ours``: our dips below the band of all their runs; ``ours_vs_two``: our dips below the band
+    of each pair of their runs; ``theirs``: each of their runs' dips below the band of the others.
+    A run of theirs takes part at the epochs it logged."""
+    epochs = sorted(e for e in ours if e > 1)
+    pairs = {
+        f"{a}+{b}": dips(ours, {a: runs[a], b: runs[b]}, epochs)
+        for a, b in itertools.combinations(sorted(runs), 2)
+    }
+    theirs = {
+        k: dips(runs[k], {o: r for o, r in runs.items() if o != k}, [e for e in epochs if e in r])
+        for k, r in sorted(runs.items())
+    }
+    return {
+        "epochs": epochs,
+        "ours": dips(ours, runs, epochs),
+        "ours_vs_two": pairs,
+        "theirs": theirs,
+    }
+
+
+def _dips_line(found: list[tuple]) -> str:
+    worst = f" (worst {min(g for _, g in found):+.2f})" if found else ""
+    return f"{len(found)}{worst}"
+
+
 def figure(panels: dict[str, tuple[dict, list[tuple[str, dict[int, float]]]]], path: str | Path):
     """One panel per key ``SETTING/ALGO``: the authors' runs, their band, and our curves (every
     run given for that key, labelled by its folder's name)."""
@@ -132,7 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = ap.parse_args(argv)
     anchors = read_anchors(args.anchors)
-    panels, report = {}, {}
+    panels, report, spreads = {}, {}, {}
     for item in args.runs:
         folder, _, key = item.partition("=")
         try:
@@ -145,12 +184,14 @@ def main(argv=None) -> int:
             return 2
         ours = read_run(folder)
         rows = compare(ours, band(anchors[key]))
+        spreads[f"{folder}={key}"] = spread(ours, anchors[key])
         panels.setdefault(key, (anchors[key], []))[1].append(
             ("spikeep, " + Path(folder).name, ours)
         )
         report[f"{folder}={key}"] = rows
     if args.json:
-        print(json.dumps(report, indent=1))
+        out = {name: {"epochs": rows, "spread": spreads[name]} for name, rows in report.items()}
+        print(json.dumps(out, indent=1))
     else:
         for name, rows in report.items():
             print(name)
@@ -159,6 +200,17 @@ def main(argv=None) -> int:
                 print(
                     f"  {r['epoch']:5d}  {r['ours']:6.2f}  {r['low']:6.2f}-{r['high']:6.2f}"
                     f"  {r['gap']:+6.2f}  {r['where']}"
+                )
+            sp = spreads[name]
+            if sp["epochs"]:
+                span = f"epochs {sp['epochs'][0]}-{sp['epochs'][-1]}"
+                two = [len(d) for d in sp["ours_vs_two"].values()]
+                print(
+                    f"  {span}: below the band of their {len(sp['theirs'])} runs at "
+                    f"{_dips_line(sp['ours'])}; below a band of two of them at "
+                    f"{sum(two) / max(len(two), 1):.1f} on average; each of theirs below the "
+                    "band of the others at "
+                    + " / ".join(_dips_line(d) for d in sp["theirs"].values())
                 )
     if args.out:
         print(f"figure: {figure(panels, args.out)}", file=sys.stderr)

@@ -54,10 +54,25 @@ def test_table1_compare_reports_the_gap_to_the_authors_band(tmp_path, capsys):
     figure = tmp_path / "table1.png"
     argv = [f"{run}=noise/hep", "--anchors", str(anchors), "--out", str(figure), "--json"]
     assert compare.main(argv) == 0
-    report = json.loads(capsys.readouterr().out)[f"{run}=noise/hep"]
+    out = json.loads(capsys.readouterr().out)[f"{run}=noise/hep"]
+    report = out["epochs"]
     assert [r["where"] for r in report] == ["inside", "above", "below"]
     assert [r["low"] for r in report] == pytest.approx([90.0, 94.0, 96.0])
     assert [r["gap"] for r in report] == pytest.approx([1.0, 3.0, -0.5])
+    # the spread over epochs 2-3: ours below both runs' band at 3 only; each of their runs
+    # below the other's "band" (one run) when it is the lower one: run1 at 3, run2 at 2
+    spread = out["spread"]
+    assert spread["epochs"] == [2, 3]
+    assert [e for e, _ in spread["ours"]] == [3] and spread["ours"][0][1] == pytest.approx(-0.5)
+    assert [e for e, _ in spread["ours_vs_two"]["run1+run2"]] == [3]
+    assert {k: [e for e, _ in d] for k, d in spread["theirs"].items()} == {
+        "run1": [3],
+        "run2": [2],
+    }
+    assert spread["theirs"]["run2"][0][1] == pytest.approx(-1.0)
+    assert compare.main([f"{run}=noise/hep", "--anchors", str(anchors)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "epochs 2-3: below the band of their 2 runs at 1 (worst -0.50)" in line
     assert figure.stat().st_size > 0
     assert compare.main([f"{run}=noise/nothing", "--anchors", str(anchors)]) == 2
     capsys.readouterr()
