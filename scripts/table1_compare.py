@@ -148,15 +148,15 @@ def figure(panels: dict[str, tuple[dict, list[tuple[str, dict[int, float]]]]], p
             color = ["C3", "C1", "C2", "C4"][k % 4]
             ax.plot(es, [ours[e] for e in es], "o-", color=color, ms=3, lw=1.5, label=label)
             shown += [ours[e] for e in es]
-        shown = [v for v in shown if v > 80]  # collapsed runs: off scale
-        bottom = min(shown, default=90.0) - 0.5
+        shown = [v for v in shown if v > 80]  # collapsed runs: off scale, unless all are
+        bottom = min(shown) - 0.5 if shown else 0.0
         ax.set_ylim(bottom, 100)
         setting, algo = key.split("/")
         ax.set_title(f"{NAMES.get(algo, algo)}, {setting.replace('_', ' ')}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right" if shown else "center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
