@@ -28,6 +28,13 @@ spiking estimate at shorter phases. One thread (``OMP_NUM_THREADS=1``); the mach
 times by 2x, so read the ratios::
 
     OMP_NUM_THREADS=1 python benchmarks/snn_conv.py [--batch 100] [--repeats 3] [--fidelity]
+
+``--settings`` instead times, interleaved with the working tree's code, the rate engine's step
+and the spiking step at each of :data:`SETTINGS` (trace tau, the free phase's settle + window,
+the nudged phases' ``nudged_settle`` + ``nudged_window``), with each estimate's cosine with the
+converged one on ``--batches`` batches (the first ``--batch`` images, the next, ...)::
+
+    OMP_NUM_THREADS=1 python benchmarks/snn_conv.py --settings [--batches 3] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -59,6 +66,17 @@ MODEL = ROOT / "models" / "snn_conv_mnist_ce.toml"
 RATE = (30, 10)  # free, nudged steps per side (mnist_conv)
 SNN = (4.0, 30, 50)  # tau, settle, window per phase (snn_mnist_conv)
 SHORTER = [(4.0, 15, 25), (2.0, 10, 20)]  # --fidelity: shorter spiking phases
+# --settings: (tau, settle, window, nudged_settle, nudged_window); None: the free phase's
+SETTINGS = [
+    (4.0, 30, 50, None, None),  # the protocol (snn_mnist_conv)
+    (4.0, 15, 25, None, None),
+    (4.0, 30, 50, 0, 50),
+    (4.0, 30, 10, 0, 50),
+    (4.0, 30, 10, 0, 40),
+    (4.0, 20, 10, 0, 40),
+    (2.0, 20, 10, 0, 40),
+    (4.0, 20, 10, 0, 30),
+]
 
 
 def _windows_pool(z, kind, k):
@@ -100,9 +118,74 @@ def _rate_step(net, params, x, y, free_steps, nudged_steps):
     return est.estimate(net, params, x, y, free).grads
 
 
-def _snn_step(net, params, x, y, tau, settle, window):
-    config = SNNConfig(tau=tau, settle=settle, window=window)
+def _snn_step(net, params, x, y, tau, settle, window, nudged_settle=None, nudged_window=None):
+    config = SNNConfig(
+        tau=tau,
+        settle=settle,
+        window=window,
+        nudged_settle=nudged_settle,
+        nudged_window=nudged_window,
+    )
     return snn_estimators.estimate("symmetric", net, params, x, y, 1.0, config).grads
+
+
+def _label(tau, settle, window, nudged_settle=None, nudged_window=None) -> str:
+    if nudged_settle is None and nudged_window is None:
+        return f"tau {tau:g}, 3 x ({settle} + {window})"
+    return f"tau {tau:g}, free {settle} + {window}, nudged 2 x ({nudged_settle} + {nudged_window})"
+
+
+def _steps(tau, settle, window, nudged_settle=None, nudged_window=None) -> int:
+    ns = settle if nudged_settle is None else nudged_settle
+    nw = window if nudged_window is None else nudged_window
+    return settle + window + 2 * (ns + nw)
+
+
+def _batch(ds, net, i, B):
+    x = (ds.images[i * B : (i + 1) * B].float() / 255).reshape(B, *net.spec.layers[0].shape)
+    y = F.one_hot(ds.labels[i * B : (i + 1) * B], net.spec.layers[-1].shape[0]).float()
+    return x, y
+
+
+def settings_table(net, params, ds, B: int, repeats: int, batches: int) -> dict:
+    """``--settings``: the rate engine's step and the spiking step at each of :data:`SETTINGS`,
+    timed interleaved on the first batch (median of ``repeats`` rounds after a warm-up round);
+    each estimate's cosine with the converged one on ``batches`` batches of ``B`` images."""
+    x, y = _batch(ds, net, 0, B)
+    runs = {"rate": lambda: _rate_step(net, params, x, y, *RATE)}
+    for s in SETTINGS:
+        runs[s] = lambda s=s: _snn_step(net, params, x, y, *s)
+    times = {k: [] for k in runs}
+    grads = {}
+    for rnd in range(repeats + 1):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            grads[key] = run()
+            if rnd:
+                times[key].append(time.perf_counter() - start)
+    ms = {k: 1e3 * statistics.median(v) / B for k, v in times.items()}
+    ref = _rate_step(net, params, x, y, 400, 100)
+    cosines = {k: [compare(g, ref)["cosine"]] for k, g in grads.items()}
+    for i in range(1, batches):
+        xi, yi = _batch(ds, net, i, B)
+        ref = _rate_step(net, params, xi, yi, 400, 100)
+        cosines["rate"].append(compare(_rate_step(net, params, xi, yi, *RATE), ref)["cosine"])
+        for s in SETTINGS:
+            cosines[s].append(compare(_snn_step(net, params, xi, yi, *s), ref)["cosine"])
+    rows = [
+        {
+            "engine": "rate" if k == "rate" else "snntorch",
+            "setting": "30 + 2 x 10" if k == "rate" else _label(*k),
+            "steps": RATE[0] + 2 * RATE[1] if k == "rate" else _steps(*k),
+            "cosines": cosines[k],
+            "cosine_mean": statistics.mean(cosines[k]),
+            "cosine_min": min(cosines[k]),
+            "ms_per_sample": ms[k],
+            "ratio_to_rate": ms[k] / ms["rate"],
+        }
+        for k in runs
+    ]
+    return {"batches": batches, "rows": rows}
 
 
 def main(argv=None) -> int:
@@ -111,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fidelity", action="store_true", help="cosines with the converged estimate")
+    ap.add_argument("--settings", action="store_true", help="the spiking phases' lengths")
+    ap.add_argument("--batches", type=int, default=3, help="--settings: batches for the cosines")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -118,6 +203,8 @@ def main(argv=None) -> int:
     params = net.init_params(0, dtype=torch.float32)
     ds = data.load("mnist-embedded", "train")
     B = args.batch
+    if args.settings:
+        return _print_settings(args, settings_table(net, params, ds, B, args.repeats, args.batches))
     x = (ds.images[:B].float() / 255).reshape(B, *net.spec.layers[0].shape)
     y = F.one_hot(ds.labels[:B], net.spec.layers[-1].shape[0]).float()
     steps = {"rate": RATE[0] + 2 * RATE[1], "snntorch": 3 * (SNN[1] + SNN[2])}
@@ -190,6 +277,29 @@ def main(argv=None) -> int:
     )
     for k, v in result.get("cosine", {}).items():
         print(f"cosine {k}: {v:.4f}" if "ms/sample" not in k else f"  {k}: {v:.2f}")
+    return 0
+
+
+def _print_settings(args, result) -> int:
+    result |= {"batch": args.batch, "threads": os.environ.get("OMP_NUM_THREADS")}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(
+        f"{Path(args.model).name}, initial weights, batch {args.batch}, symmetric EP, beta 1, "
+        f"float32, {result['threads']} thread(s), median of {args.repeats} interleaved rounds; "
+        f"cosine with the converged estimate (rate, 400 + 2 x 100) on {result['batches']} batches"
+    )
+    print(
+        f"{'setting':52s} {'steps':>5s} {'cosines':>22s} {'mean':>6s} {'ms/sample':>9s} "
+        f"{'x rate':>6s}"
+    )
+    for r in result["rows"]:
+        cos = " ".join(f"{c:.3f}" for c in r["cosines"])
+        print(
+            f"{r['engine'] + ' ' + r['setting']:52s} {r['steps']:5d} {cos:>22s} "
+            f"{r['cosine_mean']:6.4f} {r['ms_per_sample']:9.2f} {r['ratio_to_rate']:6.2f}"
+        )
     return 0
 
 
