@@ -403,25 +403,31 @@ def relax(
         run = _PlanarRun(net, params, y, [beta], [False], static, s0, steps, shared=noise_shared)
         run.run(steps, noise, generator)
         state, prev = tuple(run.cur), tuple(run.prev)
+        boxed = run.boxed(max_abs)
     else:
         step = stepper(dyn, noise, generator, noise_shared)
         for _ in range(steps):
             prev, state = state, step(net, params, state, static, y, beta)
+        boxed = False
     # One synchronisation at the end: the largest state magnitude (NaN propagates through amax)
     # and the last step's change. On failure, replay the phase to name the layer and step.
-    peak, change = _peak_and_change(state, prev)
-    if not float(peak) <= max_abs:  # also true for NaN
+    peak, change = _peak_and_change(state, prev, boxed)
+    if not (math.isfinite(float(change)) if boxed else float(peak) <= max_abs):  # NaN: false
         noisy = (noise, generator, replay, noise_shared)
         _locate(net, params, s0, static, y, beta, steps, max_abs, noisy)
-    return Relaxed(state, change / dyn.dt, static)
+    return Relaxed(state, change.div_(dyn.dt), static)
 
 
-def _peak_and_change(s, prev) -> tuple[Tensor, Tensor]:
-    """``max |s|`` and ``max |s - prev|`` over every layer, as 0-d tensors out of autograd
-    (maxima are exact: the numbers of any order of taking them)."""
+def _peak_and_change(s, prev, boxed=False) -> tuple[Tensor | None, Tensor]:
+    """``max |s|`` and ``max |s - prev|`` over every layer, as new 0-d tensors out of autograd
+    (maxima are exact: the numbers of any order of taking them). ``boxed``: the states are in a
+    box within ``max_abs`` or NaN (:meth:`_PlanarRun.boxed`): no peak (``None``); a NaN state
+    shows in the change."""
     with torch.no_grad():
-        peaks = [si.abs().amax() for si in s]
         changes = [(a - b).abs().amax() for a, b in zip(s, prev, strict=True)]
+        if boxed:
+            return None, changes[0] if len(s) == 1 else torch.stack(changes).amax()
+        peaks = [si.abs().amax() for si in s]
         if len(s) == 1:
             return peaks[0], changes[0]
         return torch.stack(peaks).amax(), torch.stack(changes).amax()
@@ -627,8 +633,12 @@ class _PlanarRun:
             self._four, self._two = (s0[0].new_tensor(v) for v in (4.0, 2.0))
         widths = [si.shape[1] for si in s0]
         self.merged = len(set(widths)) == 1
-        # one real point: every row is written before it is read (no zeros needed)
-        new = s0[0].new_empty if M == 1 else s0[0].new_zeros
+        # each: real points nudged one block of rows at a time, with the arithmetic of a run of
+        # their own (relax_each), in place of the per-row nudge of _nudge_readout
+        self.each = each and not C and R > 1
+        # real points only: every row is written before it is read (no zeros needed); the
+        # imaginary parts of complex points start at zero
+        new = s0[0].new_zeros if C else s0[0].new_empty
         if self.merged:
             both = new((2, len(s0), M * B, widths[0]))
             self.cur_all, self.nxt_all = both[0], both[1]
@@ -640,9 +650,10 @@ class _PlanarRun:
             self.nxt = [torch.empty_like(c) for c in self.cur]
         self.static = []
         for h, si, cur in zip(static, s0, self.cur, strict=True):
-            if M == 1:  # one real point: the drive as it is (a bias broadcasts in the products)
+            if M == 1 or (self.each and len(s0) == 1):  # one real point, or one layer whose
+                # points read their drive block by block: the drive as it is (a bias broadcasts)
                 self.static.append(h)
-                cur.copy_(si)
+                cur.view(M, B, -1).copy_(si)
                 continue
             if M == self.nre and h.dim() == 2:  # real points only: every row a copy
                 S = h.repeat(M, 1)
@@ -679,14 +690,25 @@ class _PlanarRun:
             self.W_out, self.b_out = params[f"W{n}"], params[f"b{n}"]
             self.W_out_T = self.W_out.T
         self._rows = self._one = None  # the readout nudge's buffers (_nudge_readout, _dcost)
-        # each: real points nudged one block of rows at a time, with the arithmetic of a run of
-        # their own (relax_each), in place of the per-row nudge of _nudge_readout
-        self.each = each and not C and R > 1
         if self.each:
             self._alphas = [complex(betas[k]).real for k in self.real]
             self._each_views = {}
         self._steps, self._draws = steps, None  # the drawer is made at the first noisy step
         self.shared = shared
+        self._noisy = False  # whether a step added noise (boxed)
+
+    def boxed(self, max_abs) -> bool:
+        """Whether every state is, by construction, in the activation's box (within ``max_abs``)
+        or NaN: real states of a boxed activation, prototypical (``rho`` of the drive, noise
+        inside) or of the energy dynamics without noise (clipped at every step). Then a NaN
+        shows in the last step's change, and the change alone is checked."""
+        box = self.net.act.box
+        return (
+            box is not None
+            and not self.C
+            and max(abs(v) for v in box) <= max_abs
+            and not (self.flow and self._noisy)
+        )
 
     def _readout_rows(self):
         """The buffers and views of :meth:`_nudge_readout`, made once: the logits of every row,
@@ -764,14 +786,14 @@ class _PlanarRun:
             if not self.nudged and self.flow:  # the drive is the static one: read it there
                 self._noise_and_rho(noise, generator, self.static)
                 return
-            if self.nudged:  # the static drive and the nudge in one op (Network.dphi's sub)
-                torch.sub(self.static[0], self._dcost(cur[0]), alpha=self.single, out=nxt[0])
+            if self.nudged:  # the static drive and the nudge in one op (Network.dphi's)
+                self._nudge(nxt[0], self.static[0], self._dcost(cur[0]), self.single)
                 self._noise_and_rho(noise, generator)
                 return
         if top == 0 and self.each:  # the same per point, every point's block of rows
             d = self._dcost(cur[0])
             for S, dk, out, beta in self._blocks(nxt, d):
-                torch.sub(S, dk, alpha=beta, out=out)
+                self._nudge(out, S, dk, beta)
             self._noise_and_rho(noise, generator)
             return
         for i in range(top + 1):  # the order of Network.dphi: forward drive, then feedback
@@ -790,10 +812,10 @@ class _PlanarRun:
             return
         if self.nudged:  # the nudge: - beta_k dC/dr_top, each point with its own beta
             if self.single is not None:
-                h.sub_(self._dcost(r), alpha=self.single)
+                self._nudge(h, h, self._dcost(r), self.single)
             elif self.each:
                 for _, dk, out, beta in self._blocks(nxt, self._dcost(r)):
-                    out.sub_(dk, alpha=beta)
+                    self._nudge(out, out, dk, beta)
             else:
                 d = net.dcost_dr(self.params, r[: R * B], self.y_real)
                 h[: R * B].sub_(d.mul_(self.beta_real))
@@ -810,9 +832,11 @@ class _PlanarRun:
         views = self._each_views.get(id(layers))
         if views is None:
             B, top = self.B, len(layers) - 1
+            S = self.static[0]
+            whole = S.shape[0] == B  # one drive for every point (a one-layer run)
             views = self._each_views[id(layers)] = [
                 (
-                    self.static[0][k * B : (k + 1) * B],
+                    S if whole else S[k * B : (k + 1) * B],
                     d[k * B : (k + 1) * B],
                     layers[top][k * B : (k + 1) * B],
                     beta,
@@ -822,22 +846,30 @@ class _PlanarRun:
         return views
 
     def _dcost(self, r: Tensor) -> Tensor:
-        """``Network.dcost_dr(params, r, y)`` of the real points' rows ``r``, bit for bit: the
-        readout's ``(softmax(r W_out^T + b_out) - y) W_out``, or ``r - y``, in buffers made at
-        its first use (the same ``d`` at every call: :meth:`_blocks` keeps views of it)."""
+        """What :meth:`_nudge` takes for the real points' rows ``r``: the readout's error
+        ``softmax(r W_out^T + b_out) - y`` (:meth:`Network.readout_error`, bit for bit), or
+        ``r - y``, in buffers made at its first use (the same tensor at every call:
+        :meth:`_blocks` keeps views of it)."""
         if self._one is None:
-            d = r.new_empty(r.shape)
             if not self.readout:
-                self._one = (d,)
+                self._one = (r.new_empty(r.shape),)
             else:
                 z = r.new_empty((r.shape[0], self.W_out.shape[0]))
-                self._one = (z, *(torch.empty_like(z) for _ in range(2)), z[:, :1].clone(), d)
+                self._one = (z, torch.empty_like(z))
         if not self.readout:
             return torch.sub(r, self.y_real, out=self._one[0])
-        z, work, p, total, d = self._one
-        torch.mm(r, self.W_out_T, out=z).add_(self.b_out)
-        _softmax_into(z, z, work, p, total).sub_(self.y_real)
-        return torch.mm(p, self.W_out, out=d)
+        z, p = self._one
+        torch.addmm(self.b_out, r, self.W_out_T, out=z)
+        return torch._softmax(z, 1, False, out=p).sub_(self.y_real)
+
+    def _nudge(self, out: Tensor, h: Tensor, d: Tensor, beta: float) -> None:
+        """``out = h - beta dC/dr`` from :meth:`_dcost`'s ``d`` (``out`` may be ``h``), with the
+        arithmetic of :meth:`Network.dphi`: the readout's ``addmm(h, d, W_out, alpha=-beta)``
+        (one product), or ``h - beta (r - y)``."""
+        if self.readout:
+            torch.addmm(h, d, self.W_out, alpha=-beta, out=out)
+        else:
+            torch.sub(h, d, alpha=beta, out=out)
 
     def set_beta(self, beta) -> None:
         """Nudge the run's one point with ``beta`` from the next step on (the oscillation); a
@@ -872,6 +904,7 @@ class _PlanarRun:
             self.cur_all, self.nxt_all = self.nxt_all, self.cur_all
         if noise and self.flow:
             self._noise(self._views_of(nxt).noisy, noise, generator)
+            self._noisy = True
         self.prev, self.cur, self.nxt = cur, nxt, cur
 
     def _noise(self, noisy, noise, generator):
@@ -946,15 +979,25 @@ class _PlanarRun:
         are checked point by point only where the bound ``|a + ib| <= sqrt(2) max(|a|, |b|)``
         over every row exceeds ``max_abs``."""
         B, R, C, nre = self.B, self.R, self.C, self.nre
+        boxed = self.boxed(max_abs)
         peaks, residuals = [], []
         for c, p in zip(self.cur, self.prev, strict=True):  # per layer: real, complex points
-            peaks.append(c.abs().amax())
             d, size = c - p, B * c.shape[1]
+            if not boxed:
+                peaks.append(c.abs().amax())
+            if not C:
+                residuals.append(d.abs_().view(R, size).amax(1))
+                continue
             cplx = torch.hypot(d[R * B : nre * B], d[nre * B :])
             real = d[: R * B].abs()
             residuals.append(torch.cat([real.view(R, size), cplx.view(C, size)]).amax(1))
-        residuals = torch.stack(residuals).amax(0) / self.net.dynamics.dt
-        if not float(torch.stack(peaks).amax()) * math.sqrt(2) <= max_abs:  # also for NaN
+        residuals = residuals[0] if len(residuals) == 1 else torch.stack(residuals).amax(0)
+        residuals = residuals.div_(self.net.dynamics.dt)
+        if boxed:  # the states are in the box or NaN, and a NaN shows in the change
+            diverged = not math.isfinite(float(residuals.amax()))
+        else:
+            diverged = not float(torch.stack(peaks).amax()) * math.sqrt(2) <= max_abs  # NaN too
+        if diverged:
             for k, beta in enumerate(self.betas):
                 self._check(tuple(self._point(c, k) for c in self.cur), beta, max_abs)
         order = self.real + self.cplx  # the points' rows in the order of the residuals
@@ -1025,6 +1068,8 @@ def _softmax_into(z: Tensor, z_real: Tensor, work: Tensor, out: Tensor, total: T
     view ``z.real``, ``work`` a buffer of ``z``'s shape and ``total`` a ``(rows, 1)`` one for
     the sums; returns ``out``. (The division is not in place: torch divides complex numbers
     in place with other roundings.)"""
+    if not z.is_complex():  # torch's softmax, as Network._softmax's for real logits
+        return torch._softmax(z, 1, False, out=out)
     torch.sub(z, z_real.amax(dim=1, keepdim=True), out=work).exp_()
     return torch.div(work, torch.sum(work, dim=1, keepdim=True, out=total), out=out)
 

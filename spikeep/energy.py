@@ -283,7 +283,10 @@ class Network:
                 for a, w in nudged:
                     z = self.logits({**params, f"W{n}": W.to(a.dtype)}, a)
                     pairs.append((a, w * (self._softmax(z) - y)))
-            if pairs:
+            if len(pairs) == 1:  # every nudged point's rows in one pair
+                ((a, e),) = pairs
+                grads[f"W{n}"], grads[f"b{n}"] = e.T @ a, e.sum(0)
+            elif pairs:
                 grads[f"W{n}"] = torch.cat([g for _, g in pairs]).T @ torch.cat(
                     [a for a, _ in pairs]
                 )

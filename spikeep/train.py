@@ -650,9 +650,10 @@ def _descend(state, grads, protocol, lrs, loss, where, share, world) -> None:
         )
     mu, wd = protocol.optimizer.momentum, protocol.optimizer.weight_decay
     for k, v in state.params.items():
-        d = grads[k] if wd == 0 else grads[k].add(v, alpha=wd)
         buf = state.momentum[k]
-        buf.mul_(mu).add_(d) if mu else buf.copy_(d)
+        torch.add(grads[k], buf, alpha=mu, out=buf) if mu else buf.copy_(grads[k])  # one pass
+        if wd:
+            buf.add_(v, alpha=wd)
         v.add_(buf, alpha=-layer_lr(lrs, k))
 
 
