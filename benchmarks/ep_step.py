@@ -40,6 +40,7 @@ import importlib
 import json
 import math
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -338,14 +339,16 @@ def _nograd(fn):
 
 def _interleave(fns: dict, repeats: int, warmup: int, kernels=("sgemm",)) -> dict:
     """Median wall time (ms) of each function, and of the throughput ``kernels``, run in turn
-    repeat by repeat, the order rotating (so that none always follows the large sgemm, which
-    leaves the caches cold); under ``"cpu"`` the median CPU times."""
+    repeat by repeat, in an order shuffled at every repeat (seeded), so that none always follows
+    the same one: the large sgemm leaves the caches cold for whatever runs next, and a rotating
+    order keeps the neighbours (one variant would always follow it); under ``"cpu"`` the median
+    CPU times."""
     fns = {**fns, **{k: KERNELS[k] for k in kernels}}
     names = list(fns)
     times = {k: [] for k in fns}
+    order = random.Random(0)
     for i in range(warmup + repeats):
-        for j in range(len(names)):
-            k = names[(i + j) % len(names)]
+        for k in order.sample(names, len(names)):
             d = _time(fns[k])
             if i >= warmup:
                 times[k].append(d)
