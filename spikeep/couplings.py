@@ -96,7 +96,7 @@ class Dense(Coupling):
         return (r_next @ W).view(r_next.shape[0], *self.prev.shape)
 
     def drives(self, W, r_prev, r_next, h_prev, h_next, kernel=None):
-        h_next = torch.addmm(h_next, r_prev.flatten(1), W.T)
+        h_next = torch.addmm(h_next, _rows(r_prev), W.T)
         if r_next is None:
             return h_prev, h_next
         if h_prev.dim() == 2:
@@ -107,12 +107,18 @@ class Dense(Coupling):
         # Pairs that share the same r_prev (the clamped input) are summed before the product.
         dtype = pairs[0][1].dtype
         if len(pairs) == 1:
-            return pairs[0][1].T @ pairs[0][0].flatten(1).to(dtype)
+            r = _rows(pairs[0][0])
+            return pairs[0][1].T @ (r if r.dtype == dtype else r.to(dtype))
         if all(r is pairs[0][0] for r, _ in pairs):
             return sum(g for _, g in pairs).T @ pairs[0][0].flatten(1).to(dtype)
         g = torch.cat([g for _, g in pairs])
         r = torch.cat([r.flatten(1).to(dtype) for r, _ in pairs])
         return g.T @ r
+
+
+def _rows(r: Tensor) -> Tensor:
+    """``r`` as ``(B, features)`` (``flatten(1)``; a matrix as it is, without the call)."""
+    return r if r.dim() == 2 else r.flatten(1)
 
 
 class Conv(Coupling):

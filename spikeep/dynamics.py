@@ -399,7 +399,11 @@ def relax(
     replay = generator.get_state() if noise else None  # to replay the draws if it diverges
     real = not s0[0].is_complex()
     fast = real and _planar(net, flow=True) and not _tracked(params, x, s0, static)
-    if fast:  # the same arithmetic in preallocated buffers
+    if fast and not (beta or noise) and len(s0) == 1 and type(dyn) is GradientFlow:
+        # one layer, free, noise-free: the drive is the static one (the buffered loop's numbers)
+        state, prev = _free_flow(net, static[0], s0[0] if s is None else s0[0].clone(), steps)
+        boxed = max(abs(v) for v in net.act.box) <= max_abs
+    elif fast:  # the same arithmetic in preallocated buffers
         run = _PlanarRun(net, params, y, [beta], [False], static, s0, steps, shared=noise_shared)
         run.run(steps, noise, generator)
         state, prev = tuple(run.cur), tuple(run.prev)
@@ -416,6 +420,18 @@ def relax(
         noisy = (noise, generator, replay, noise_shared)
         _locate(net, params, s0, static, y, beta, steps, max_abs, noisy)
     return Relaxed(state, change.div_(dyn.dt), static)
+
+
+def _free_flow(net, h: Tensor, s: Tensor, steps: int) -> tuple[tuple[Tensor], tuple[Tensor]]:
+    """A one-layer free phase of the energy dynamics of a boxed activation, noise-free, from
+    ``s`` (overwritten): its drive is the static one ``h``, so every step is ``s <- clip(lerp(s,
+    h, dt))`` (:meth:`GradientFlow.step`'s kernels), all but the last in place; the last goes
+    into a new tensor, ``s`` keeping the state before it for the residual. ``(state, prev)``."""
+    lo, hi = net.act.box
+    dt = net.dynamics.dt
+    for _ in range(steps - 1):
+        s.lerp_(h, dt).clamp_(lo, hi)
+    return (torch.lerp(s, h, dt).clamp_(lo, hi),), (s,)
 
 
 def _peak_and_change(s, prev, boxed=False) -> tuple[Tensor | None, Tensor]:
@@ -606,7 +622,7 @@ class _Targets(NamedTuple):
 class _PlanarRun:
     """The state of :func:`relax_points`' batched relaxation: per layer two buffers of ``(M B,
     n)`` rows, ``M = R + 2 C`` blocks for ``R`` real and ``C`` complex points, that swap roles
-    at each step (no allocation for the drives). When every layer has the same width the
+    at each step (no allocation for the drives). When several layers have one width the
     buffers are the layers of one ``(L, M B, n)`` tensor, so that ``rho`` runs once for all.
     With ``steps`` (the phase's length) the noise of several steps is drawn at once
     (:class:`_Draws`). What only some runs need (the views that noise and ``rho`` work on, the
@@ -632,7 +648,7 @@ class _PlanarRun:
             # without their conversion at every call
             self._four, self._two = (s0[0].new_tensor(v) for v in (4.0, 2.0))
         widths = [si.shape[1] for si in s0]
-        self.merged = len(set(widths)) == 1
+        self.merged = len(widths) > 1 and len(set(widths)) == 1
         # each: real points nudged one block of rows at a time, with the arithmetic of a run of
         # their own (relax_each), in place of the per-row nudge of _nudge_readout
         self.each = each and not C and R > 1
@@ -640,9 +656,8 @@ class _PlanarRun:
         # imaginary parts of complex points start at zero
         new = s0[0].new_zeros if C else s0[0].new_empty
         if self.merged:
-            both = new((2, len(s0), M * B, widths[0]))
-            self.cur_all, self.nxt_all = both[0], both[1]
-            self.cur, self.nxt = list(both[0].unbind()), list(both[1].unbind())
+            self.cur_all, self.nxt_all = (new((len(s0), M * B, widths[0])) for _ in "cn")
+            self.cur, self.nxt = list(self.cur_all.unbind()), list(self.nxt_all.unbind())
             # each set of layers and the one tensor it is a view of
             self._whole = {id(self.cur): self.cur_all, id(self.nxt): self.nxt_all}
         else:
@@ -653,13 +668,13 @@ class _PlanarRun:
             if M == 1 or (self.each and len(s0) == 1):  # one real point, or one layer whose
                 # points read their drive block by block: the drive as it is (a bias broadcasts)
                 self.static.append(h)
-                cur.view(M, B, -1).copy_(si)
+                cur.copy_(si) if M == 1 else torch.cat([si] * M, out=cur)
                 continue
             if M == self.nre and h.dim() == 2:  # real points only: every row a copy
-                S = h.repeat(M, 1)
+                S = torch.cat([h] * M)  # (a copy per block: cat is faster than repeat)
             else:
                 S = torch.zeros_like(cur)
-                S[: self.nre * B] = h if h.dim() == 1 else h.repeat(self.nre, 1)
+                S[: self.nre * B] = h if h.dim() == 1 else torch.cat([h] * self.nre)
             self.static.append(S)
             cur[: self.nre * B].view(self.nre, B, -1).copy_(si)
         real_dtype, device = s0[0].dtype, s0[0].device
@@ -668,7 +683,8 @@ class _PlanarRun:
         self.single = beta_r[0] if R == 1 and not C else None  # exactly Network.dphi's sub
         self.beta_real = None  # per-row nudges, where the points' differ (not self.single)
         if y is not None:
-            self.y_real = y.to(real_dtype) if R == 1 else y.to(real_dtype).repeat(R, 1)
+            y = y if y.dtype == real_dtype else y.to(real_dtype)
+            self.y_real = y if R == 1 else torch.cat([y] * R) if R else y[:0]
             if self.single is None and not (each and not C):
                 beta_r = torch.tensor(beta_r, dtype=real_dtype, device=device)
                 self.beta_real = beta_r.repeat_interleave(B).unsqueeze(1)
@@ -676,7 +692,7 @@ class _PlanarRun:
             cdtype = COMPLEX_OF[real_dtype]
             if not net.readout:  # the readout's nudge stays in real products (_nudge_readout)
                 self.cparams = cast_params(params, cdtype)
-            self.y_cplx = y.to(cdtype).repeat(C, 1)
+            self.y_cplx = torch.cat([y.to(cdtype)] * C)
             beta_c = torch.tensor([complex(betas[k]) for k in self.cplx], dtype=cdtype)
             self.beta_cplx = beta_c.to(device).repeat_interleave(B).unsqueeze(1)
         # the energy dynamics (real states only, _planar): s <- clip(lerp(s, h, dt)), then noise
@@ -759,23 +775,8 @@ class _PlanarRun:
         return _Targets(noisy, blocks)
 
     def run(self, steps: int, noise, generator) -> None:
-        """``steps`` calls of :meth:`step`. A one-layer free phase of the energy dynamics with
-        no noise, whose drive is the static one, takes all but its last step in place on one
-        buffer (``s <- clip(lerp(s, static, dt))``, the same numbers); its last goes into the
-        other, which keeps the state before it for the residual."""
-        act, single = self.net.act, self.single
-        if not (noise or self.nudged) and self.flow and len(self.cur) == 1 and single is not None:
-            lo, hi = act.box
-            dt, h = self.net.dynamics.dt, self.static[0]
-            cur, nxt = self.cur, self.nxt
-            s = cur[0]
-            for _ in range(steps - 1):
-                s.lerp_(h, dt).clamp_(lo, hi)
-            torch.lerp(s, h, dt, out=nxt[0]).clamp_(lo, hi)
-            if self.merged:
-                self.cur_all, self.nxt_all = self.nxt_all, self.cur_all
-            self.prev, self.cur, self.nxt = cur, nxt, cur
-            return
+        """``steps`` calls of :meth:`step` (a one-layer free phase of the energy dynamics, whose
+        drive is the static one, runs without this class: :func:`_free_flow`)."""
         for _ in range(steps):
             self.step(noise, generator)
 
@@ -994,12 +995,18 @@ class _PlanarRun:
         residuals = residuals[0] if len(residuals) == 1 else torch.stack(residuals).amax(0)
         residuals = residuals.div_(self.net.dynamics.dt)
         if boxed:  # the states are in the box or NaN, and a NaN shows in the change
-            diverged = not math.isfinite(float(residuals.amax()))
+            diverged = not all(map(math.isfinite, residuals.tolist()))
         else:
             diverged = not float(torch.stack(peaks).amax()) * math.sqrt(2) <= max_abs  # NaN too
         if diverged:
             for k, beta in enumerate(self.betas):
                 self._check(tuple(self._point(c, k) for c in self.cur), beta, max_abs)
+        if not C:  # real points only: each one's rows and residual as views, one op a layer
+            rows = [c.view(R, B, *c.shape[1:]).unbind() for c in self.cur]
+            return [
+                Relaxed(tuple(r[k] for r in rows), res, static)
+                for k, res in enumerate(residuals.unbind())
+            ]
         order = self.real + self.cplx  # the points' rows in the order of the residuals
         return [
             Relaxed(tuple(self._point(c, k) for c in self.cur), residuals[order.index(k)], static)

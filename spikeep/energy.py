@@ -101,7 +101,7 @@ class Network:
         return tuple(_layout(x.new_zeros((B, *layer.shape))) for layer in self.spec.dynamic_layers)
 
     def _bias(self, b: Tensor, layer_shape) -> Tensor:
-        return b.view(-1, *([1] * (len(layer_shape) - 1)))
+        return b if len(layer_shape) == 1 else b.view(-1, *([1] * (len(layer_shape) - 1)))
 
     # -- the primitive and its closed-form derivatives ---------------------------------------
 
@@ -169,7 +169,8 @@ class Network:
     def logits(self, params, r_last: Tensor) -> Tensor:
         """Cross-entropy readout ``W_out r_{L-1} + b_out``, shape ``(B, classes)``."""
         n = len(self.layers) - 1
-        W, b, a = params[f"W{n}"], params[f"b{n}"], r_last.flatten(1)
+        W, b = params[f"W{n}"], params[f"b{n}"]
+        a = r_last if r_last.dim() == 2 else r_last.flatten(1)
         if a.dtype == W.dtype == b.dtype:  # one product with the bias
             return torch.addmm(b, a, W.T)
         return a @ W.T + b
@@ -187,7 +188,8 @@ class Network:
         if self.readout:
             z = self.logits(params, r[-1])
             if not z.is_complex():  # torch's log-sum-exp; y . z in one op
-                return torch.logsumexp(z, 1) - torch.linalg.vecdot(y.to(z.dtype), z), z
+                y = y if y.dtype == z.dtype else y.to(z.dtype)
+                return torch.logsumexp(z, 1) - torch.linalg.vecdot(y, z), z
             shift = z.real.amax(dim=1, keepdim=True).detach()
             lse = shift.squeeze(1) + torch.log(torch.exp(z - shift).sum(1))
             return lse - (y * z).sum(1), z
@@ -264,7 +266,11 @@ class Network:
             n = len(self.layers) - 1
             W, b = params[f"W{n}"], params[f"b{n}"]
             tracked = torch.is_grad_enabled() and (W.requires_grad or b.requires_grad)
-            nudged = [(r[-1].flatten(1), ck * beta) for r, beta, ck in points if beta != 0]
+            nudged = [
+                (r[-1] if r[-1].dim() == 2 else r[-1].flatten(1), ck * beta)
+                for r, beta, ck in points
+                if beta != 0
+            ]
             plain = not (tracked or any(a.is_complex() or a.requires_grad for a, _ in nudged))
             pairs = []
             if nudged and plain and all(a.dtype == W.dtype for a, _ in nudged):
