@@ -17,12 +17,11 @@ def check_batch(net, params, x, y=None, where: str = "relax") -> None:
         raise ValueError(
             f"{where}: params: expected a dict of tensors, got {type(params).__name__}"
         )
-    missing = [k for k in net.param_names() if k not in params]
+    names = net.param_names()
+    missing = [k for k in names if k not in params]
     if missing:
-        raise ValueError(
-            f"{where}: params: missing {missing} (the network has {net.param_names()})"
-        )
-    w = params[net.param_names()[0]]
+        raise ValueError(f"{where}: params: missing {missing} (the network has {names})")
+    w = params[names[0]]
     real = w.real.dtype if w.is_complex() else w.dtype
     shape = tuple(net.layers[0].shape)
     _tensor(where, "x", x, (None, *shape), real, w.device)
@@ -35,8 +34,8 @@ def check_batch(net, params, x, y=None, where: str = "relax") -> None:
 def _tensor(where, name, t, shape, real, device) -> None:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{where}: {name}: expected a torch.Tensor, got {type(t).__name__}")
-    want = "(" + ", ".join("B" if s is None else str(s) for s in shape) + ")"
     if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+        want = "(" + ", ".join("B" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{where}: {name}: shape {list(t.shape)}, expected {want}")
     got = t.real.dtype if t.is_complex() else t.dtype
     if not t.is_floating_point() and not t.is_complex() or got != real:

@@ -54,6 +54,7 @@ class Network:
         self.holomorphic = self.act.holomorphic and all(c.holomorphic for c in self.couplings)
         self.dynamics = dynamics.for_spec(spec)
         self._weights = [f"W{i}" for i in range(1, len(spec.layers))]
+        self._names = tuple(f"{p}{i}" for i in range(1, len(spec.layers)) for p in ("W", "b"))
 
     @property
     def not_holomorphic(self) -> str | None:
@@ -66,7 +67,7 @@ class Network:
     # -- parameters -------------------------------------------------------------------------
 
     def param_names(self) -> list[str]:
-        return [f"{p}{i}" for i in range(1, len(self.layers)) for p in ("W", "b")]
+        return list(self._names)
 
     def init_params(self, seed: int = 0, dtype=None, device=None) -> dict[str, Tensor]:
         """Fresh parameters drawn from the spec's ``init`` with a seeded generator."""
