@@ -398,3 +398,14 @@ def test_nudged_phases_take_their_own_settle_and_window():
     one = snn_estimators.one_sided(net, params, x, y, 0.5, short)
     points = [(nudged[0].rates, 0.5, 2.0), (free.rates, 0.0, -2.0)]
     assert all(torch.equal(one.grads[k], g) for k, g in net.dF_dtheta(params, x, y, points).items())
+
+
+def test_spike_counts_do_not_depend_on_the_batch_bit_for_bit():
+    """What lets the spiking test pass choose its batch (spikeep.snn.engine.EVAL_BATCH)."""
+    net = variant("snn_conv_tiny_ce", activation="hard_sigmoid_half", dynamics="prototypical")
+    params, _, _ = setup(net, batch=1, dtype=torch.float32)
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    cfg = SNNConfig(tau=4, settle=10, window=20)
+    whole = phase(net, params, x, config=cfg).rates
+    parts = [phase(net, params, x[i : i + 2], config=cfg).rates for i in (0, 2, 4)]
+    assert all(torch.equal(w, torch.cat(p)) for w, p in zip(whole, zip(*parts), strict=True))

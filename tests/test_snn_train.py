@@ -253,3 +253,28 @@ def test_the_engine_reads_the_nudged_phases_lengths(tiny):
     over = {"snntorch.nudged_settle": 0, "snntorch.nudged_window": 30}
     cfg = SNNEngine(proto.load(tiny, over), net).config
     assert (cfg.settle, cfg.window, cfg.nudged.settle, cfg.nudged.window) == (20, 40, 0, 30)
+
+
+@pytest.mark.parametrize("coding", ["current", "rate"])
+def test_the_spiking_test_pass_batch_changes_no_prediction(tiny, monkeypatch, coding):
+    """The test pass runs current input in batches of EVAL_BATCH: each image's spike counts are
+    its own, so the error is the same as in batches of 1000 (loss and spikes to rounding);
+    rate-coded input keeps batches of 1000 (its draws depend on the batch)."""
+    from spikeep import data
+    from spikeep.snn import engine as snn_engine
+
+    p = proto.load(tiny, {"snntorch.input": coding, "snntorch.eval_window": 20})
+    net = Network(spec.load(tiny.parent / "model.toml"))
+    params = net.init_params(0, dtype=torch.float32)
+    full = data.load("mnist-embedded", "test")
+    ds = data.Dataset(full.images[:90], full.labels[:90], full.name, full.split)
+    eng = snn_engine.SNNEngine(p, net, training=False)
+    scores = {}
+    for batch in (1000, 40):
+        monkeypatch.setattr(snn_engine, "EVAL_BATCH", batch)
+        scores[batch] = eng._spiking_score(net, params, ds, None, (0, 1), torch.Generator())
+    assert scores[40]["error"] == scores[1000]["error"]
+    for key in ("loss", "spikes_per_sample"):
+        assert scores[40][key] == pytest.approx(scores[1000][key], rel=1e-6)
+    if coding == "rate":  # one batch of 90 both times: the same draws, the same numbers
+        assert scores[40] == scores[1000]

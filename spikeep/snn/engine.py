@@ -23,7 +23,8 @@ Metrics per epoch (``metrics.jsonl``), from the spiking network unless named ``_
 
 - ``loss``, ``train_error``: the free phase's output rates of each training batch;
 - ``test_error``, ``test_loss``: a spiking free phase (``eval_settle + eval_window`` steps) on the
-  test set, in batches of 1000;
+  test set, in batches of :data:`EVAL_BATCH` (1000 with ``input = "rate"``, whose draws depend
+  on the batch);
 - ``test_error_rate``, ``test_loss_rate``: the rate engine's free phase on the same parameters
   (``[estimator] eval_free_steps``), which is what ``spikeep eval`` measures;
 - ``test_spikes_per_sample``: spikes of the spiking test pass's free phase per test image (all
@@ -57,6 +58,9 @@ ESTIMATORS = {
     "random-sign": "1",
 }
 GRADCHECK_ESTIMATORS = tuple(estimators.ESTIMATORS)  # random-sign draws its sign in training
+# test images per spiking free phase with current input: each image's spikes do not depend on
+# its batch, and 250 cost 0.91x the CPU time per image of 1000 (docs/snn.md, "Speed")
+EVAL_BATCH = 250
 
 
 def check_model(protocol: Protocol, net) -> None:
@@ -177,7 +181,8 @@ class SNNEngine(Engine):
             spikes.append((out.spikes, x.shape[0]))
             return out.rates
 
-        result = score(net, params, ds, free, normalize, shard=shard)
+        batch = EVAL_BATCH if cfg.input == "current" else 1000
+        result = score(net, params, ds, free, normalize, batch_size=batch, shard=shard)
         n = sum(b for _, b in spikes)
         result["spikes_per_sample"] = sum(s * b for s, b in spikes) / max(n, 1)
         return result
