@@ -14,7 +14,7 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
     [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
                   cosine, t_max, eta_min
     [train]       epochs, batch_size, seed, persistent, checkpoint_every, device, engine, init,
-                  eval_engines
+                  eval_engines, on_divergence
     [brian2]      rule, chunk, eval_settle, eval_window   (read when engine = "brian2", and by
                                                     eval_engines, eval and compare)
     [snntorch]    tau, decay, settle, window, input, eval_settle, eval_window,
@@ -78,6 +78,7 @@ SEED_LIMIT = 2**32  # seeds are in [0, 2^32): every engine's generators take the
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 ENGINES = ("rate", "brian2", "snntorch")
 BRIAN2_RULES = ("endpoint", "stdp")  # spikeep.brian2.rules.RULES (not imported: no brian2 here)
+ON_DIVERGENCE = ("stop", "skip")  # [train] on_divergence
 SNN_INPUTS = ("current", "rate")  # spikeep.snn.config.INPUTS (not imported: no snntorch here)
 
 
@@ -149,6 +150,7 @@ class Train:
     engine: str = "rate"  # one of ENGINES
     init: str = ""  # a checkpoint whose parameters the run starts from ("": train.seed's draw)
     eval_engines: tuple[str, ...] = ()  # more engines testing every epoch (the own one: once)
+    on_divergence: str = "stop"  # one of ON_DIVERGENCE: a diverged step stops the run or is skipped
 
 
 @dataclass(frozen=True)
@@ -409,6 +411,7 @@ def _check(fail, p: Protocol):
     _choice(fail, "train.engine", p.train.engine, ENGINES)
     for name in p.train.eval_engines:  # the run's own engine among them tests once, as always
         _choice(fail, "train.eval_engines", name, ENGINES)
+    _choice(fail, "train.on_divergence", p.train.on_divergence, ON_DIVERGENCE)
     _choice(fail, "brian2.rule", p.brian2.rule, BRIAN2_RULES)
     if p.brian2.chunk < 1:
         fail("brian2.chunk", f"expected a positive integer, got {p.brian2.chunk}")

@@ -107,6 +107,12 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, state or parameters)."""
 
 
+class Diverged(TrainingError):
+    """A step whose relaxation diverged, or whose estimate, loss or moved weights were not finite;
+    nothing was updated. It stops the run, or with ``[train] on_divergence = "skip"`` the batch
+    is skipped and counted (``skipped`` in ``metrics.jsonl``)."""
+
+
 class OutOfMemory(TrainingError):
     """The run ran out of memory (CPU or GPU); the message says which, at what batch size, and
     how to go on. The last checkpoint is kept as it was."""
@@ -353,6 +359,12 @@ def _run(
     normalize = normalization(protocol.data.name, protocol.data.normalize, protocol.data.std_scale)
     if protocol.train.persistent and world > 1:
         raise ProtocolError("persistent free states are not supported with more than one process")
+    skip = protocol.train.on_divergence == "skip"
+    if skip and world > 1:  # a rank that skips would leave the others waiting in all_reduce
+        raise ProtocolError(
+            f"{protocol.source}: train.on_divergence: 'skip' is not supported with more than one "
+            f"process ({world}); use 'stop'"
+        )
     B, key = engine.samples_per_step()
     n_batches = len(train_set.labels) // B
     if n_batches == 0:
@@ -396,22 +408,28 @@ def _run(
             bar = show(range(state.batch, n_batches), epoch, protocol.train.epochs, n_batches)
             for b in bar:
                 batch_idx = perm[b * B : (b + 1) * B]
-                _train_step(
-                    net,
-                    state,
-                    engine,
-                    protocol,
-                    train_set,
-                    batch_idx,
-                    g,
-                    lrs,
-                    normalize,
-                    dtype,
-                    dev,
-                    sums,
-                    rank,
-                    world,
-                )
+                try:
+                    _train_step(
+                        net,
+                        state,
+                        engine,
+                        protocol,
+                        train_set,
+                        batch_idx,
+                        g,
+                        lrs,
+                        normalize,
+                        dtype,
+                        dev,
+                        sums,
+                        rank,
+                        world,
+                    )
+                except Diverged as err:
+                    if not skip:
+                        raise
+                    sums["skipped"] = sums.get("skipped", 0) + 1
+                    log(f"{err}; skipped: no update from this batch (train.on_divergence)")
                 state.batch = b + 1
                 every = protocol.train.checkpoint_every
                 due = every and state.batch % every == 0
@@ -437,9 +455,12 @@ def _run(
             totals = dict(zip(keys, _dist.all_reduce([sums[k] for k in keys], world), strict=True))
             state.wall_s += time.perf_counter() - t_epoch
             n = totals["count"]
-            extra = {
-                k: totals[k] / max(1.0, n / B) for k in keys if k not in ("loss", "wrong", "count")
-            }
+            if n == 0:  # only with on_divergence = "skip"
+                raise Diverged(f"epoch {epoch + 1}: every batch diverged and was skipped")
+            counts = ("loss", "wrong", "count", "skipped")
+            extra = {k: totals[k] / max(1.0, n / B) for k in keys if k not in counts}
+            if skip:  # batches skipped this epoch (a count, not a mean)
+                extra["skipped"] = int(totals.get("skipped", 0))
             last = {
                 "epoch": epoch + 1,
                 **engine.tag,
@@ -515,6 +536,8 @@ def _epoch_line(protocol: Protocol, m: dict) -> str:
         line += f", {m[key]:.2f}% ({key.removeprefix('test_error_')})"
     if "free_residual" in m:
         line += f"  residual {m['free_residual']:.1e}"
+    if m.get("skipped"):
+        line += f"  {m['skipped']} diverged batches skipped"
     if "spikes_per_sample" in m:
         line += f"  {m['spikes_per_sample']:.3g} spikes/sample"
     if "ms_per_sample" in m:
@@ -615,11 +638,11 @@ def _train_step(
             cost, output = net.cost_and_output(p, step.rates, y)
             wrong = (output.argmax(1) != train_set.labels[shard].to(dev)).sum()
         except DivergenceError as err:
-            raise TrainingError(f"{where}: {err}") from None
+            raise Diverged(f"{where}: {err}") from None
         loss = float(cost.sum())
         if step.params is not None:  # an online engine moved the parameters itself
             if not _finite(step.params.values()):
-                raise TrainingError(
+                raise Diverged(
                     f"{where}: non-finite weights; lower the learning rates or beta. The last "
                     f"good checkpoint is kept."
                 )
@@ -644,7 +667,7 @@ def _descend(state, grads, protocol, lrs, loss, where, share, world) -> None:
             v.mul_(share)
             torch.distributed.all_reduce(v)
     if not (math.isfinite(loss) and _finite(grads.values())):
-        raise TrainingError(
+        raise Diverged(
             f"{where}: non-finite loss or gradient (loss {loss}); lower the learning rates or "
             f"beta. The last good checkpoint is kept."
         )
