@@ -68,6 +68,22 @@ def rel(a: dict | torch.Tensor, b: dict | torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
+def assert_same_estimate(fast, slow, grad_tol: float, state_tol: float) -> None:
+    """Two ``(grads, residual, states)`` of one estimate, by two code paths, agree."""
+    assert rel(fast[0], slow[0]) < grad_tol
+    assert fast[1] == pytest.approx(slow[1], rel=1e-9, abs=1e-15)
+    for a, b in zip(fast[2], slow[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=state_tol)
+
+
+def copies_of_one_sample(n_in: int, label: int, classes: int, copies: int = 3):
+    """``(x, y)``: a batch of ``copies`` copies of one random float64 sample (shared noise keeps
+    them together)."""
+    x = torch.rand(1, n_in, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    labels = torch.full((copies,), label)
+    return x.repeat(copies, 1), torch.nn.functional.one_hot(labels, classes).double()
+
+
 @pytest.fixture(params=["tiny", "tiny_conv"])
 def exact_model(request) -> Network:
     """The two float64 exactness models of the core issue."""

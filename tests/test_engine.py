@@ -19,6 +19,7 @@ import pytest
 import test_brian2_train
 import test_snn_train
 import torch
+from conftest import copies_of_one_sample
 
 from spikeep import checkpoint, engine, spec
 from spikeep import protocol as proto
@@ -232,9 +233,7 @@ def test_the_rate_engine_places_the_noise_as_free_noise_and_noise_shared_say():
     stay noisy); noise_shared = true: a batch of copies of one sample stays identical."""
     quiet_engine, net = _noisy_rate_engine()
     params = net.init_params(0, dtype=torch.float64)
-    x = torch.rand(1, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    x = x.repeat(3, 1)
-    y = torch.nn.functional.one_hot(torch.tensor([2, 2, 2]), 4).double()
+    x, y = copies_of_one_sample(6, 2, 4)
 
     def step(eng):
         return eng.step(net, params, x, y, None, torch.Generator().manual_seed(0), 0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load, rel, setup, variant
+from conftest import assert_same_estimate, load, rel, setup, variant
 from test_cli import run
 
 from spikeep import estimators, oscillation, reference
@@ -500,8 +500,4 @@ def test_oscillation_in_real_rows_equals_the_general_loop(monkeypatch, real, noi
 
     fast = run()
     monkeypatch.setattr(oscillation, "_planar", lambda net: False)
-    slow = run()
-    assert rel(fast[0], slow[0]) < 1e-13
-    assert fast[1] == pytest.approx(slow[1], rel=1e-9, abs=1e-15)
-    for a, b in zip(fast[2], slow[2], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    assert_same_estimate(fast, run(), 1e-13, 1e-14)

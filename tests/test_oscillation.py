@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load, rel, setup
+from conftest import assert_same_estimate, copies_of_one_sample, load, rel, setup
 from test_cli import run
 
 from spikeep import engine, estimators, oscillation, reference
@@ -118,11 +118,7 @@ def test_held_phases_in_real_rows_equal_the_general_loop(problem, monkeypatch, r
 
     fast = once()
     monkeypatch.setattr(oscillation, "_planar", lambda net: False)
-    slow = once()
-    assert rel(fast[0], slow[0]) < 1e-12
-    assert fast[1] == pytest.approx(slow[1], rel=1e-9, abs=1e-15)
-    for a, b in zip(fast[2], slow[2], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    assert_same_estimate(fast, once(), 1e-12, 1e-13)
 
 
 def test_held_phases_with_noise_are_seeded_and_shared_noise_keeps_copies_together():
@@ -155,9 +151,7 @@ def test_the_rate_engine_holds_the_phases_with_the_noise_placed_as_the_keys_say(
     the free phase is the noise-free one and copies of one sample stay together."""
     net = Network(load_spec(HOLO))
     params = net.init_params(0, dtype=torch.float64)
-    x = torch.rand(1, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    x = x.repeat(3, 1)
-    y = torch.nn.functional.one_hot(torch.tensor([2, 2, 2]), 4).double()
+    x, y = copies_of_one_sample(6, 2, 4)
 
     def step(eng):
         return eng.step(net, params, x, y, None, torch.Generator().manual_seed(0), 0)
