@@ -341,6 +341,21 @@ def measure_hold(protocol: Path, repeats: int, seed: int = 0) -> dict:
     return out
 
 
+def _rows(r: dict, key: str, args, width: int, tail) -> bool:
+    """Print a side-by-side measurement: JSON (then True), or one line per variant of
+    ``r[key]``, its times then ``tail(v)``."""
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return True
+    print(f"{r['protocol']}: one batch of 20 (free phase + estimate), {args.repeats} rounds")
+    for name, v in r[key].items():
+        print(
+            f"  {name:{width}s} {v['ms']:8.1f} ms ({v['min_ms']:.1f}-{v['max_ms']:.1f}), "
+            f"CPU {v['cpu_ms']:.1f} ms;  " + tail(v)
+        )
+    return False
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=BEFORE, help="git revision to compare against")
@@ -364,33 +379,20 @@ def main(argv=None):
     torch.set_num_threads(1)
     if args.hold:
         r = measure_hold(ROOT / "protocols" / "oscep_table1_noise.toml", args.repeats)
-        if args.json:
-            print(json.dumps(r, indent=1))
+        if _rows(r, "variants", args, 22, lambda v: (
+            f"{v['gflop']:.2f} GFLOP (limit {v['limit_ms']:.0f} ms);  {v['speedup']:.2f}x "
+            f"(CPU {v['cpu_speedup']:.2f}x) vs the first;  3000 batches {v['epoch_s']:.0f} s"
+        )):  # fmt: skip
             return
-        print(f"{r['protocol']}: one batch of 20 (free phase + estimate), {args.repeats} rounds")
-        for name, v in r["variants"].items():
-            print(
-                f"  {name:22s} {v['ms']:8.1f} ms ({v['min_ms']:.1f}-{v['max_ms']:.1f}), "
-                f"CPU {v['cpu_ms']:.1f} ms;  {v['gflop']:.2f} GFLOP (limit "
-                f"{v['limit_ms']:.0f} ms);  {v['speedup']:.2f}x "
-                f"(CPU {v['cpu_speedup']:.2f}x) vs the first;  3000 batches {v['epoch_s']:.0f} s"
-            )
         print(f"  limit: the FLOPs at the sgemm rate of the run, {r['sgemm_gflops']:.0f} GFLOP/s")
         diff = r["relative_difference"]
         print(f"  the two estimates differ by {diff:.2g} (largest over parameters, in norm)")
         return
     if args.placement:
         r = measure_placement(ROOT / "protocols" / "hep_table1_noise.toml", args.repeats)
-        if args.json:
-            print(json.dumps(r, indent=1))
-            return
-        print(f"{r['protocol']}: one batch of 20 (free phase + estimate), {args.repeats} rounds")
-        for name, v in r["placements"].items():
-            print(
-                f"  {name:30s} {v['ms']:8.1f} ms ({v['min_ms']:.1f}-{v['max_ms']:.1f}), "
-                f"CPU {v['cpu_ms']:.1f} ms;  {v['ratio']:.2f}x (CPU {v['cpu_ratio']:.2f}x) "
-                f"of the first"
-            )
+        _rows(r, "placements", args, 30, lambda v: (
+            f"{v['ratio']:.2f}x (CPU {v['cpu_ratio']:.2f}x) of the first"
+        ))  # fmt: skip
         return
     protocols = [ROOT / "protocols" / "hep_table1_noise.toml"]
     if args.oscillation:
