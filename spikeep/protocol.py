@@ -17,7 +17,7 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
                   eval_engines, on_divergence
     [brian2]      rule, chunk, eval_settle, eval_window   (read when engine = "brian2", and by
                                                     eval_engines, eval and compare)
-    [snntorch]    tau, decay, settle, window, input, eval_settle, eval_window,
+    [snntorch]    tau, decay, settle, window, input, eval_settle, eval_window, eval_tau,
                   nudged_settle, nudged_window      (likewise for "snntorch")
     [paper]       source, test_error, note          (reported numbers, for the record)
 
@@ -175,6 +175,7 @@ class Snntorch:
     input: str = "current"  # one of SNN_INPUTS
     eval_settle: int = 0  # the spiking test pass; 0: settle
     eval_window: int = 0  # 0: window
+    eval_tau: float = 0.0  # the spiking test pass's trace time constant; 0: tau
     nudged_settle: int | None = None  # the nudged phases of EP (from the free state); unset: settle
     nudged_window: int | None = None  # unset: window
 
@@ -431,6 +432,11 @@ def _check(fail, p: Protocol):
 def _check_snntorch(fail, s: Snntorch):
     if s.tau < 1:
         fail("snntorch.tau", f"expected a trace time constant of at least 1 step, got {s.tau}")
+    if s.eval_tau != 0 and not s.eval_tau >= 1:
+        fail(
+            "snntorch.eval_tau",
+            f"expected 0 (tau's) or a time constant of at least 1 step, got {s.eval_tau}",
+        )
     if not 0 < s.decay <= 1:
         fail(
             "snntorch.decay", f"expected a number in (0, 1] (1: integrate-and-fire), got {s.decay}"

@@ -255,6 +255,39 @@ def test_the_engine_reads_the_nudged_phases_lengths(tiny):
     assert (cfg.settle, cfg.window, cfg.nudged.settle, cfg.nudged.window) == (20, 40, 0, 30)
 
 
+def test_the_test_pass_has_its_own_trace_time_constant(tmp_path):
+    """[snntorch] eval_tau: the test pass's traces (0: tau's); the test pass then runs as a
+    protocol whose tau is eval_tau would run it, while training keeps tau. Two hidden layers, so
+    that the second one's traces feed back into the first."""
+    from spikeep import data
+    from spikeep.snn.engine import SNNEngine
+
+    deep = MODEL.replace(
+        'name = "y"', 'name = "h2"\nsize = 32\ncoupling = "dense"\n[[layers]]\nname = "y"'
+    )
+    (tmp_path / "model.toml").write_text(deep)
+    (tmp_path / "p.toml").write_text(PROTOCOL.replace("lr = [0.05, 0.02]", "lr = 0.05"))
+    net = Network(spec.load(tmp_path / "model.toml"))
+    params = net.init_params(0, dtype=torch.float32)
+    full = data.load("mnist-embedded", "test")
+    ds = data.Dataset(full.images[:40], full.labels[:40], full.name, full.split)
+
+    def score(**over):
+        p = proto.load(tmp_path / "p.toml", {f"snntorch.{k}": v for k, v in over.items()})
+        eng = SNNEngine(p, net)
+        return eng, eng._spiking_score(net, params, ds, None, (0, 1), torch.Generator())
+
+    assert score(tau=2)[0].eval_config.tau == 2
+    short, mixed = score(tau=1, eval_tau=6)
+    assert (short.config.tau, short.eval_config.tau) == (1, 6)
+    assert mixed == score(tau=6)[1]
+    assert score(tau=1)[1] != mixed  # the traces feed back: it changes the test pass
+    for bad in (0.5, -1.0):
+        with pytest.raises(proto.ProtocolError, match=r"snntorch\.eval_tau: .*got") as err:
+            proto.load(tmp_path / "p.toml", {"snntorch.eval_tau": bad})
+        assert len(str(err.value).splitlines()) == 1
+
+
 @pytest.mark.parametrize("coding", ["current", "rate"])
 def test_the_spiking_test_pass_batch_changes_no_prediction(tiny, monkeypatch, coding):
     """The test pass runs current input in batches of EVAL_BATCH: each image's spike counts are

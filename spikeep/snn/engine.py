@@ -118,7 +118,11 @@ class SNNEngine(Engine):
         nudged = {"nudged_settle": s.nudged_settle, "nudged_window": s.nudged_window}
         self.config = SNNConfig(s.decay, s.tau, s.settle, s.window, s.input, **nudged)
         self.eval_config = SNNConfig(
-            s.decay, s.tau, s.eval_settle or s.settle, s.eval_window or s.window, s.input
+            s.decay,
+            s.eval_tau or s.tau,
+            s.eval_settle or s.settle,
+            s.eval_window or s.window,
+            s.input,
         )
         self.method, self.beta = est.name, est.beta
         self.options = (
