@@ -203,7 +203,8 @@ def main(argv=None) -> int:
                 )
             sp = spreads[name]
             if sp["epochs"]:
-                span = f"epochs {sp['epochs'][0]}-{sp['epochs'][-1]}"
+                first, last = sp["epochs"][0], sp["epochs"][-1]
+                span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
                 two = [len(d) for d in sp["ours_vs_two"].values()]
                 print(
                     f"  {span}: below the band of their {len(sp['theirs'])} runs at "
