@@ -444,10 +444,9 @@ def _run(
             evaluation = engine.evaluate(
                 net, state.params, test_set, normalize, (rank, world), epoch
             )
-            for other in others:  # test_error_<engine>, test_loss_<engine>
+            for other in others:  # test_error_<engine>, test_loss_<engine>, ...
                 e = other.evaluate(net, state.params, test_set, normalize, (rank, world), epoch)
-                evaluation[f"test_error_{other.name}"] = e["test_error"]
-                evaluation[f"test_loss_{other.name}"] = e["test_loss"]
+                evaluation |= {f"{k}_{other.name}": v for k, v in e.items()}
             if val_set is not None:  # scored as the test images are: val_error, val_loss, ...
                 e = engine.evaluate(net, state.params, val_set, normalize, (rank, world), epoch)
                 evaluation |= {f"val{k[4:]}": v for k, v in e.items() if k.startswith("test_")}

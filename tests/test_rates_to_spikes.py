@@ -78,6 +78,7 @@ def test_a_rate_run_tests_in_spikes_every_epoch(rated):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert {"test_error_snntorch", "test_loss_snntorch"} <= r.keys()
+        assert r["test_spikes_per_sample_snntorch"] > 0  # the spiking pass's own figures too
         assert "engine" not in r and "test_error_rate" not in r  # a rate run, tested in spikes
     assert rows[-1]["test_error"] < 50  # it learns (chance: 90%)
     assert abs(rows[-1]["test_error_snntorch"] - rows[-1]["test_error"]) <= 3
