@@ -285,16 +285,17 @@ def measure_placement(protocol: Path, repeats: int, seed: int = 0) -> dict:
         statistics.median(cpu[PLACEMENTS[0][0]]),
     )
     for name in versions:
-        med, c = statistics.median(times[name]), statistics.median(cpu[name])
-        out["placements"][name] = {
-            "ms": 1e3 * med,
-            "min_ms": 1e3 * min(times[name]),
-            "max_ms": 1e3 * max(times[name]),
-            "cpu_ms": 1e3 * c,
-            "ratio": med / base,
-            "cpu_ratio": c / base_cpu,
-        }
+        row, med, c = _times(times[name], cpu[name])
+        out["placements"][name] = {**row, "ratio": med / base, "cpu_ratio": c / base_cpu}
     return out
+
+
+def _times(wall: list[float], cpu: list[float]) -> tuple[dict, float, float]:
+    """One variant's rounds: ``ms`` (median), ``min_ms``, ``max_ms``, ``cpu_ms``; and the wall and
+    CPU medians in seconds."""
+    med, c = statistics.median(wall), statistics.median(cpu)
+    row = {"ms": 1e3 * med, "min_ms": 1e3 * min(wall), "max_ms": 1e3 * max(wall), "cpu_ms": 1e3 * c}
+    return row, med, c
 
 
 def measure_hold(protocol: Path, repeats: int, seed: int = 0) -> dict:
@@ -326,12 +327,9 @@ def measure_hold(protocol: Path, repeats: int, seed: int = 0) -> dict:
     out["sgemm_gflops"] = gflops
     base, base_cpu = statistics.median(times[labels[1]]), statistics.median(cpu[labels[1]])
     for name in versions:
-        med, c = statistics.median(times[name]), statistics.median(cpu[name])
+        row, med, c = _times(times[name], cpu[name])
         out["variants"][name] = {
-            "ms": 1e3 * med,
-            "min_ms": 1e3 * min(times[name]),
-            "max_ms": 1e3 * max(times[name]),
-            "cpu_ms": 1e3 * c,
+            **row,
             "speedup": base / med,
             "cpu_speedup": base_cpu / c,
             "gflop": flops[name] / 1e9,
