@@ -420,7 +420,7 @@ def _train(args) -> int:
                 f"saved {stop.checkpoint}; continue with: spikeep {shlex.join(again)}",
                 file=sys.stderr,
             )
-        return 130
+        return 128 + int(stop.signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     except KeyboardInterrupt:
         if _dist.rank() == 0:
             print(

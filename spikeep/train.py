@@ -124,13 +124,15 @@ class OutputError(ValueError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped the run after its last finished step, whose state was saved:
-    ``resume=True`` continues it exactly. ``checkpoint`` is the file, ``epoch`` (0-based) and
-    ``batch`` (steps done in it) where the run stopped."""
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's or a session's stop) stopped the run after its
+    last finished step, whose state was saved: ``resume=True`` continues it exactly.
+    ``checkpoint`` is the file, ``epoch`` (0-based) and ``batch`` (steps done in it) where the
+    run stopped, ``signum`` the signal that asked."""
 
-    def __init__(self, checkpoint: Path, epoch: int, batch: int):
+    def __init__(self, checkpoint: Path, epoch: int, batch: int, signum: int = signal.SIGINT):
         super().__init__(f"interrupted at epoch {epoch + 1}, batch {batch}; saved {checkpoint}")
         self.checkpoint, self.epoch, self.batch = checkpoint, epoch, batch
+        self.signum = signum
 
 
 def train(
@@ -153,8 +155,8 @@ def train(
     ``out`` may not hold another run (a checkpoint or metrics) unless ``resume`` (continue it) or
     ``overwrite`` (start afresh over it); a lock file (``out/.lock``, the writer's pid) refuses a
     second run into the same folder while the first runs. A resumed run uses the model spec
-    stored in its checkpoint. Ctrl-C (SIGINT, one process) stops the run after the step in
-    progress, saves its state and raises :class:`Interrupted`.
+    stored in its checkpoint. Ctrl-C (SIGINT) or SIGTERM (one process) stops the run after the
+    step in progress, saves its state and raises :class:`Interrupted`.
     """
     log = log or _default_log()
     out = Path(out)
@@ -440,7 +442,7 @@ def _run(
                     if main_process:
                         save()
                     if stop.requested:
-                        raise Interrupted(out / CHECKPOINT, epoch, state.batch)
+                        raise Interrupted(out / CHECKPOINT, epoch, state.batch, stop.signum)
             evaluation = engine.evaluate(
                 net, state.params, test_set, normalize, (rank, world), epoch
             )
@@ -476,33 +478,39 @@ def _run(
                 _record_epoch(state, out, last, save)
                 log(_epoch_line(protocol, last))
             if stop.requested and state.epoch < protocol.train.epochs:
-                raise Interrupted(out / CHECKPOINT, state.epoch, 0)
+                raise Interrupted(out / CHECKPOINT, state.epoch, 0, stop.signum)
     return _summary(protocol, state, out, last)
 
 
 class _Deferred:
-    """While active (one process, the main thread), the first Ctrl-C (SIGINT) only sets
-    ``requested``, so the loop finishes its step, saves a consistent state and stops; a second
-    one interrupts at once (KeyboardInterrupt, nothing saved beyond the last checkpoint)."""
+    """While active (one process, the main thread), the first Ctrl-C (SIGINT) or SIGTERM only
+    sets ``requested`` (and ``signum``), so the loop finishes its step, saves a consistent state
+    and stops; a second one interrupts at once (KeyboardInterrupt, nothing saved beyond the last
+    checkpoint)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, active: bool, log):
         self.active = active and threading.current_thread() is threading.main_thread()
-        self.log, self.requested, self.previous = log, False, None
+        self.log, self.requested, self.signum, self.previous = log, False, None, {}
 
     def __enter__(self):
         if self.active:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        self.log("interrupt: stopping after this step to save it (Ctrl-C again stops at once)")
+        self.requested, self.signum = True, signum
+        self.log(
+            f"{signal.Signals(signum).name}: stopping after this step to save it "
+            f"(a second one stops at once)"
+        )
 
     def __exit__(self, *exc):
-        if self.active:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
         return False
 
 

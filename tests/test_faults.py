@@ -214,7 +214,7 @@ def test_a_checkpoint_with_the_tag_but_bad_contents_is_one_line(done, capsys, da
     assert snapshot(done) == before
 
 
-# -- Ctrl-C -------------------------------------------------------------------------------
+# -- Ctrl-C and SIGTERM ----------------------------------------------------------------------
 
 OVER = {
     "estimator.name": "random-sign",
@@ -226,34 +226,38 @@ OVER = {
 }
 
 
-def _sigint_at(monkeypatch, call: int, times: int = 1):
-    """Send SIGINT to this process inside the ``call``-th training step (``times`` times)."""
+def _sigint_at(monkeypatch, call: int, times: int = 1, signum: int = signal.SIGINT):
+    """Send ``signum`` to this process inside the ``call``-th training step (``times`` times)."""
     real, calls = train_mod._train_step, {"n": 0}
 
     def step(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == call:
             for _ in range(times):
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "_train_step", step)
     return real
 
 
-def test_ctrl_c_saves_the_last_finished_step_and_resume_is_exact(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_saves_the_last_finished_step_and_resume_is_exact(
+    tmp_path, monkeypatch, capsys, signum
+):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert run(train_argv(whole, **OVER), capsys)[0] == 0
-    handler = signal.getsignal(signal.SIGINT)  # Python's, or Brian2's once it is imported
-    real = _sigint_at(monkeypatch, 15)  # epoch 2, its 5th batch: no checkpoint_every there
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # Python's
+    real = _sigint_at(monkeypatch, 15, signum=signum)  # epoch 2, 5th batch: no checkpoint there
     code, out, err = run(train_argv(cut, **OVER), capsys)
-    assert code == 130 and out == "" and "Traceback" not in err
+    assert code == 128 + signum and out == "" and "Traceback" not in err
+    assert f"{signal.Signals(signum).name}: stopping after this step" in err
     last = err.strip().splitlines()[-1]
     assert "interrupted at epoch 2, batch 5" in last and "--resume" in last, err
     saved = checkpoint.load(cut / "checkpoint.pt")
     assert (saved["epoch"], saved["batch"]) == (1, 5)
     assert not (cut / ".lock").exists()
-    assert signal.getsignal(signal.SIGINT) is handler  # put back
+    assert all(signal.getsignal(s) is h for s, h in handlers.items())  # put back
     monkeypatch.setattr(train_mod, "_train_step", real)
     again = last.split("continue with: spikeep ")[1].split()
     assert again[0] == "train" and again[-1] == "--resume"
