@@ -443,6 +443,8 @@ def _run(
                         save()
                     if stop.requested:
                         raise Interrupted(out / CHECKPOINT, epoch, state.batch, stop.signum)
+            if _plain_lines(progress, main_process):  # a spiking test pass can take minutes
+                log(_testing_line(protocol, epoch, engine, others, test_set, val_set))
             evaluation = engine.evaluate(
                 net, state.params, test_set, normalize, (rank, world), epoch
             )
@@ -709,7 +711,7 @@ def _progress_bar(
     change of load shows at once. The loop logs one line per epoch either way."""
     if progress is False or not main_process:
         return lambda it, *a: it
-    if progress is None and not sys.stderr.isatty():
+    if _plain_lines(progress, main_process):
 
         def lines(it, epoch, epochs, n):
             last, done = clock(), it.start
@@ -739,6 +741,20 @@ def _progress_bar(
         )
 
     return bar
+
+
+def _plain_lines(progress: bool | None, main_process: bool) -> bool:
+    """Whether the run shows its progress as plain log lines (off a terminal, the default)."""
+    return progress is None and main_process and not sys.stderr.isatty()
+
+
+def _testing_line(protocol: Protocol, epoch: int, engine, others, test_set, val_set) -> str:
+    """The line announcing the epoch's test passes: which engine, on how many images."""
+    n = len(test_set.labels)
+    passes = [f"{e.name} on {n:,} test images" for e in (engine, *others)]
+    if val_set is not None:
+        passes.append(f"{engine.name} on {len(val_set.labels):,} validation images")
+    return f"epoch {epoch + 1}/{protocol.train.epochs}  training done; testing: {', '.join(passes)}"
 
 
 def _duration(seconds: float) -> str:

@@ -252,6 +252,20 @@ def test_progress_off_a_terminal_is_a_plain_line_a_minute_with_the_time_left():
     assert list(other_rank(range(0, 3), 0, 3, 3)) == [0, 1, 2] and len(lines) == 3
 
 
+def test_off_a_terminal_the_test_passes_are_announced_with_their_engines_and_sizes(tmp_path):
+    over = {"train.epochs": 1, "data.validation": 50, "train.eval_engines": ["snntorch"]}
+    lines = []
+    train_mod.train(_protocol(**over), tmp_path / "plain", log=lines.append)  # not a terminal
+    testing = [ln for ln in lines if "testing:" in ln]
+    assert testing == [
+        "epoch 1/1  training done; testing: rate on 100 test images, snntorch on 100 test "
+        "images, rate on 50 validation images"
+    ], lines
+    lines.clear()
+    train_mod.train(_protocol(**over), tmp_path / "quiet", progress=False, log=lines.append)
+    assert not any("testing:" in ln for ln in lines) and any("test error" in ln for ln in lines)
+
+
 @pytest.mark.parametrize(
     "seconds,text",
     [(37.4, "37 s"), (252, "4 min 12 s"), (3900, "1 h 05 min"), (59.6, "1 min 00 s")],
