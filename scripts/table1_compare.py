@@ -15,7 +15,11 @@ runs, so alike). Usage::
 
     .venv/bin/python scripts/table1_compare.py /work/runs/hep_table1_noise \
         [/work/runs/oscep_table1_noise=noise/continuous_hep ...] \
-        [--anchors ../shared/anchors/hep_table1_logs.csv] [--out docs/results/table1.png] [--json]
+        [--anchors ../shared/anchors/hep_table1_logs.csv] [--out docs/results/table1.png] \
+        [--json | --markdown]
+
+``--markdown`` prints each run's table and summary as ``docs/holomorphic.md`` ("The runs") has
+them, with its training accuracy and wall time per epoch.
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ NAMES = {
 }
 
 
-def read_anchors(path: str | Path) -> dict[str, dict[str, dict[int, float]]]:
-    """``{"setting/algo": {run: {epoch: validation accuracy in %}}}`` from the anchors CSV."""
+def read_anchors(path: str | Path, column: str = "val_accuracy") -> dict:
+    """``{"setting/algo": {run: {epoch: value}}}`` from the anchors CSV: the validation accuracy
+    in % (``column="val_accuracy"``) or another column as it is (``"epoch_seconds"``)."""
+    scale = 100.0 if column == "val_accuracy" else 1.0
     out: dict = defaultdict(lambda: defaultdict(dict))
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             key = f"{row['setting']}/{row['algo']}"
-            out[key][row["run"]][int(row["epoch"])] = 100 * float(row["val_accuracy"])
+            out[key][row["run"]][int(row["epoch"])] = scale * float(row[column])
     return {k: dict(v) for k, v in out.items()}
 
 
@@ -57,11 +63,15 @@ def band(runs: dict[str, dict[int, float]]) -> dict[int, tuple[float, float]]:
     }
 
 
+def read_rows(folder: str | Path) -> list[dict]:
+    """The metric rows of a run folder's ``metrics.jsonl``, one per epoch."""
+    path = Path(folder) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def read_run(folder: str | Path) -> dict[int, float]:
     """``{epoch: test accuracy in %}`` from a run folder's ``metrics.jsonl``."""
-    path = Path(folder) / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {int(r["epoch"]): 100 - float(r["test_error"]) for r in rows}
+    return {int(r["epoch"]): 100 - float(r["test_error"]) for r in read_rows(folder)}
 
 
 def run_anchor(folder: str | Path) -> str:
@@ -124,6 +134,55 @@ def _dips_line(found: list[tuple]) -> str:
     return f"{len(found)}{worst}"
 
 
+def markdown(metrics: list[dict], rows: list[dict], sp: dict, seconds: dict) -> str:
+    """The comparison of one run as the Markdown of ``docs/holomorphic.md``: per epoch our test
+    accuracy (training accuracy, with the noise), their band, the gap and our epoch's wall time
+    (training and test pass: the difference of the cumulative ``wall_s``); then the epochs after
+    the first below the band, the spread against theirs (:func:`spread`) and their GPU epoch
+    times after the first (``seconds``: ``{run: {epoch: s}}`` from the logs)."""
+    by_epoch = {int(m["epoch"]): m for m in metrics}
+    n = len(sp["theirs"])
+    words = {1: "one", 2: "two", 3: "three", 4: "four"}
+    lines = [
+        f"| epoch | ours: test accuracy (train, with the noise) | their {words.get(n, n)} runs "
+        "| gap to the band's bottom | our epoch's wall time |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m, before = by_epoch[r["epoch"]], by_epoch.get(r["epoch"] - 1, {"wall_s": 0.0})
+        wall = m["wall_s"] - before["wall_s"]
+        lines.append(
+            f"| {r['epoch']} | {r['ours']:.2f}% ({100 - m['train_error']:.2f}%) "
+            f"| {r['low']:.2f}-{r['high']:.2f}% | {r['gap']:+.2f} points, {r['where']} "
+            f"| {wall:.0f} s |"
+        )
+    below = [(r["epoch"], r["gap"]) for r in rows if r["epoch"] > 1 and r["where"] == "below"]
+    text = "\n".join(lines) + "\n\n"
+    if below:
+        listed = ", ".join(f"{e} ({g:+.2f})" for e, g in below)
+        text += f"Epochs after the first below the band: {listed} (points)."
+    else:
+        text += "No epoch after the first below the band."
+    if sp["epochs"]:
+        first, last = sp["epochs"][0], sp["epochs"][-1]
+        span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+        two = [len(d) for d in sp["ours_vs_two"].values()]
+        each = " / ".join(
+            f"{len(d)} (worst {min(g for _, g in d):+.2f})" if d else "0"
+            for d in sp["theirs"].values()
+        )
+        text += (
+            f" Against their own spread over {span} (`scripts/table1_compare.py` prints it): "
+            f"ours is below a band of two of their runs at {sum(two) / max(len(two), 1):.1f} "
+            f"epochs on average, and each of their runs below the band of the other "
+            f"{words.get(n - 1, n - 1)} at {each} epochs (worst gap in points)."
+        )
+    later = [t for r in seconds.values() for e, t in r.items() if e > 1]
+    if later:
+        text += f" Their GPU epochs after the first: {min(later):.0f}-{max(later):.0f} s (logs)."
+    return text + "\n"
+
+
 def figure(panels: dict[str, tuple[dict, list[tuple[str, dict[int, float]]]]], path: str | Path):
     """One panel per key ``SETTING/ALGO``: the authors' runs, their band, and our curves (every
     run given for that key, labelled by its folder's name)."""
@@ -169,9 +228,15 @@ def main(argv=None) -> int:
     ap.add_argument("--anchors", default=str(ANCHORS), help="the authors' logs (CSV)")
     ap.add_argument("--out", default=None, help="figure path (PNG); none when omitted")
     ap.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    ap.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print each run's table as docs/holomorphic.md has it",
+    )
     args = ap.parse_args(argv)
     anchors = read_anchors(args.anchors)
-    panels, report, spreads = {}, {}, {}
+    seconds = read_anchors(args.anchors, "epoch_seconds")
+    panels, report, spreads, tables = {}, {}, {}, {}
     for item in args.runs:
         folder, _, key = item.partition("=")
         try:
@@ -189,7 +254,14 @@ def main(argv=None) -> int:
             ("spikeep, " + Path(folder).name, ours)
         )
         report[f"{folder}={key}"] = rows
-    if args.json:
+        if args.markdown:
+            tables[f"{folder}={key}"] = markdown(
+                read_rows(folder), rows, spreads[f"{folder}={key}"], seconds[key]
+            )
+    if args.markdown:
+        for name, table in tables.items():
+            print(f"{name}\n\n{table}")
+    elif args.json:
         out = {name: {"epochs": rows, "spread": spreads[name]} for name, rows in report.items()}
         print(json.dumps(out, indent=1))
     else:

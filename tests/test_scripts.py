@@ -74,6 +74,19 @@ def test_table1_compare_reports_the_gap_to_the_authors_band(tmp_path, capsys):
     line = capsys.readouterr().out.splitlines()[-1]
     assert "epochs 2-3: below the band of their 2 runs at 1 (worst -0.50)" in line
     assert figure.stat().st_size > 0
+    # --markdown: the docs' table, with the training accuracy and each epoch's wall time
+    rows = [
+        {**r, "train_error": 10.0 - r["epoch"], "wall_s": 100.0 * r["epoch"] ** 2} for r in rows
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert compare.main([f"{run}=noise/hep", "--anchors", str(anchors), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "| epoch | ours: test accuracy (train, with the noise) | their two runs |" in text
+    assert "| 1 | 91.00% (91.00%) | 90.00-92.00% | +1.00 points, inside | 100 s |" in text
+    assert "| 3 | 95.50% (93.00%) | 96.00-97.00% | -0.50 points, below | 500 s |" in text
+    assert "Epochs after the first below the band: 3 (-0.50) (points)." in text
+    assert "each of their runs below the band of the other one at 1 (worst -1.00) / 1" in text
+    assert "Their GPU epochs after the first: 140-140 s (logs)." in text
     assert compare.main([f"{run}=noise/nothing", "--anchors", str(anchors)]) == 2
     capsys.readouterr()
     # two runs of one algorithm share its panel; a folder with no checkpoint to read the key
