@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,41 @@ def test_spiking_curves_plots_each_run_and_every_target(tmp_path, capsys):
     assert out.stat().st_size > 0
     assert script("spiking_curves").main(["a=" + str(tmp_path / "none.jsonl")]) == 2
     assert script("spiking_curves").main(["no-label"]) == 2
+
+
+def test_keep_runs_saves_a_run_into_the_repository_and_restores_it_to_resume(tmp_path, capsys):
+    from spikeep import protocol as proto
+    from spikeep import train as train_mod
+
+    keep = script("keep_runs")
+    small = {"data.train_subset": 100, "data.test_subset": 50, "train.batch_size": 20}
+    small |= {"estimator.free_steps": 5, "estimator.nudged_steps": 2, "train.epochs": 1}
+    quickstart = Path(__file__).resolve().parents[1] / "protocols" / "quickstart.toml"
+    quick = proto.load(quickstart, small)
+    run, kept, runs = tmp_path / "runs" / "quick", tmp_path / "kept", tmp_path / "fresh"
+    train_mod.train(quick, run, progress=False, log=lambda m: None)
+    assert keep.main(["save", str(run), "--kept", str(kept)]) == 0
+    row = capsys.readouterr().out.strip()
+    assert (
+        row.startswith("| `quick` | 1 of 1 epochs done, 0.0 h of wall time | ") and "UTC |" in row
+    )
+    for name in ("checkpoint.pt", "metrics.jsonl"):
+        assert (kept / "quick" / name).read_bytes() == (run / name).read_bytes()
+    assert keep.main(["restore", "quick", "--runs", str(runs), "--kept", str(kept)]) == 0
+    more = proto.load(quickstart, {**small, "train.epochs": 2})
+    train_mod.train(more, runs / "quick", resume=True, progress=False, log=lambda m: None)
+    lines = (runs / "quick" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2]  # went on from the kept epoch
+    assert lines[0] == (run / "metrics.jsonl").read_text().splitlines()[0]
+    capsys.readouterr()
+    # a runs folder holding a checkpoint, a name not kept, a folder without a checkpoint: one line
+    for argv in (
+        ["restore", "quick", "--runs", str(runs), "--kept", str(kept)],
+        ["restore", "other", "--runs", str(runs), "--kept", str(kept)],
+        ["save", str(tmp_path / "kept"), "--kept", str(kept)],
+    ):
+        assert keep.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("keep_runs: "), err
+    mid = {"epoch": 1, "batch": 1234, "wall_s": 7200.0, "protocol": {"train": {"epochs": 50}}}
+    assert keep.where(mid) == "1 of 50 epochs done, 1,234 batches into epoch 2, 2.0 h of wall time"

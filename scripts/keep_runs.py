@@ -1,0 +1,95 @@
+"""Keep long runs in the repository between sessions (``docs/results/runs/README.md``).
+
+A session may start on a fresh machine, where run folders outside the repository are gone.
+``save`` copies each run folder's ``checkpoint.pt`` and ``metrics.jsonl`` into
+``docs/results/runs/NAME/`` and prints the run's row for that README; ``restore`` copies them back
+into a runs folder, from which ``spikeep train ... --resume`` goes on::
+
+    .venv/bin/python scripts/keep_runs.py save /work/runs/oscep_table1_noise [...]
+    .venv/bin/python scripts/keep_runs.py restore oscep_table1_noise [...] [--runs /work/runs]
+
+``save`` copies the checkpoint first and the metrics after it: a run appends an epoch's metrics
+line before it saves that epoch's checkpoint, so the copied metrics cover every epoch the copied
+checkpoint holds (a resumed run drops any later line). A run still going is kept as of its last
+checkpoint; stop it first (``kill -TERM PID``: it saves the batch in progress) to keep all of it.
+``restore`` refuses a runs folder that already holds a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEPT = ROOT / "docs" / "results" / "runs"
+FILES = ("checkpoint.pt", "metrics.jsonl")  # in this order: see the module's docstring
+
+
+def where(ckpt: dict) -> str:
+    """Where a checkpoint's run stands, in words: epochs done of all, batches into the next."""
+    epochs = ckpt.get("protocol", {}).get("train", {}).get("epochs", "?")
+    text = f"{ckpt['epoch']} of {epochs} epochs done"
+    if ckpt["batch"]:
+        text += f", {ckpt['batch']:,} batches into epoch {ckpt['epoch'] + 1}"
+    return text + f", {ckpt['wall_s'] / 3600:.1f} h of wall time"
+
+
+def save(run: Path, kept: Path = KEPT) -> str:
+    """Copy ``run``'s checkpoint, then its metrics, into ``kept/NAME``; return its README row."""
+    from spikeep import checkpoint
+
+    ckpt_path = run / FILES[0]
+    ckpt = checkpoint.load(ckpt_path)  # one line for a folder without a readable checkpoint
+    to = kept / run.name
+    to.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        if (run / name).is_file():
+            shutil.copyfile(run / name, to / name)
+    stamp = datetime.fromtimestamp(ckpt_path.stat().st_mtime, UTC)
+    return f"| `{run.name}` | {where(ckpt)} | {stamp:%Y-%m-%d %H:%M} UTC |"
+
+
+def restore(name: str, runs: Path, kept: Path = KEPT) -> Path:
+    """Copy ``kept/NAME`` into ``runs/NAME``, refusing one that holds a checkpoint already."""
+    src, to = kept / name, runs / name
+    if not (src / FILES[0]).is_file():
+        have = sorted(p.name for p in kept.iterdir() if (p / FILES[0]).is_file())
+        raise FileNotFoundError(f"{name}: no run kept in {kept}; kept: {', '.join(have) or 'none'}")
+    if (to / FILES[0]).exists():
+        raise FileExistsError(f"{to}: holds a checkpoint already; resume it as it is")
+    to.mkdir(parents=True, exist_ok=True)
+    for f in FILES:
+        if (src / f).is_file():
+            shutil.copyfile(src / f, to / f)
+    return to
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sv = sub.add_parser("save", help="copy run folders' state into the repository")
+    sv.add_argument("runs", nargs="+", type=Path, help="run folders (spikeep train --out)")
+    sv.add_argument("--kept", type=Path, default=KEPT, help=f"where runs are kept ({KEPT})")
+    rs = sub.add_parser("restore", help="copy kept runs back into a runs folder")
+    rs.add_argument("names", nargs="+", help="kept runs' names")
+    rs.add_argument("--runs", type=Path, default=Path("/work/runs"), help="the runs folder")
+    rs.add_argument("--kept", type=Path, default=KEPT, help=f"where runs are kept ({KEPT})")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "save":
+            for run in args.runs:
+                print(save(run, args.kept))
+        else:
+            for name in args.names:
+                print(f"{name}: restored into {restore(name, args.runs, args.kept)}")
+    except (OSError, ValueError) as err:  # CheckpointError is a ValueError
+        print(f"keep_runs: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
