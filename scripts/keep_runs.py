@@ -37,17 +37,21 @@ def where(ckpt: dict) -> str:
     return text + f", {ckpt['wall_s'] / 3600:.1f} h of wall time"
 
 
+def _copy(src: Path, to: Path) -> None:
+    """Copy the run files ``src`` has into ``to``, in the order of :data:`FILES`."""
+    to.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, to / name)
+
+
 def save(run: Path, kept: Path = KEPT) -> str:
     """Copy ``run``'s checkpoint, then its metrics, into ``kept/NAME``; return its README row."""
     from spikeep import checkpoint
 
     ckpt_path = run / FILES[0]
     ckpt = checkpoint.load(ckpt_path)  # one line for a folder without a readable checkpoint
-    to = kept / run.name
-    to.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        if (run / name).is_file():
-            shutil.copyfile(run / name, to / name)
+    _copy(run, kept / run.name)
     stamp = datetime.fromtimestamp(ckpt_path.stat().st_mtime, UTC)
     return f"| `{run.name}` | {where(ckpt)} | {stamp:%Y-%m-%d %H:%M} UTC |"
 
@@ -60,10 +64,7 @@ def restore(name: str, runs: Path, kept: Path = KEPT) -> Path:
         raise FileNotFoundError(f"{name}: no run kept in {kept}; kept: {', '.join(have) or 'none'}")
     if (to / FILES[0]).exists():
         raise FileExistsError(f"{to}: holds a checkpoint already; resume it as it is")
-    to.mkdir(parents=True, exist_ok=True)
-    for f in FILES:
-        if (src / f).is_file():
-            shutil.copyfile(src / f, to / f)
+    _copy(src, to)
     return to
 
 

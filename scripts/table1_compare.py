@@ -69,9 +69,9 @@ def read_rows(folder: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_run(folder: str | Path) -> dict[int, float]:
-    """``{epoch: test accuracy in %}`` from a run folder's ``metrics.jsonl``."""
-    return {int(r["epoch"]): 100 - float(r["test_error"]) for r in read_rows(folder)}
+def accuracies(metrics: list[dict]) -> dict[int, float]:
+    """``{epoch: test accuracy in %}`` from a run's metric rows."""
+    return {int(r["epoch"]): 100 - float(r["test_error"]) for r in metrics}
 
 
 def run_anchor(folder: str | Path) -> str:
@@ -129,6 +129,16 @@ def spread(ours: dict[int, float], runs: dict[str, dict[int, float]]) -> dict:
     }
 
 
+def _spread_figures(sp: dict) -> tuple[str, float, str]:
+    """The span of epochs, our mean number of dips below a band of two of their runs, and each
+    of their runs' dips (``N (worst G)``, joined by `` / ``) of a :func:`spread`."""
+    first, last = sp["epochs"][0], sp["epochs"][-1]
+    span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+    two = [len(d) for d in sp["ours_vs_two"].values()]
+    each = " / ".join(_dips_line(d) for d in sp["theirs"].values())
+    return span, sum(two) / max(len(two), 1), each
+
+
 def _dips_line(found: list[tuple]) -> str:
     worst = f" (worst {min(g for _, g in found):+.2f})" if found else ""
     return f"{len(found)}{worst}"
@@ -156,26 +166,19 @@ def markdown(metrics: list[dict], rows: list[dict], sp: dict, seconds: dict) -> 
             f"| {r['low']:.2f}-{r['high']:.2f}% | {r['gap']:+.2f} points, {r['where']} "
             f"| {wall:.0f} s |"
         )
-    below = [(r["epoch"], r["gap"]) for r in rows if r["epoch"] > 1 and r["where"] == "below"]
     text = "\n".join(lines) + "\n\n"
-    if below:
-        listed = ", ".join(f"{e} ({g:+.2f})" for e, g in below)
+    if sp["ours"]:  # our dips below the band after the first epoch
+        listed = ", ".join(f"{e} ({g:+.2f})" for e, g in sp["ours"])
         text += f"Epochs after the first below the band: {listed} (points)."
     else:
         text += "No epoch after the first below the band."
     if sp["epochs"]:
-        first, last = sp["epochs"][0], sp["epochs"][-1]
-        span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
-        two = [len(d) for d in sp["ours_vs_two"].values()]
-        each = " / ".join(
-            f"{len(d)} (worst {min(g for _, g in d):+.2f})" if d else "0"
-            for d in sp["theirs"].values()
-        )
+        span, mean_two, each = _spread_figures(sp)
         text += (
             f" Against their own spread over {span} (`scripts/table1_compare.py` prints it): "
-            f"ours is below a band of two of their runs at {sum(two) / max(len(two), 1):.1f} "
-            f"epochs on average, and each of their runs below the band of the other "
-            f"{words.get(n - 1, n - 1)} at {each} epochs (worst gap in points)."
+            f"ours is below a band of two of their runs at {mean_two:.1f} epochs on average, "
+            f"and each of their runs below the band of the other {words.get(n - 1, n - 1)} at "
+            f"{each} epochs (worst gap in points)."
         )
     later = [t for r in seconds.values() for e, t in r.items() if e > 1]
     if later:
@@ -247,7 +250,8 @@ def main(argv=None) -> int:
         if key not in anchors:
             print(f"{key}: not in {args.anchors}; expected one of {sorted(anchors)}")
             return 2
-        ours = read_run(folder)
+        metrics = read_rows(folder)
+        ours = accuracies(metrics)
         rows = compare(ours, band(anchors[key]))
         spreads[f"{folder}={key}"] = spread(ours, anchors[key])
         panels.setdefault(key, (anchors[key], []))[1].append(
@@ -256,7 +260,7 @@ def main(argv=None) -> int:
         report[f"{folder}={key}"] = rows
         if args.markdown:
             tables[f"{folder}={key}"] = markdown(
-                read_rows(folder), rows, spreads[f"{folder}={key}"], seconds[key]
+                metrics, rows, spreads[f"{folder}={key}"], seconds[key]
             )
     if args.markdown:
         for name, table in tables.items():
@@ -275,15 +279,12 @@ def main(argv=None) -> int:
                 )
             sp = spreads[name]
             if sp["epochs"]:
-                first, last = sp["epochs"][0], sp["epochs"][-1]
-                span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
-                two = [len(d) for d in sp["ours_vs_two"].values()]
+                span, mean_two, each = _spread_figures(sp)
                 print(
                     f"  {span}: below the band of their {len(sp['theirs'])} runs at "
                     f"{_dips_line(sp['ours'])}; below a band of two of them at "
-                    f"{sum(two) / max(len(two), 1):.1f} on average; each of theirs below the "
-                    "band of the others at "
-                    + " / ".join(_dips_line(d) for d in sp["theirs"].values())
+                    f"{mean_two:.1f} on average; each of theirs below the band of the others "
+                    f"at {each}"
                 )
     if args.out:
         print(f"figure: {figure(panels, args.out)}", file=sys.stderr)
