@@ -545,6 +545,9 @@ def _eval(args) -> int:
         engine = engine_cls(p, net, training=False)
     except proto.ProtocolError as err:
         raise UsageError(str(err)) from None
+    if engine.spiking:  # a simulation: minutes on 10,000 images, never silent
+        n = f"{len(ds):,} {name} {args.split} images"
+        warn(f"spikeep eval: {n} in spikes on the {args.engine} engine")
     try:
         result = engine.score(net, ckpt["params"], ds, normalize)
     except proto.ProtocolError as err:

@@ -199,7 +199,10 @@ def test_a_test_pass_of_its_own_free_phase_and_spiking_eval(tiny, tmp_path, caps
     assert again["error"] == row["test_error"] and again["loss"] == row["test_loss"]
     capsys.readouterr()
     assert main(["eval", str(out / "checkpoint.pt"), "--engine", "brian2", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr()
+    result = json.loads(printed.out.strip().splitlines()[-1])
+    n = f"{result['images']:,} {result['data']} test images"
+    assert f"{n} in spikes on the brian2 engine" in printed.err  # announced: minutes on 10,000
     assert result["engine"] == "brian2" and 0 <= result["error"] <= 100
     assert (result["settle"], result["window"]) == (0.02, 0.03)  # the protocol's eval_*
 

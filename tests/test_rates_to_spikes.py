@@ -160,8 +160,11 @@ def test_spiking_eval_of_a_run_that_tested_in_spikes(rated, capsys):
     _, out = rated
     sets = ["--set", "snntorch.eval_settle=40", "--set", "snntorch.eval_window=100"]
     assert main(["eval", str(out / "checkpoint.pt"), "--engine", "snntorch", *sets, "--json"]) == 0
-    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr()
+    got = json.loads(printed.out.strip().splitlines()[-1])
     assert got["error"] == pytest.approx(_rows(out)[-1]["test_error_snntorch"])
+    n = f"{got['images']:,} {got['data']} test images"  # announced: minutes on 10,000
+    assert f"spikeep eval: {n} in spikes on the snntorch engine" in printed.err
     assert got["spikes_per_sample"] > 0
 
 

@@ -174,6 +174,7 @@ class Brian2Engine(Engine):
         super().__init__(protocol, net, training)  # training: check() below
         if not training:
             check_model(protocol, net.spec)
+            self._score_schedule()  # a bad eval_settle or eval_window: refused before any run
         self._chunk = None
         est = protocol.estimator
         self.eval_steps = est.eval_free_steps or est.free_steps
@@ -241,16 +242,21 @@ class Brian2Engine(Engine):
             "brian2.eval_window": b.get("eval_window") or cfg.window,
         }
 
-    def score(self, net, params, ds, normalize) -> dict:
-        b, cfg = self.protocol.brian2, net.spec.spiking
+    def _score_schedule(self) -> tuple[float, float, schedules.Schedule]:
+        """Settle, window (s) and free-phase schedule of :meth:`score`."""
+        b, cfg = self.protocol.brian2, self.net.spec.spiking
         settle, window = b.eval_settle or cfg.settle, b.eval_window or cfg.window
         try:
             schedule = schedules.free(cfg, settle, window)
             schedule.grid(cfg.dt)
         except ValueError as err:
             raise ProtocolError(f"{self.protocol.source}: brian2.eval_settle: {err}") from None
+        return settle, window, schedule
+
+    def score(self, net, params, ds, normalize) -> dict:
+        settle, window, schedule = self._score_schedule()
         params = {k: v.to(torch.float64) for k, v in params.items()}
-        chunk = max(1, min(b.chunk, len(ds.labels)))
+        chunk = max(1, min(self.protocol.brian2.chunk, len(ds.labels)))
         return {
             **spiking_test(net.spec, params, ds, normalize, schedule, chunk),
             "settle": settle,
