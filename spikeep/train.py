@@ -445,6 +445,7 @@ def _run(
                         raise Interrupted(out / CHECKPOINT, epoch, state.batch, stop.signum)
             if _plain_lines(progress, main_process):  # a spiking test pass can take minutes
                 log(_testing_line(protocol, epoch, engine, others, test_set, val_set))
+            t_test = time.perf_counter()
             evaluation = engine.evaluate(
                 net, state.params, test_set, normalize, (rank, world), epoch
             )
@@ -454,6 +455,7 @@ def _run(
             if val_set is not None:  # scored as the test images are: val_error, val_loss, ...
                 e = engine.evaluate(net, state.params, val_set, normalize, (rank, world), epoch)
                 evaluation |= {f"val{k[4:]}": v for k, v in e.items() if k.startswith("test_")}
+            test_s = time.perf_counter() - t_test
             keys = sorted(sums)  # the same keys on every rank
             totals = dict(zip(keys, _dist.all_reduce([sums[k] for k in keys], world), strict=True))
             state.wall_s += time.perf_counter() - t_epoch
@@ -478,7 +480,7 @@ def _run(
             state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
             if main_process:
                 _record_epoch(state, out, last, save)
-                log(_epoch_line(protocol, last))
+                log(_epoch_line(protocol, last, test_s))
             if stop.requested and state.epoch < protocol.train.epochs:
                 raise Interrupted(out / CHECKPOINT, state.epoch, 0, stop.signum)
     return _summary(protocol, state, out, last)
@@ -532,7 +534,9 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def _epoch_line(protocol: Protocol, m: dict) -> str:
+def _epoch_line(protocol: Protocol, m: dict, test_s: float) -> str:
+    """The epoch's metrics ``m`` as one line, ending with the run's wall time and how long this
+    epoch's test passes took (``test_s``; a spiking pass over 10,000 images takes minutes)."""
     line = (
         f"epoch {m['epoch']}/{protocol.train.epochs}  loss {m['loss']:.4f}  "
         f"train error {m['train_error']:.2f}%  "
@@ -551,7 +555,7 @@ def _epoch_line(protocol: Protocol, m: dict) -> str:
         line += f"  {m['spikes_per_sample']:.3g} spikes/sample"
     if "ms_per_sample" in m:
         line += f"  {m['ms_per_sample']:.3g} ms/sample"
-    return line + f"  {m['wall_s']:.1f} s"
+    return line + f"  {m['wall_s']:.1f} s (testing {_duration(test_s)})"
 
 
 def _default_log():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -261,6 +262,8 @@ def test_off_a_terminal_the_test_passes_are_announced_with_their_engines_and_siz
         "epoch 1/1  training done; testing: rate on 100 test images, snntorch on 100 test "
         "images, rate on 50 validation images"
     ], lines
+    (done,) = [ln for ln in lines if "test error" in ln]  # the epoch line says what testing took
+    assert re.search(r"  [0-9.]+ s \(testing [0-9]+ s\)$", done), done
     lines.clear()
     train_mod.train(_protocol(**over), tmp_path / "quiet", progress=False, log=lines.append)
     assert not any("testing:" in ln for ln in lines) and any("test error" in ln for ln in lines)
