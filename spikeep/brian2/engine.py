@@ -88,10 +88,7 @@ def check(protocol: Protocol, model: spec.ModelSpec) -> None:
         fail("train.engine", "the brian2 engine runs in one process, not under torchrun")
     test = eval_schedule(protocol, model.spiking)
     if test is not None:
-        try:
-            test.grid(model.spiking.dt)
-        except ValueError as err:
-            fail("brian2.eval_settle", str(err))
+        on_grid(protocol, test, model.spiking.dt)
 
 
 def check_device(protocol: Protocol, name: str) -> None:
@@ -125,6 +122,16 @@ def _score(net, params, rates, labels, y) -> tuple[float, float]:
     cost = float(net.cost(params, r, y).sum())
     wrong = float((net.output(params, r).argmax(1) != labels).sum())
     return cost, wrong
+
+
+def on_grid(protocol: Protocol, schedule: schedules.Schedule, dt: float) -> schedules.Schedule:
+    """``schedule``, refused in one line naming ``brian2.eval_settle`` unless its phases are
+    whole numbers of steps of ``dt``."""
+    try:
+        schedule.grid(dt)
+    except ValueError as err:
+        raise ProtocolError(f"{protocol.source}: brian2.eval_settle: {err}") from None
+    return schedule
 
 
 def eval_schedule(protocol: Protocol, cfg) -> schedules.Schedule | None:
@@ -174,8 +181,9 @@ class Brian2Engine(Engine):
         super().__init__(protocol, net, training)  # training: check() below
         if not training:
             check_model(protocol, net.spec)
-            self._score_schedule()  # a bad eval_settle or eval_window: refused before any run
         self._chunk = None
+        # what score() runs, built (and a bad eval_settle or eval_window refused) before any run
+        self._scored = None if training else self._score_free()
         est = protocol.estimator
         self.eval_steps = est.eval_free_steps or est.free_steps
 
@@ -242,25 +250,21 @@ class Brian2Engine(Engine):
             "brian2.eval_window": b.get("eval_window") or cfg.window,
         }
 
-    def _score_schedule(self) -> tuple[float, float, schedules.Schedule]:
-        """Settle, window (s) and free-phase schedule of :meth:`score`."""
-        b, cfg = self.protocol.brian2, self.net.spec.spiking
-        settle, window = b.eval_settle or cfg.settle, b.eval_window or cfg.window
-        try:
-            schedule = schedules.free(cfg, settle, window)
-            schedule.grid(cfg.dt)
-        except ValueError as err:
-            raise ProtocolError(f"{self.protocol.source}: brian2.eval_settle: {err}") from None
-        return settle, window, schedule
+    def _score_free(self) -> schedules.Schedule:
+        """The free phase :meth:`score` runs: the run's test pass, else the model's."""
+        cfg = self.net.spec.spiking
+        schedule = eval_schedule(self.protocol, cfg) or schedules.free(cfg)
+        return on_grid(self.protocol, schedule, cfg.dt)
 
     def score(self, net, params, ds, normalize) -> dict:
-        settle, window, schedule = self._score_schedule()
+        schedule = self._scored or self._score_free()
+        (free,) = schedule.phases
         params = {k: v.to(torch.float64) for k, v in params.items()}
         chunk = max(1, min(self.protocol.brian2.chunk, len(ds.labels)))
         return {
             **spiking_test(net.spec, params, ds, normalize, schedule, chunk),
-            "settle": settle,
-            "window": window,
+            "settle": free.settle,
+            "window": free.window,
         }
 
     def close(self) -> None:
