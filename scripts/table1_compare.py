@@ -71,7 +71,7 @@ def read_rows(folder: str | Path) -> list[dict]:
 
 def accuracies(metrics: list[dict]) -> dict[int, float]:
     """``{epoch: test accuracy in %}`` from a run's metric rows."""
-    return {int(r["epoch"]): 100 - float(r["test_error"]) for r in metrics}
+    return {int(r["epoch"]): 100 - float(r["test_error"]) for r in metrics if "test_error" in r}
 
 
 def run_anchor(folder: str | Path) -> str:

@@ -65,16 +65,20 @@ def curves(rows: list[dict], title: str):
     ax_loss.plot(epochs, [r["loss"] for r in rows], marker="o", label="train (free phase)")
     if "val_loss" in rows[0]:
         ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="^", label="validation")
-    if "test_loss" in rows[0]:
-        ax_loss.plot(epochs, [r["test_loss"] for r in rows], marker="s", label="test")
+    tested = [r for r in rows if "test_error" in r]  # [train] test_every skips epochs
+    if tested and "test_loss" in tested[0]:
+        ax_loss.plot(
+            [r["epoch"] for r in tested], [r["test_loss"] for r in tested], marker="s", label="test"
+        )
     ax_loss.set(xlabel="epoch", ylabel="cost C", title="loss")
     ax_loss.legend()
     shown = ["train_error", *(["val_error"] if "val_error" in rows[0] else []), "test_error"]
     for key, marker in zip(shown, "o^s" if len(shown) == 3 else "os", strict=True):
         label = {"train_error": "train", "val_error": "validation", "test_error": "test"}[key]
-        ax_err.plot(epochs, [r[key] for r in rows], marker=marker, label=label)
+        had = [r for r in rows if key in r]
+        ax_err.plot([r["epoch"] for r in had], [r[key] for r in had], marker=marker, label=label)
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
-    errors = [r[k] for r in rows for k in shown]
+    errors = [r[k] for r in rows for k in shown if k in r]
     if min(errors) > 0:  # a log axis, labelled in plain numbers at least every few values
         ax_err.set_yscale("log")
         ax_err.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(log_ticks(errors)))

@@ -443,15 +443,22 @@ def _run(
                         save()
                     if stop.requested:
                         raise Interrupted(out / CHECKPOINT, epoch, state.batch, stop.signum)
-            if _plain_lines(progress, main_process):  # a spiking test pass can take minutes
-                log(_testing_line(protocol, epoch, engine, others, test_set, val_set))
+            tested = _test_due(protocol, epoch)
+            if _plain_lines(progress, main_process) and (tested or val_set is not None):
+                log(
+                    _testing_line(
+                        protocol, epoch, engine, others, test_set if tested else None, val_set
+                    )
+                )
             t_test = time.perf_counter()
-            evaluation = engine.evaluate(
-                net, state.params, test_set, normalize, (rank, world), epoch
-            )
-            for other in others:  # test_error_<engine>, test_loss_<engine>, ...
-                e = other.evaluate(net, state.params, test_set, normalize, (rank, world), epoch)
-                evaluation |= {f"{k}_{other.name}": v for k, v in e.items()}
+            evaluation = {}
+            if tested:  # [train] test_every
+                evaluation = engine.evaluate(
+                    net, state.params, test_set, normalize, (rank, world), epoch
+                )
+                for other in others:  # test_error_<engine>, test_loss_<engine>, ...
+                    e = other.evaluate(net, state.params, test_set, normalize, (rank, world), epoch)
+                    evaluation |= {f"{k}_{other.name}": v for k, v in e.items()}
             if val_set is not None:  # scored as the test images are: val_error, val_loss, ...
                 e = engine.evaluate(net, state.params, val_set, normalize, (rank, world), epoch)
                 evaluation |= {f"val{k[4:]}": v for k, v in e.items() if k.startswith("test_")}
@@ -541,7 +548,7 @@ def _epoch_line(protocol: Protocol, m: dict, test_s: float) -> str:
         f"epoch {m['epoch']}/{protocol.train.epochs}  loss {m['loss']:.4f}  "
         f"train error {m['train_error']:.2f}%  "
         + (f"val error {m['val_error']:.2f}%  " if "val_error" in m else "")
-        + f"test error {m['test_error']:.2f}%"
+        + (f"test error {m['test_error']:.2f}%" if "test_error" in m else "not tested")
     )
     if "test_error_rate" in m:
         line += f" (spiking), {m['test_error_rate']:.2f}% (rate)"
@@ -752,10 +759,20 @@ def _plain_lines(progress: bool | None, main_process: bool) -> bool:
     return progress is None and main_process and not sys.stderr.isatty()
 
 
+def _test_due(protocol: Protocol, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (from 0) ends with a pass over the test set: every
+    ``[train] test_every``-th epoch, and always the last one (``test_every = 0``: only the last)."""
+    every, last = protocol.train.test_every, protocol.train.epochs - 1
+    return epoch == last or (every > 0 and (epoch + 1) % every == 0)
+
+
 def _testing_line(protocol: Protocol, epoch: int, engine, others, test_set, val_set) -> str:
-    """The line announcing the epoch's test passes: which engine, on how many images."""
-    n = len(test_set.labels)
-    passes = [f"{e.name} on {n:,} test images" for e in (engine, *others)]
+    """The line announcing the epoch's test passes: which engine, on how many images (no test
+    pass when ``test_set`` is None)."""
+    passes = []
+    if test_set is not None:
+        n = len(test_set.labels)
+        passes = [f"{e.name} on {n:,} test images" for e in (engine, *others)]
     if val_set is not None:
         passes.append(f"{engine.name} on {len(val_set.labels):,} validation images")
     return f"epoch {epoch + 1}/{protocol.train.epochs}  training done; testing: {', '.join(passes)}"

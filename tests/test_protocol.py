@@ -60,6 +60,7 @@ def _write(tmp_path, text, name="p.toml"):
         ("[estimator]\npoints = 1\n", "estimator.points"),
         ("[data]\nname = 'imagenet'\n", "data.name"),
         ("[train]\ndevice = 'tpu'\n", "train.device"),
+        ("[train]\ntest_every = -1\n", "train.test_every"),
         ("data = 3\n", "data"),
         ("[train]\nengine = 'spiking'\n", "train.engine"),
         ("[brian2]\nrule = 'hebb'\n", "brian2.rule"),

@@ -16,6 +16,7 @@ from spikeep import checkpoint
 from spikeep import protocol as proto
 from spikeep import train as train_mod
 from spikeep.cli import main
+from spikeep.plots import curves
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "protocols" / "quickstart.toml"
@@ -49,6 +50,22 @@ def test_training_writes_metrics_and_checkpoint(tmp_path):
     assert rows[-1]["wall_s"] > rows[0]["wall_s"]
     ckpt = checkpoint.load(tmp_path / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and set(ckpt["params"]) == {"W1", "b1", "W2", "b2"}
+
+
+@pytest.mark.parametrize("every,tested", [(2, [2, 4, 5]), (0, [5])])
+def test_test_every_skips_test_passes_but_always_tests_the_last_epoch(tmp_path, every, tested):
+    p = _protocol(**{"train.epochs": 5, "train.test_every": every, "data.validation": 40})
+    logged = []
+    summary = train_mod.train(p, tmp_path, progress=None, log=logged.append)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "test_error" in r] == tested
+    assert all("val_error" in r for r in rows)  # validation still every epoch
+    assert summary["test_error"] == rows[-1]["test_error"]
+    untested = [m for m in logged if m.startswith("epoch 1/5  loss")]
+    assert len(untested) == 1 and "not tested" in untested[0]
+    assert any(
+        m.startswith("epoch 1/5  training done; testing: rate on 40 validation") for m in logged
+    )
 
 
 def test_training_learns(tmp_path):
@@ -280,8 +297,6 @@ def test_durations_read_plainly(seconds, text):
 @pytest.mark.parametrize("n_epochs", [3, 12, 20])
 def test_curves_label_whole_epochs_only(n_epochs):
     import matplotlib.pyplot as plt
-
-    from spikeep.plots import curves
 
     rows = [
         {"epoch": e, "loss": 1 / e, "train_error": 20 / e, "test_error": 25 / e}
