@@ -159,3 +159,40 @@ def test_keep_runs_saves_a_run_into_the_repository_and_restores_it_to_resume(tmp
         assert len(err.splitlines()) == 1 and err.startswith("keep_runs: "), err
     mid = {"epoch": 1, "batch": 1234, "wall_s": 7200.0, "protocol": {"train": {"epochs": 50}}}
     assert keep.where(mid) == "1 of 50 epochs done, 1,234 batches into epoch 2, 2.0 h of wall time"
+
+
+def test_average_checkpoints_means_the_parameters_and_refuses_other_shapes(tmp_path, capsys):
+    from spikeep import checkpoint
+
+    average = script("average_checkpoints")
+    net = variant("tiny")
+    paths = []
+    for seed in range(3):
+        params = net.init_params(seed)
+        ckpt = {
+            "format": "spikeep-checkpoint",
+            "version": 1,
+            "protocol": {},
+            "model_source": "tiny",
+            "params": params,
+            "momentum": {k: torch.ones_like(v) for k, v in params.items()},
+            "epoch": seed + 1,
+            "batch": 0,
+            "wall_s": 1.0,
+        }
+        paths.append(checkpoint.save(ckpt, tmp_path / f"epoch_{seed + 1}.pt"))
+    out = tmp_path / "mean.pt"
+    assert average.main([*map(str, paths), "--out", str(out)]) == 0
+    mean = checkpoint.load(out)
+    loaded = [checkpoint.load(p)["params"] for p in paths]
+    for k, v in mean["params"].items():
+        assert torch.allclose(v, (loaded[0][k] + loaded[1][k] + loaded[2][k]) / 3)
+        assert not torch.equal(v, loaded[2][k])
+    assert mean["epoch"] == 3 and all(not m.any() for m in mean["momentum"].values())
+    assert mean["averaged_from"] == [str(p) for p in paths]
+
+    other = checkpoint.load(paths[0])
+    other["params"] = {**other["params"], "W1": torch.zeros(2, 2, dtype=torch.float64)}
+    checkpoint.save(other, tmp_path / "other.pt")
+    assert average.main([str(paths[1]), str(tmp_path / "other.pt"), "--out", str(out)]) == 2
+    assert "epoch_2.pt: parameter W1 is (7, 5), in " in capsys.readouterr().err
