@@ -29,11 +29,11 @@ def average(paths: list[Path]) -> dict:
     """The last of ``paths``' checkpoints with ``params`` the mean over all of them."""
     ckpts = [checkpoint.load(p) for p in paths]
     last = ckpts[-1]
+    ref = {k: tuple(v.shape) for k, v in last["params"].items()}
     for path, c in zip(paths, ckpts, strict=True):
         if c.get("model_spec") != last.get("model_spec"):
             raise checkpoint.CheckpointError(f"{path}: another model spec than {paths[-1]}'s")
         shapes = {k: tuple(v.shape) for k, v in c["params"].items()}
-        ref = {k: tuple(v.shape) for k, v in last["params"].items()}
         for k in sorted(shapes.keys() | ref.keys()):
             if shapes.get(k) != ref.get(k):
                 raise checkpoint.CheckpointError(

@@ -60,23 +60,20 @@ def curves(rows: list[dict], title: str):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
-    ax_loss.plot(epochs, [r["loss"] for r in rows], marker="o", label="train (free phase)")
-    if "val_loss" in rows[0]:
-        ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="^", label="validation")
-    tested = [r for r in rows if "test_error" in r]  # [train] test_every skips epochs
-    if tested and "test_loss" in tested[0]:
-        ax_loss.plot(
-            [r["epoch"] for r in tested], [r["test_loss"] for r in tested], marker="s", label="test"
-        )
+    for key, marker, label in (
+        ("loss", "o", "train (free phase)"),
+        ("val_loss", "^", "validation"),
+        ("test_loss", "s", "test"),
+    ):
+        if any(key in r for r in rows):
+            ax_loss.plot(*_series(rows, key), marker=marker, label=label)
     ax_loss.set(xlabel="epoch", ylabel="cost C", title="loss")
     ax_loss.legend()
     shown = ["train_error", *(["val_error"] if "val_error" in rows[0] else []), "test_error"]
     for key, marker in zip(shown, "o^s" if len(shown) == 3 else "os", strict=True):
         label = {"train_error": "train", "val_error": "validation", "test_error": "test"}[key]
-        had = [r for r in rows if key in r]
-        ax_err.plot([r["epoch"] for r in had], [r[key] for r in had], marker=marker, label=label)
+        ax_err.plot(*_series(rows, key), marker=marker, label=label)
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
     errors = [r[k] for r in rows for k in shown if k in r]
     if min(errors) > 0:  # a log axis, labelled in plain numbers at least every few values
@@ -90,6 +87,13 @@ def curves(rows: list[dict], title: str):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     return fig
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Epochs and values of the rows that have ``key`` (``[train] test_every`` leaves epochs
+    without a test error)."""
+    had = [r for r in rows if key in r]
+    return [r["epoch"] for r in had], [r[key] for r in had]
 
 
 def log_ticks(values: list[float], least: int = 4) -> list[float]:
