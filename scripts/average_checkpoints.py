@@ -10,8 +10,8 @@ but means little. Usage::
     .venv/bin/python scripts/average_checkpoints.py EPOCHS/epoch_16.pt ... EPOCHS/epoch_20.pt \\
         --out averaged.pt
 
-To keep a running protocol's end-of-epoch checkpoints, copy ``OUT/checkpoint.pt`` each time a
-line is added to ``OUT/metrics.jsonl`` (the checkpoint is saved right after the line).
+A run keeps its last epochs' end-of-epoch checkpoints as ``OUT/epochs/epoch_E.pt`` with
+``[train] keep_epochs`` (``docs/training.md``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ carries the number the paper reports. ``protocols/quickstart.toml`` shows every 
     [optimizer]   lr (one per coupling, or one for all), momentum, weight_decay,
                   cosine, t_max, eta_min
     [train]       epochs, batch_size, seed, persistent, checkpoint_every, device, engine, init,
-                  eval_engines, test_every, on_divergence
+                  eval_engines, test_every, keep_epochs, on_divergence
     [brian2]      rule, chunk, eval_settle, eval_window   (read when engine = "brian2", and by
                                                     eval_engines, eval and compare)
     [snntorch]    tau, decay, settle, window, input, eval_settle, eval_window, eval_tau,
@@ -151,6 +151,7 @@ class Train:
     init: str = ""  # a checkpoint whose parameters the run starts from ("": train.seed's draw)
     eval_engines: tuple[str, ...] = ()  # more engines at each test pass (the own one: once)
     test_every: int = 1  # epochs between test-set passes; 0: only after the last epoch
+    keep_epochs: int = 0  # the last N epochs' checkpoints also kept as OUT/epochs/epoch_E.pt
     on_divergence: str = "stop"  # one of ON_DIVERGENCE: a diverged step stops the run or is skipped
 
 
@@ -411,6 +412,8 @@ def _check(fail, p: Protocol):
             "train.test_every",
             f"expected epochs >= 0 (0: the last epoch only), got {p.train.test_every}",
         )
+    if p.train.keep_epochs < 0:
+        fail("train.keep_epochs", f"expected epochs >= 0 (0: none kept), got {p.train.keep_epochs}")
     if not DEVICE.fullmatch(p.train.device):
         fail("train.device", f"expected auto, cpu, cuda or cuda:N, got {p.train.device!r}")
     if p.train.seed >= SEED_LIMIT:

@@ -97,6 +97,7 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+EPOCHS = "epochs"  # [train] keep_epochs: epoch_E.pt, the checkpoint as it was after epoch E
 LOCK = ".lock"  # held by the run writing the folder: "<pid> <host>"
 PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line at most this often within an epoch
 
@@ -386,6 +387,8 @@ def _run(
         if ckpt is None and overwrite:  # starting again: the old run's files go now
             for name in (CHECKPOINT, METRICS):
                 (out / name).unlink(missing_ok=True)
+            for kept in (out / EPOCHS).glob("epoch_*.pt"):
+                kept.unlink()
         _truncate_metrics(out / METRICS, state.epoch)
     log(
         f"data: {protocol.data.name} ({len(train_set.labels)} training, "
@@ -393,8 +396,8 @@ def _run(
         + f"{len(test_set.labels)} test images) from {data.location(protocol.data.name, data_dir)}"
     )
 
-    def save():
-        checkpoint.save(state.to_checkpoint(protocol, net.spec.raw), out / CHECKPOINT)
+    def save(path: Path = out / CHECKPOINT):
+        checkpoint.save(state.to_checkpoint(protocol, net.spec.raw), path)
 
     show = _progress_bar(progress, main_process, log, unit=engine.unit)
     last = None
@@ -487,6 +490,8 @@ def _run(
             state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
             if main_process:
                 _record_epoch(state, out, last, save)
+                if state.epoch > protocol.train.epochs - protocol.train.keep_epochs:
+                    save(out / EPOCHS / f"epoch_{state.epoch}.pt")  # [train] keep_epochs
                 log(_epoch_line(protocol, last, test_s))
             if stop.requested and state.epoch < protocol.train.epochs:
                 raise Interrupted(out / CHECKPOINT, state.epoch, 0, stop.signum)

@@ -61,6 +61,7 @@ def _write(tmp_path, text, name="p.toml"):
         ("[data]\nname = 'imagenet'\n", "data.name"),
         ("[train]\ndevice = 'tpu'\n", "train.device"),
         ("[train]\ntest_every = -1\n", "train.test_every"),
+        ("[train]\nkeep_epochs = -2\n", "train.keep_epochs"),
         ("data = 3\n", "data"),
         ("[train]\nengine = 'spiking'\n", "train.engine"),
         ("[brian2]\nrule = 'hebb'\n", "brian2.rule"),

@@ -68,6 +68,22 @@ def test_test_every_skips_test_passes_but_always_tests_the_last_epoch(tmp_path, 
     )
 
 
+def test_keep_epochs_keeps_the_last_epochs_checkpoints(tmp_path):
+    p = _protocol(**{"train.epochs": 3, "train.keep_epochs": 2, "train.test_every": 0})
+    train_mod.train(p, tmp_path, progress=None, log=lambda m: None)
+    kept = sorted(f.name for f in (tmp_path / "epochs").iterdir())
+    assert kept == ["epoch_2.pt", "epoch_3.pt"]
+    second, last = (checkpoint.load(tmp_path / "epochs" / f"epoch_{e}.pt") for e in (2, 3))
+    final = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert (second["epoch"], last["epoch"]) == (2, 3)
+    for k, v in final["params"].items():
+        assert torch.equal(last["params"][k], v)
+    assert any(not torch.equal(second["params"][k], v) for k, v in final["params"].items())
+    (tmp_path / "epochs" / "epoch_9.pt").write_bytes(b"an older run's")
+    train_mod.train(p, tmp_path, progress=None, log=lambda m: None, overwrite=True)
+    assert sorted(f.name for f in (tmp_path / "epochs").iterdir()) == kept  # the old one gone
+
+
 def test_training_learns(tmp_path):
     # the quickstart's squared-error recipe starts slowly: 68% test error after 3 epochs of 1000
     # images, 26% after 4 of 2000 (the cross-entropy recipe it replaced learned in the former)
