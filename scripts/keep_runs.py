@@ -1,9 +1,10 @@
 """Keep long runs in the repository between sessions (``docs/results/runs/README.md``).
 
 A session may start on a fresh machine, where run folders outside the repository are gone.
-``save`` copies each run folder's ``checkpoint.pt`` and ``metrics.jsonl`` into
-``docs/results/runs/NAME/`` and prints the run's row for that README; ``restore`` copies them back
-into a runs folder, from which ``spikeep train ... --resume`` goes on::
+``save`` copies each run folder's ``checkpoint.pt`` and ``metrics.jsonl`` (and the
+``epochs/epoch_E.pt`` that ``[train] keep_epochs`` keeps) into ``docs/results/runs/NAME/`` and
+prints the run's row for that README; ``restore`` copies them back into a runs folder, from
+which ``spikeep train ... --resume`` goes on::
 
     .venv/bin/python scripts/keep_runs.py save /work/runs/oscep_table1_noise [...]
     .venv/bin/python scripts/keep_runs.py restore oscep_table1_noise [...] [--runs /work/runs]
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = ROOT / "docs" / "results" / "runs"
 FILES = ("checkpoint.pt", "metrics.jsonl")  # in this order: see the module's docstring
+EPOCHS = "epochs"  # [train] keep_epochs: end-of-epoch checkpoints for weight averaging
 
 
 def where(ckpt: dict) -> str:
@@ -43,6 +45,9 @@ def _copy(src: Path, to: Path) -> None:
     for name in FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, to / name)
+    for kept in sorted((src / EPOCHS).glob("epoch_*.pt")):
+        (to / EPOCHS).mkdir(exist_ok=True)
+        shutil.copyfile(kept, to / EPOCHS / kept.name)
 
 
 def save(run: Path, kept: Path = KEPT) -> str:

@@ -130,6 +130,7 @@ def test_keep_runs_saves_a_run_into_the_repository_and_restores_it_to_resume(tmp
     keep = script("keep_runs")
     small = {"data.train_subset": 100, "data.test_subset": 50, "train.batch_size": 20}
     small |= {"estimator.free_steps": 5, "estimator.nudged_steps": 2, "train.epochs": 1}
+    small |= {"train.keep_epochs": 1}
     quickstart = Path(__file__).resolve().parents[1] / "protocols" / "quickstart.toml"
     quick = proto.load(quickstart, small)
     run, kept, runs = tmp_path / "runs" / "quick", tmp_path / "kept", tmp_path / "fresh"
@@ -139,13 +140,14 @@ def test_keep_runs_saves_a_run_into_the_repository_and_restores_it_to_resume(tmp
     assert (
         row.startswith("| `quick` | 1 of 1 epochs done, 0.0 h of wall time | ") and "UTC |" in row
     )
-    for name in ("checkpoint.pt", "metrics.jsonl"):
+    for name in ("checkpoint.pt", "metrics.jsonl", "epochs/epoch_1.pt"):
         assert (kept / "quick" / name).read_bytes() == (run / name).read_bytes()
     assert keep.main(["restore", "quick", "--runs", str(runs), "--kept", str(kept)]) == 0
     more = proto.load(quickstart, {**small, "train.epochs": 2})
     train_mod.train(more, runs / "quick", resume=True, progress=False, log=lambda m: None)
     lines = (runs / "quick" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2]  # went on from the kept epoch
+    assert (runs / "quick" / "epochs" / "epoch_1.pt").is_file()  # restored beside the checkpoint
     assert lines[0] == (run / "metrics.jsonl").read_text().splitlines()[0]
     capsys.readouterr()
     # a runs folder holding a checkpoint, a name not kept, a folder without a checkpoint: one line
