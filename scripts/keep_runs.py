@@ -24,10 +24,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from spikeep.train import EPOCHS  # [train] keep_epochs: end-of-epoch checkpoints
+
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = ROOT / "docs" / "results" / "runs"
 FILES = ("checkpoint.pt", "metrics.jsonl")  # in this order: see the module's docstring
-EPOCHS = "epochs"  # [train] keep_epochs: end-of-epoch checkpoints for weight averaging
 
 
 def where(ckpt: dict) -> str:
