@@ -24,11 +24,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from spikeep.train import EPOCHS  # [train] keep_epochs: end-of-epoch checkpoints
+from spikeep.train import CHECKPOINT, EPOCHS, METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = ROOT / "docs" / "results" / "runs"
-FILES = ("checkpoint.pt", "metrics.jsonl")  # in this order: see the module's docstring
+FILES = (CHECKPOINT, METRICS)  # in this order: see the module's docstring
 
 
 def where(ckpt: dict) -> str:
@@ -55,7 +55,7 @@ def save(run: Path, kept: Path = KEPT) -> str:
     """Copy ``run``'s checkpoint, then its metrics, into ``kept/NAME``; return its README row."""
     from spikeep import checkpoint
 
-    ckpt_path = run / FILES[0]
+    ckpt_path = run / CHECKPOINT
     ckpt = checkpoint.load(ckpt_path)  # one line for a folder without a readable checkpoint
     _copy(run, kept / run.name)
     stamp = datetime.fromtimestamp(ckpt_path.stat().st_mtime, UTC)
@@ -65,10 +65,10 @@ def save(run: Path, kept: Path = KEPT) -> str:
 def restore(name: str, runs: Path, kept: Path = KEPT) -> Path:
     """Copy ``kept/NAME`` into ``runs/NAME``, refusing one that holds a checkpoint already."""
     src, to = kept / name, runs / name
-    if not (src / FILES[0]).is_file():
-        have = sorted(p.name for p in kept.iterdir() if (p / FILES[0]).is_file())
+    if not (src / CHECKPOINT).is_file():
+        have = sorted(p.name for p in kept.iterdir() if (p / CHECKPOINT).is_file())
         raise FileNotFoundError(f"{name}: no run kept in {kept}; kept: {', '.join(have) or 'none'}")
-    if (to / FILES[0]).exists():
+    if (to / CHECKPOINT).exists():
         raise FileExistsError(f"{to}: holds a checkpoint already; resume it as it is")
     _copy(src, to)
     return to
