@@ -45,6 +45,7 @@ import socket
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -396,8 +397,11 @@ def _run(
         + f"{len(test_set.labels)} test images) from {data.location(protocol.data.name, data_dir)}"
     )
 
-    def save(path: Path = out / CHECKPOINT):
-        checkpoint.save(state.to_checkpoint(protocol, net.spec.raw), path)
+    def save(*paths: Path):
+        """Write the state once built to each path (default: the run's checkpoint)."""
+        ckpt = state.to_checkpoint(protocol, net.spec.raw)
+        for path in paths or (out / CHECKPOINT,):
+            checkpoint.save(ckpt, path)
 
     show = _progress_bar(progress, main_process, log, unit=engine.unit)
     last = None
@@ -489,9 +493,10 @@ def _run(
             }
             state.epoch, state.batch, state.generator, state.sums = epoch + 1, 0, None, None
             if main_process:
-                _record_epoch(state, out, last, save)
+                paths = [out / CHECKPOINT]
                 if state.epoch > protocol.train.epochs - protocol.train.keep_epochs:
-                    save(out / EPOCHS / f"epoch_{state.epoch}.pt")  # [train] keep_epochs
+                    paths.append(out / EPOCHS / f"epoch_{state.epoch}.pt")  # [train] keep_epochs
+                _record_epoch(state, out, last, partial(save, *paths))
                 log(_epoch_line(protocol, last, test_s))
             if stop.requested and state.epoch < protocol.train.epochs:
                 raise Interrupted(out / CHECKPOINT, state.epoch, 0, stop.signum)
