@@ -10,8 +10,10 @@ phase does not depend on when spikes are counted), cut where the windows begin a
 rates are exactly those of :func:`spikeep.snn.phase` with that settle and window (current input).
 
 Prints, per ``T``: the spiking test error (%), its agreement with the rate engine's predictions
-(its free phase of the run's ``eval_free_steps``) and the spikes per test image (all layers, the
-whole phase of ``T`` steps); optionally writes the table as JSON and a figure (error and spikes
+(its free phase of the run's ``eval_free_steps``), the images only one of the two engines gets
+right (spikes only, rates only) with the exact McNemar test's two-sided p-value for "neither
+engine is the better on these weights", and the spikes per test image (all layers, the whole
+phase of ``T`` steps); optionally writes the table as JSON and a figure (error and spikes
 per image against ``T``). Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/spike_latency.py OUT/checkpoint.pt \
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from scipy.stats import binomtest
 
 from spikeep import batches, checkpoint, data
 from spikeep.dynamics import relax
@@ -38,6 +41,12 @@ from spikeep.energy import Network
 from spikeep.protocol import Snntorch, eval_free_steps
 from spikeep.snn import SNNConfig
 from spikeep.snn.phases import gain, init_state, simulate
+
+
+def mcnemar_p(a: int, b: int) -> float:
+    """Exact two-sided McNemar p-value for ``a`` and ``b`` discordant pairs (the binomial test
+    of ``a`` in ``a + b`` draws at 1/2); 1 when there are none."""
+    return binomtest(a, a + b).pvalue if a + b else 1.0
 
 
 def windows(steps: list[int], fraction: float) -> list[tuple[int, int]]:
@@ -83,7 +92,8 @@ def latency(
     data_dir: str | None = None,
 ) -> dict:
     """The table of the module docstring as a dict: ``rows`` (one per ``T``: ``steps``,
-    ``settle``, ``window``, ``error``, ``agreement``, ``spikes_per_sample``), ``rate_error`` and
+    ``settle``, ``window``, ``error``, ``agreement``, ``spikes_only_right``,
+    ``rates_only_right``, ``mcnemar_p``, ``spikes_per_sample``), ``rate_error`` and
     the settings."""
     ckpt = checkpoint.load(ckpt_path)
     net = Network(checkpoint.model_spec(ckpt))
@@ -106,6 +116,8 @@ def latency(
     dtype = next(iter(params.values())).dtype
     wrong = [0.0] * len(cuts)
     agree = [0.0] * len(cuts)
+    spikes_only = [0] * len(cuts)  # right in spikes, wrong in rates
+    rates_only = [0] * len(cuts)
     spikes = [0.0] * len(cuts)
     rate_wrong, n = 0.0, 0
     start = time.perf_counter()
@@ -119,6 +131,8 @@ def latency(
             pred = net.output(params, rates).argmax(1)
             wrong[k] += float((pred != labels).sum())
             agree[k] += float((pred == by_rates).sum())
+            spikes_only[k] += int(((pred == labels) & (by_rates != labels)).sum())
+            rates_only[k] += int(((pred != labels) & (by_rates == labels)).sum())
             spikes[k] += count * len(labels)
         n += len(labels)
     rows = [
@@ -128,6 +142,9 @@ def latency(
             "window": T - settle,
             "error": 100.0 * wrong[k] / n,
             "agreement": agree[k] / n,
+            "spikes_only_right": spikes_only[k],
+            "rates_only_right": rates_only[k],
+            "mcnemar_p": mcnemar_p(spikes_only[k], rates_only[k]),
             "spikes_per_sample": spikes[k] / n,
         }
         for k, (settle, T) in enumerate(cuts)
@@ -221,11 +238,15 @@ def main(argv=None) -> int:
         f"{result['tau']:g} steps, decay {result['decay']:g}; rate engine "
         f"{result['rate_error']:.2f}% ({result['rate_free_steps']} free steps)"
     )
-    print(f"{'steps':>6} {'settle':>7} {'window':>7} {'error %':>8} {'agree':>7} {'spikes':>10}")
+    print(
+        f"{'steps':>6} {'settle':>7} {'window':>7} {'error %':>8} {'agree':>7} "
+        f"{'spikes only':>11} {'rates only':>10} {'McNemar p':>9} {'spikes':>10}"
+    )
     for r in result["rows"]:
         print(
             f"{r['steps']:>6} {r['settle']:>7} {r['window']:>7} {r['error']:>8.2f} "
-            f"{r['agreement']:>7.3f} {r['spikes_per_sample']:>10.0f}"
+            f"{r['agreement']:>7.3f} {r['spikes_only_right']:>11} {r['rates_only_right']:>10} "
+            f"{r['mcnemar_p']:>9.3g} {r['spikes_per_sample']:>10.0f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -90,8 +90,21 @@ def test_latency_table_and_figure(ckpt, tmp_path, capsys):
     spikes = [r["spikes_per_sample"] for r in rows]
     assert 0 < spikes[0] < spikes[1] < spikes[2]
     assert all(0 <= r["agreement"] <= 1 and 0 <= r["error"] <= 100 for r in rows)
+    for r in rows:  # the discordant images are exactly the two errors' difference
+        gap = (result["rate_error"] - r["error"]) * 50 / 100
+        assert r["spikes_only_right"] - r["rates_only_right"] == pytest.approx(gap)
+        assert r["spikes_only_right"] + r["rates_only_right"] <= (1 - r["agreement"]) * 50 + 1e-9
+        assert r["mcnemar_p"] == lat.mcnemar_p(r["spikes_only_right"], r["rates_only_right"])
     assert rows[-1]["agreement"] >= rows[0]["agreement"]
     assert out_png.stat().st_size > 10_000
+
+
+def test_mcnemar_p_is_the_exact_binomial_tail():
+    lat = script("spike_latency")
+    assert lat.mcnemar_p(0, 0) == 1.0
+    assert lat.mcnemar_p(10, 0) == lat.mcnemar_p(0, 10) == pytest.approx(2 / 2**10)
+    assert lat.mcnemar_p(3, 2) == 1.0  # 2 * P(X <= 2), X ~ B(5, 1/2), is above 1
+    assert lat.mcnemar_p(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 2**10)
 
 
 def test_a_network_no_neuron_realises_is_refused(tmp_path, capsys):
