@@ -453,15 +453,19 @@ def test_resume_from_a_corrupt_checkpoint_is_refused(tmp_path, capsys, damage):
     "name", ["one-sided", "random-sign", "symmetric", "holomorphic", "continual"]
 )
 def test_every_estimator_trains(tmp_path, name):
+    # the quickstart's own 30 free steps: with SMALL's 10 (free residual about 0.2) the one-sided
+    # and continual estimates carry the unfinished free relaxation as if it were the nudge, and
+    # the network saturates within an epoch (loss 2.1 -> 3.4), where the symmetric one cancels it
     p = _protocol(
         **{
             "estimator.name": name,
             "estimator.points": 2,
-            "train.epochs": 1,
+            "estimator.free_steps": 30,
             "data.train_subset": 100,
             "data.test_subset": 50,
         }
     )
     summary = train_mod.train(p, tmp_path, progress=False, log=lambda m: None)
-    assert summary["epochs"] == 1 and 0 <= summary["test_error"] <= 100
-    assert summary["train_error"] < 100
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert summary["epochs"] == 2 and 0 <= summary["test_error"] <= 100
+    assert rows[1]["loss"] < 0.75 * rows[0]["loss"]  # it learns: 1.01-1.04 times with lr 1e-12
