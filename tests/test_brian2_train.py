@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeep import batches, checkpoint, data
+from spikeep import batches, checkpoint, data, engine, spec
 from spikeep import protocol as proto
 from spikeep import train as train_mod
 from spikeep.brian2 import engine as b2train
 from spikeep.brian2 import rules, schedules
 from spikeep.cli import main
+from spikeep.energy import Network
 
 pytestmark = pytest.mark.brian2
 
@@ -89,9 +90,11 @@ def test_the_protocol_knows_the_engines_rules():
     assert proto.BRIAN2_RULES == rules.RULES
 
 
-def test_spiking_mnist_trains_with_brian2():
+def test_the_spiking_mnist_protocol_is_one_the_brian2_engine_accepts():
     p = proto.load(SPIKING_MNIST)
     assert p.train.engine == "brian2" and p.train.batch_size == 1
+    eng = engine.get("brian2")(p, Network(spec.load(p.model)))  # refuses what it cannot run
+    assert eng.name == "brian2"
 
 
 # -- refusals: one line, exit status 2, before anything compiles ---------------------------------

@@ -118,11 +118,15 @@ def test_closed_form_dF_dtheta_with_complex_points(net):
 
 
 def test_energy_is_half_norm_minus_phi():
+    # F = sum_i |s_i|^2 / 2 - sum_i r_i . (W_i r_{i-1} + b_i) + beta |r_3 - y|^2 / 2, written out
+    # for the 5-7-6-3 network without calling Network.phi
     net = load("tiny")
     params, x, y = setup(net)
     s = _rates(net, x)
-    rates = tuple(net.act.rho(si) for si in s)
-    expected = sum(0.5 * (si**2).sum(1) for si in s) - net.phi(params, rates, x, y, 0.5)
+    r = [x, *(net.act.rho(si) for si in s)]
+    half = sum(0.5 * (si**2).sum(1) for si in s)
+    phi = sum((r[i] * (r[i - 1] @ params[f"W{i}"].T + params[f"b{i}"])).sum(1) for i in (1, 2, 3))
+    expected = half - phi + 0.5 * 0.5 * ((r[3] - y) ** 2).sum(1)
     torch.testing.assert_close(net.energy(params, s, x, y, 0.5), expected)
 
 
