@@ -90,6 +90,10 @@ def test_table1_compare_reports_the_gap_to_the_authors_band(tmp_path, capsys):
     assert "Their GPU epochs after the first: 140-140 s (logs)." in text
     assert compare.main([f"{run}=noise/nothing", "--anchors", str(anchors)]) == 2
     capsys.readouterr()
+    # a tie with the band's bottom is inside, whatever the floats' last bits
+    assert 100 - 90.42 != 100 * 0.0958
+    ours = compare.accuracies([{"epoch": 2, "test_error": 90.42}])
+    assert compare.compare(ours, {2: (compare.percent(0.0958), 10.1)})[0]["where"] == "inside"
     # two runs of one algorithm share its panel; a folder with no checkpoint to read the key
     # from is one line, exit 2
     other = tmp_path / "other"
