@@ -89,6 +89,18 @@ def test_the_readme_python_blocks_run(monkeypatch):
     assert ns["spec"].raw["cost"] == "cross_entropy"  # what a checkpoint stores
 
 
+def test_the_snn_guide_measures_its_rate_figures(capsys):
+    (block,) = fenced(ROOT / "docs" / "snn.md", "python")
+    exec(compile(block, "docs/snn.md (python)", "exec"), {})
+    lines = capsys.readouterr().out.split("\n")
+    assert float(lines[0]) < 1e-15  # integrate-and-fire: the hard sigmoid to rounding
+    staircase = {float(b): (float(e), float(n)) for b, e, n in (x.split() for x in lines[1:5])}
+    for b, text in ((0.99, 0.0049), (0.95, 0.023), (0.9, 0.049), (0.8, 0.10)):  # the guide's
+        assert staircase[b][0] == pytest.approx(text, abs=6e-4)
+        assert staircase[b][1] > 2.5 * staircase[b][0]  # "3x worse" without the correction
+    assert lines[5] == "805"
+
+
 def test_the_command_extraction():
     body = (
         "OMP_NUM_THREADS=1 spikeep train protocols/x.toml --out o [--resume | --overwrite] \\\n"
