@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from spikeep import Network, estimators, load_spec, reference  # noqa: E402
 from spikeep.dynamics import relax  # noqa: E402
-from spikeep.gradcheck import random_batch, rel_error  # noqa: E402
+from spikeep.gradcheck import loglog_slope, random_batch, rel_error  # noqa: E402
 
 FLOOR = 1e-12  # below this the relaxation's and the solver's rounding dominate
 CURVES = [  # label, estimator, options
@@ -62,7 +62,7 @@ def slope(betas, errors) -> tuple[float, float, float]:
     if len(keep) < 3:
         return float("nan"), float("nan"), float("nan")
     b, e = np.array(keep).T
-    return float(np.polyfit(np.log(b), np.log(e), 1)[0]), float(b.min()), float(b.max())
+    return loglog_slope(b, e), float(b.min()), float(b.max())
 
 
 def plot(betas, errors, path: Path):

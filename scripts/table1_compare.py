@@ -32,6 +32,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from spikeep.plots import PlotError, read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = ROOT.parent / "shared" / "anchors" / "hep_table1_logs.csv"
 NAMES = {
@@ -70,12 +72,6 @@ def band(runs: dict[str, dict[int, float]]) -> dict[int, tuple[float, float]]:
         e: (min(r[e] for r in runs.values() if e in r), max(r[e] for r in runs.values() if e in r))
         for e in epochs
     }
-
-
-def read_rows(folder: str | Path) -> list[dict]:
-    """The metric rows of a run folder's ``metrics.jsonl``, one per epoch."""
-    path = Path(folder) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def accuracies(metrics: list[dict]) -> dict[int, float]:
@@ -263,7 +259,11 @@ def main(argv=None) -> int:
         if key not in anchors:
             print(f"{key}: not in {args.anchors}; expected one of {sorted(anchors)}")
             return 2
-        metrics = read_rows(folder)
+        try:
+            metrics = read_metrics(folder)
+        except PlotError as e:
+            print(f"table1_compare: {e}", file=sys.stderr)
+            return 2
         ours = accuracies(metrics)
         rows = compare(ours, band(anchors[key]))
         spreads[f"{folder}={key}"] = spread(ours, anchors[key])

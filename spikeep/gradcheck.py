@@ -26,6 +26,7 @@ import math
 import time
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +39,7 @@ __all__ = [
     "cosine",
     "rel_error",
     "sign_agreement",
+    "loglog_slope",
     "compare",
     "random_batch",
     "Problem",
@@ -74,6 +76,12 @@ def sign_agreement(a: Tensor, b: Tensor) -> float:
     if n == 0:
         return 1.0
     return int((torch.sign(a[nonzero]) == torch.sign(b[nonzero])).sum()) / n
+
+
+def loglog_slope(x, y) -> float:
+    """The least-squares slope of ``log y`` against ``log x``: the order ``p`` of ``y ~ x^p``
+    (an estimator's bias order when ``x`` is ``|beta|`` and ``y`` its error)."""
+    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
 
 
 def compare(g: dict[str, Tensor], ref: dict[str, Tensor]) -> dict:

@@ -23,6 +23,7 @@ from spikeep.brian2 import engine as b2train
 from spikeep.brian2 import rules, schedules
 from spikeep.cli import main
 from spikeep.energy import Network
+from spikeep.plots import read_metrics
 
 pytestmark = pytest.mark.brian2
 
@@ -165,7 +166,7 @@ def test_cli_train_writes_metrics_and_a_checkpoint_that_eval_and_plot_read(tiny,
     out = tmp_path / "run"
     assert main(["train", str(tiny), "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2] and summary["epochs"] == 2
     for r in rows:
         assert r["engine"] == "brian2" and r["spikes_per_sample"] > 0

@@ -1,7 +1,6 @@
 """A diverged training step: it stops the run (the default), or, with ``[train] on_divergence =
 "skip"``, the batch is skipped without any update and counted in ``metrics.jsonl``."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from spikeep import engine
 from spikeep import protocol as proto
 from spikeep import train as train_mod
 from spikeep.dynamics import DivergenceError
+from spikeep.plots import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -25,10 +25,6 @@ SMALL = {
 
 def _protocol(**over):
     return proto.load(ROOT / "protocols" / "quickstart.toml", {**SMALL, **over})
-
-
-def _rows(out):
-    return [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture
@@ -63,7 +59,7 @@ def test_a_diverged_batch_is_skipped_without_an_update_and_counted(diverging, tm
         assert torch.equal(diverging[1][k], diverging[2][k])
         assert torch.equal(diverging[7][k], diverging[8][k])
     assert not torch.equal(diverging[2]["W1"], diverging[3]["W1"])
-    assert [r["skipped"] for r in _rows(tmp_path)] == [1, 1]
+    assert [r["skipped"] for r in read_metrics(tmp_path)] == [1, 1]
     skipped = [m for m in lines if "skipped" in m]
     assert len(skipped) == 4  # two batch lines, two epoch lines
     assert skipped[0].startswith("epoch 1, batch 2: relaxation diverged")

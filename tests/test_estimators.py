@@ -10,6 +10,7 @@ from conftest import rel, setup, variant
 from spikeep import activations, estimators, reference
 from spikeep.dynamics import relax
 from spikeep.estimators import ESTIMATORS
+from spikeep.gradcheck import loglog_slope
 
 STEPS = 300
 
@@ -104,10 +105,6 @@ def test_conjugate_symmetric_shortcut_equals_the_full_circle(exact_model, points
     assert len(est.betas()) == points // 2 + 1
 
 
-def _slope(errors, betas):
-    return np.polyfit(np.log(betas), np.log(errors), 1)[0]
-
-
 BETAS = np.geomspace(0.02, 0.3, 6)
 
 
@@ -130,7 +127,7 @@ def test_bias_order_is_the_fitted_slope(exact_model, name, options, order):
         est = estimators.make(name, float(beta), STEPS, **options)
         errors.append(rel(_estimate(est, net, params, x, y, free).grads, ref))
     assert est.bias_order == order
-    assert _slope(errors, BETAS) == pytest.approx(order, abs=0.3)
+    assert loglog_slope(BETAS, errors) == pytest.approx(order, abs=0.3)
 
 
 def test_random_sign_draws_both_signs_and_each_is_one_sided():

@@ -18,6 +18,7 @@ from test_cli import run
 from spikeep import estimators, oscillation, reference
 from spikeep import protocol as proto
 from spikeep.dynamics import add_noise, relax, relax_points
+from spikeep.gradcheck import loglog_slope
 from spikeep.oscillation import Demodulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +42,6 @@ def _estimate(est, problem, generator=None):
     return est.estimate(net, params, x, y, free, generator=generator)
 
 
-def _slope(xs, ys) -> float:
-    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
-
-
 # -- the N-point estimator ----------------------------------------------------------------------
 
 BETAS = np.geomspace(0.15, 0.6, 5)
@@ -57,7 +54,7 @@ def test_n_point_error_falls_as_beta_to_the_n(problem, points):
         rel(_estimate(estimators.Holomorphic(float(b), steps, points), problem).grads, ref)
         for b in BETAS
     ]
-    slope = _slope(BETAS, errors)
+    slope = loglog_slope(BETAS, errors)
     print(f"N={points}: errors {[f'{e:.2e}' for e in errors]}, slope {slope:.2f}")
     assert min(errors) > 1e-12  # well above the relaxation's floor: the slope is the bias's
     assert slope == pytest.approx(points, abs=0.3)
@@ -157,7 +154,7 @@ def test_continuous_demodulation_converges_as_steps_per_period_grow(problem):
         rel(_estimate(estimators.Oscillation(0.5, K, periods=1), problem).grads, problem[5])
         for K in steps_per_period
     ]
-    slope = _slope(steps_per_period, errors)
+    slope = loglog_slope(steps_per_period, errors)
     print(f"complex oscillation, |beta|=0.5, K={steps_per_period}:", [f"{e:.2e}" for e in errors])
     print(f"  slope in K {slope:.2f}")
     assert all(b < a for a, b in zip(errors, errors[1:]))
@@ -174,7 +171,7 @@ def test_real_cosine_variant_has_a_second_order_bias(problem):
         rel(_estimate(estimators.Oscillation(b, 400, 1, real=True), problem).grads, problem[5])
         for b in betas
     ]
-    slope = _slope(betas, errors)
+    slope = loglog_slope(betas, errors)
     print(f"real cosine oscillation, K=400, |beta|={betas}:", [f"{e:.2e}" for e in errors])
     print(f"  slope in |beta| {slope:.2f}")
     assert estimators.Oscillation(0.1, 400, real=True).bias_order == 2

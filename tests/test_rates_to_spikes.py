@@ -23,6 +23,7 @@ from spikeep import train as train_mod
 from spikeep.cli import main
 from spikeep.dynamics import relax
 from spikeep.energy import Network
+from spikeep.plots import read_metrics
 from spikeep.snn import SNNConfig, phase
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,10 +60,6 @@ def _run(p, out, **kw):
     return train_mod.train(p, out, progress=False, log=kw.pop("log", lambda m: None), **kw)
 
 
-def _rows(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def rated(tmp_path_factory):
     """The protocol file and the output folder of the rate run (3 epochs, about 15 s of CPU)."""
@@ -74,7 +71,7 @@ def rated(tmp_path_factory):
 
 def test_a_rate_run_tests_in_spikes_every_epoch(rated):
     _, out = rated
-    rows = _rows(out)
+    rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert {"test_error_snntorch", "test_loss_snntorch"} <= r.keys()
@@ -116,9 +113,9 @@ def test_a_spiking_run_starts_from_the_rate_run(rated, tmp_path):
     }
     _run(proto.load(path, over), tmp_path, log=lines.append)
     assert any(ln.startswith(f"starting from the parameters of {out}") for ln in lines), lines
-    (row,) = _rows(tmp_path)
+    (row,) = read_metrics(tmp_path)
     assert row["engine"] == "snntorch"
-    before = _rows(out)[-1]
+    before = read_metrics(out)[-1]
     # the rate run's weights, barely moved: the spiking test error stays near the rate run's
     assert abs(row["test_error"] - before["test_error_snntorch"]) <= 5, (row, before)
     assert abs(row["test_error_rate"] - before["test_error"]) <= 5
@@ -162,7 +159,7 @@ def test_spiking_eval_of_a_run_that_tested_in_spikes(rated, capsys):
     assert main(["eval", str(out / "checkpoint.pt"), "--engine", "snntorch", *sets, "--json"]) == 0
     printed = capsys.readouterr()
     got = json.loads(printed.out.strip().splitlines()[-1])
-    assert got["error"] == pytest.approx(_rows(out)[-1]["test_error_snntorch"])
+    assert got["error"] == pytest.approx(read_metrics(out)[-1]["test_error_snntorch"])
     n = f"{got['images']:,} {got['data']} test images"  # announced: minutes on 10,000
     assert f"spikeep eval: {n} in spikes on the snntorch engine" in printed.err
     assert got["spikes_per_sample"] > 0

@@ -19,6 +19,7 @@ from spikeep import protocol as proto
 from spikeep import train as train_mod
 from spikeep.cli import main
 from spikeep.energy import Network
+from spikeep.plots import read_metrics
 from spikeep.snn import SNNConfig, phase
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,10 +80,6 @@ def _run(p, out, **kw):
     return train_mod.train(p, out, progress=False, log=lambda m: None, **kw)
 
 
-def _rows(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
 def _params(out):
     return checkpoint.load(Path(out) / "checkpoint.pt")["params"]
 
@@ -91,7 +88,7 @@ def test_training_learns_and_eval_reads_the_checkpoint(tiny, tmp_path, capsys):
     # all 2000 test images: what `spikeep eval` measures
     p = proto.load(tiny, {"data.train_subset": 1000, "data.test_subset": 0})
     summary = _run(p, tmp_path)
-    rows = _rows(tmp_path)
+    rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2] and summary["epochs"] == 2
     keys = {"test_error_rate", "test_loss_rate", "spikes_per_sample", "ms_per_sample"}
     assert all(r["engine"] == "snntorch" and keys <= r.keys() for r in rows)
@@ -156,7 +153,7 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tiny, tmp_path, monk
     assert all(torch.equal(a[k], b[k]) for k in a)
     drop = ("wall_s", "ms_per_sample")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
-    assert strip(_rows(whole)) == strip(_rows(cut))
+    assert strip(read_metrics(whole)) == strip(read_metrics(cut))
     a0 = proto.load(tiny, {**over, "train.seed": 1})  # another seed, other weights
     _run(a0, tmp_path / "other")
     assert not torch.equal(_params(tmp_path / "other")["W1"], a["W1"])

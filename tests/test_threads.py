@@ -13,6 +13,7 @@ import pytest
 
 from spikeep import _threads
 from spikeep.cli import main
+from spikeep.plots import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,5 +88,5 @@ def test_the_thread_count_is_in_metrics(tmp_path):
     }
     cmd = ["train", "quickstart", "--out", str(out), "--threads", "2"]
     _spikeep(*cmd, *(f"--set={k}={v}" for k, v in sets.items()), timeout=300)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     assert [row["threads"] for row in rows] == [2]

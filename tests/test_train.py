@@ -16,7 +16,7 @@ from spikeep import checkpoint
 from spikeep import protocol as proto
 from spikeep import train as train_mod
 from spikeep.cli import main
-from spikeep.plots import curves
+from spikeep.plots import curves, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "protocols" / "quickstart.toml"
@@ -57,7 +57,7 @@ def test_test_every_skips_test_passes_but_always_tests_the_last_epoch(tmp_path, 
     p = _protocol(**{"train.epochs": 5, "train.test_every": every, "data.validation": 40})
     logged = []
     summary = train_mod.train(p, tmp_path, progress=None, log=logged.append)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows if "test_error" in r] == tested
     assert all("val_error" in r for r in rows)  # validation still every epoch
     assert summary["test_error"] == rows[-1]["test_error"]
@@ -89,7 +89,7 @@ def test_training_learns(tmp_path):
     # images, 26% after 4 of 2000 (the cross-entropy recipe it replaced learned in the former)
     p = _protocol(**{"data.train_subset": 2000, "train.epochs": 4})
     train_mod.train(p, tmp_path, progress=False, log=lambda m: None)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path)
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["test_error"] < 40  # chance is 90%
 
@@ -197,7 +197,7 @@ def test_oscillation_trains_and_complex_states_need_a_holomorphic_model(tmp_path
     cosine.update({"estimator.steps_per_period": 8, "estimator.periods": 1})
     cosine["estimator.free_steps"] = 30  # the quickstart's own, as in test_every_estimator_trains
     summary = train_mod.train(_protocol(**cosine), tmp_path, progress=False, log=lambda m: None)
-    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path)
     assert summary["epochs"] == 2 and 0 <= summary["test_error"] <= 100
     assert rows[1]["loss"] < 0.75 * rows[0]["loss"]  # 0.48 times; 1.02 times with lr 1e-12
     for over in ({"estimator.name": "oscillation"}, {"estimator.name": "holomorphic"}):
@@ -211,7 +211,7 @@ def test_bptt_baseline_trains(tmp_path):
         over = {"estimator.name": name}
         train_mod.train(_protocol(**over), tmp_path / name, progress=False, log=lambda m: None)
         runs[name] = _params(tmp_path / name)
-    rows = [json.loads(r) for r in (tmp_path / "bptt" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "bptt")
     assert rows[1]["loss"] < rows[0]["loss"]
     assert not torch.equal(runs["bptt"]["W1"], runs["symmetric"]["W1"])
 
@@ -469,6 +469,6 @@ def test_every_estimator_trains(tmp_path, name):
         }
     )
     summary = train_mod.train(p, tmp_path, progress=False, log=lambda m: None)
-    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path)
     assert summary["epochs"] == 2 and 0 <= summary["test_error"] <= 100
     assert rows[1]["loss"] < 0.75 * rows[0]["loss"]  # it learns: 1.01-1.04 times with lr 1e-12

@@ -13,6 +13,7 @@ from test_faults import train_argv
 
 from spikeep import batches, data, plots
 from spikeep import train as train_mod
+from spikeep.plots import read_metrics
 
 HELD = 60  # of mnist-embedded's 10,000 training images
 OVER = {"data.validation": HELD, "data.augment": False, "train.epochs": 2}
@@ -46,7 +47,7 @@ def test_validation_images_never_appear_in_a_training_batch(tmp_path, monkeypatc
     assert batches_seen == keys(trained.images)  # all trained on, none held out
     assert not batches_seen & keys(val.images)
     assert f"100 training, {HELD} validation, 50 test images" in err
-    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "run")
     assert all({"val_error", "val_loss"} <= set(r) for r in rows)
     assert err.count("val error") == 2
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..gradcheck import loglog_slope
+
 __all__ = ["write_csv", "write_json", "slopes", "figures", "clean"]
 
 _METRICS = ("cosine", "rel_error", "sign_agreement")
@@ -113,8 +115,7 @@ def slopes(rows: list[dict]) -> list[dict]:
         pts = [p for p in pts if p[1] <= FIT_RANGE[1]]
         if len({b for b, _ in pts}) < 3:
             continue
-        b, e = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-        p = float(np.polyfit(b, e, 1)[0])
+        p = loglog_slope([b for b, _ in pts], [e for _, e in pts])
         out.append(
             {
                 "model": model,
