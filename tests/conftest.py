@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeep import spec
+from spikeep import checkpoint, spec
 from spikeep.energy import Network
 from spikeep.gradcheck import random_batch
+from spikeep.plots import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -74,6 +75,43 @@ def assert_same_estimate(fast, slow, grad_tol: float, state_tol: float) -> None:
     assert fast[1] == pytest.approx(slow[1], rel=1e-9, abs=1e-15)
     for a, b in zip(fast[2], slow[2], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=state_tol)
+
+
+def _ctrl_c():
+    raise KeyboardInterrupt
+
+
+def interrupt(monkeypatch, owner, name: str, call: int, effect=_ctrl_c):
+    """Patch ``owner.<name>`` (a training step) so that its ``call``-th call first runs
+    ``effect`` (default: a Ctrl-C, ``KeyboardInterrupt``); returns the original, which
+    ``monkeypatch.setattr(owner, name, original)`` puts back before resuming."""
+    real, calls = getattr(owner, name), {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            effect()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return real
+
+
+def run_params(out) -> dict:
+    """The parameters of a run folder's checkpoint."""
+    return checkpoint.load(Path(out) / "checkpoint.pt")["params"]
+
+
+def assert_same_run(a: Path, b: Path, drop=("wall_s", "ms_per_sample")) -> dict:
+    """Two run folders hold bit-equal parameters and the same metrics but for the times in
+    ``drop``; returns the parameters."""
+    pa, pb = run_params(a), run_params(b)
+    assert set(pa) == set(pb) and all(torch.equal(pa[k], pb[k]) for k in pa)
+    rows = [
+        [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(d)] for d in (a, b)
+    ]
+    assert rows[0] == rows[1]
+    return pa
 
 
 def copies_of_one_sample(n_in: int, label: int, classes: int, copies: int = 3):

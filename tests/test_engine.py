@@ -19,7 +19,7 @@ import pytest
 import test_brian2_train
 import test_snn_train
 import torch
-from conftest import copies_of_one_sample
+from conftest import assert_same_run, copies_of_one_sample, interrupt
 
 from spikeep import checkpoint, engine, spec
 from spikeep import protocol as proto
@@ -27,6 +27,7 @@ from spikeep import train as train_mod
 from spikeep.cli import main
 from spikeep.dynamics import relax
 from spikeep.energy import Network
+from spikeep.plots import read_metrics
 from spikeep.snn import SNNConfig, phase
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,33 +85,17 @@ def test_interrupted_and_resumed_run_reaches_the_uninterrupted_weights(name, tmp
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     _quiet(p, whole)
     cls = engine.get(name)
-    real, calls = cls.step, {"n": 0}
-
-    def interrupted(self, *args, **kwargs):  # stop in epoch 2, at its second of three steps
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(cls, "step", interrupted)
+    real = interrupt(monkeypatch, cls, "step", 5)  # in epoch 2, at its second of three steps
     with pytest.raises(KeyboardInterrupt):
         _quiet(p, cut)
     ckpt = checkpoint.load(cut / "checkpoint.pt")
     assert (ckpt["epoch"], ckpt["batch"]) == (1, 1)  # the mid-epoch checkpoint
     monkeypatch.setattr(cls, "step", real)
     _quiet(p, cut, resume=True)
-    a = checkpoint.load(whole / "checkpoint.pt")["params"]
-    b = checkpoint.load(cut / "checkpoint.pt")["params"]
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    a = assert_same_run(whole, cut)
     start = Network(spec.load(p.model)).init_params(p.train.seed)
     assert not torch.equal(a["W1"], start["W1"].to(a["W1"].dtype))  # it learned
-
-    def rows(out):
-        skip = ("wall_s", "ms_per_sample")
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(r).items() if k not in skip} for r in lines]
-
-    assert rows(whole) == rows(cut) and len(rows(whole)) == 2
+    assert len(read_metrics(whole)) == 2
 
 
 @pytest.mark.parametrize("name", list(engine.ENGINES))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_run, interrupt
 from test_cli import assert_usage_error, run
 
 from spikeep import checkpoint
@@ -228,17 +229,12 @@ OVER = {
 
 def _sigint_at(monkeypatch, call: int, times: int = 1, signum: int = signal.SIGINT):
     """Send ``signum`` to this process inside the ``call``-th training step (``times`` times)."""
-    real, calls = train_mod._train_step, {"n": 0}
 
-    def step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            for _ in range(times):
-                os.kill(os.getpid(), signum)
-        return real(*args, **kwargs)
+    def send():
+        for _ in range(times):
+            os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(train_mod, "_train_step", step)
-    return real
+    return interrupt(monkeypatch, train_mod, "_train_step", call, send)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -263,13 +259,7 @@ def test_ctrl_c_or_sigterm_saves_the_last_finished_step_and_resume_is_exact(
     assert again[0] == "train" and again[-1] == "--resume"
     code, _, err = run(again, capsys)
     assert code == 0, err
-    a, b = (checkpoint.load(d / "checkpoint.pt")["params"] for d in (whole, cut))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda d: [  # noqa: E731
-        {k: v for k, v in json.loads(r).items() if k != "wall_s"}
-        for r in (d / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert strip(whole) == strip(cut)
+    assert_same_run(whole, cut)
 
 
 def test_a_second_ctrl_c_stops_at_once_keeping_the_last_checkpoint(tmp_path, monkeypatch, capsys):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_run, interrupt, run_params
 
 from spikeep import batches, checkpoint, spec
 from spikeep import protocol as proto
@@ -80,10 +81,6 @@ def _run(p, out, **kw):
     return train_mod.train(p, out, progress=False, log=lambda m: None, **kw)
 
 
-def _params(out):
-    return checkpoint.load(Path(out) / "checkpoint.pt")["params"]
-
-
 def test_training_learns_and_eval_reads_the_checkpoint(tiny, tmp_path, capsys):
     # all 2000 test images: what `spikeep eval` measures
     p = proto.load(tiny, {"data.train_subset": 1000, "data.test_subset": 0})
@@ -135,28 +132,16 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(tiny, tmp_path, monk
     p = proto.load(tiny, over)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     _run(p, whole)
-    real_step, calls = train_mod._train_step, {"n": 0}
-
-    def interrupted(*args, **kwargs):  # stop in the middle of epoch 2 (6 batches per epoch)
-        calls["n"] += 1
-        if calls["n"] == 10:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "_train_step", interrupted)
+    real_step = interrupt(monkeypatch, train_mod, "_train_step", 10)  # epoch 2 of 6 batches
     with pytest.raises(KeyboardInterrupt):
         _run(p, cut)
     assert checkpoint.load(cut / "checkpoint.pt")["batch"] == 2
     monkeypatch.setattr(train_mod, "_train_step", real_step)
     _run(p, cut, resume=True)
-    a, b = _params(whole), _params(cut)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    drop = ("wall_s", "ms_per_sample")
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
-    assert strip(read_metrics(whole)) == strip(read_metrics(cut))
+    a = assert_same_run(whole, cut)
     a0 = proto.load(tiny, {**over, "train.seed": 1})  # another seed, other weights
     _run(a0, tmp_path / "other")
-    assert not torch.equal(_params(tmp_path / "other")["W1"], a["W1"])
+    assert not torch.equal(run_params(tmp_path / "other")["W1"], a["W1"])
 
 
 @pytest.mark.parametrize(

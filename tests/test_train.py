@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_run, interrupt, run_params
 from test_cli import assert_usage_error, run
 
 from spikeep import checkpoint
@@ -32,10 +33,6 @@ SMALL = {
 
 def _protocol(**over):
     return proto.load(QUICK, {**SMALL, **over})
-
-
-def _params(out):
-    return checkpoint.load(Path(out) / "checkpoint.pt")["params"]
 
 
 def test_training_writes_metrics_and_checkpoint(tmp_path):
@@ -112,26 +109,13 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(
     train_mod.train(_protocol(**over), whole, progress=False, log=lambda m: None)
 
     cut = tmp_path / "cut"
-    real_step, calls = train_mod._train_step, {"n": 0}
-
-    def interrupted(*args, **kwargs):  # stop in the middle of epoch 2
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "_train_step", interrupted)
+    real_step = interrupt(monkeypatch, train_mod, "_train_step", 15)  # in epoch 2
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(_protocol(**over), cut, progress=False, log=lambda m: None)
     assert checkpoint.load(cut / "checkpoint.pt")["batch"] == 3  # the mid-epoch checkpoint
     monkeypatch.setattr(train_mod, "_train_step", real_step)
     train_mod.train(_protocol(**over), cut, resume=True, progress=False, log=lambda m: None)
-    a, b = _params(whole), _params(cut)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    ma = (whole / "metrics.jsonl").read_text().splitlines()
-    mb = (cut / "metrics.jsonl").read_text().splitlines()
-    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "wall_s"} for r in rows]  # noqa: E731
-    assert strip(ma) == strip(mb)
+    assert_same_run(whole, cut)
 
 
 def test_resuming_with_a_changed_protocol_says_what_changed(tmp_path):
@@ -157,7 +141,7 @@ def test_noise_changes_training_and_evaluation_uses_it_unless_told(tmp_path, cap
     def run(name, **over):
         train_mod.train(_protocol(**over), tmp_path / name, progress=False, log=lambda m: None)
         rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        return _params(tmp_path / name), json.loads(rows[-1])
+        return run_params(tmp_path / name), json.loads(rows[-1])
 
     quiet, _ = run("quiet")
     noisy, noisy_row = run("noisy", **{"estimator.noise": 0.05})
@@ -210,7 +194,7 @@ def test_bptt_baseline_trains(tmp_path):
     for name in ("symmetric", "bptt"):
         over = {"estimator.name": name}
         train_mod.train(_protocol(**over), tmp_path / name, progress=False, log=lambda m: None)
-        runs[name] = _params(tmp_path / name)
+        runs[name] = run_params(tmp_path / name)
     rows = read_metrics(tmp_path / "bptt")
     assert rows[1]["loss"] < rows[0]["loss"]
     assert not torch.equal(runs["bptt"]["W1"], runs["symmetric"]["W1"])
@@ -218,7 +202,7 @@ def test_bptt_baseline_trains(tmp_path):
 
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train_mod.train(_protocol(**{"train.epochs": 1}), tmp_path, progress=False, log=lambda m: None)
-    good = _params(tmp_path)
+    good = run_params(tmp_path)
     bad = _protocol(**{"train.epochs": 2, "optimizer.lr": 1e38})
     with pytest.raises(train_mod.TrainingError, match="epoch 2, batch"):
         train_mod.train(bad, tmp_path, resume=True, progress=False, log=lambda m: None)
@@ -400,7 +384,7 @@ def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
         for f in sorted((tmp_path / "logs").rglob("*.log"))
     )
     assert run.returncode == 0, run.stderr[-1000:] + ranks
-    a, b = _params(one), _params(two)
+    a, b = run_params(one), run_params(two)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
     ma = json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])
