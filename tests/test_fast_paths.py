@@ -17,46 +17,54 @@ from spikeep.snn.phases import init_state, simulate
 @pytest.mark.parametrize(
     "model,dtype",
     [
-        ("spiking_small", torch.float64),
-        ("spiking_small_conv", torch.float64),
-        ("snn_conv_tiny_ce", torch.float32),
+        ("spiking_small", "float64"),
+        ("spiking_small", "float32"),
+        ("spiking_small_conv", "float64"),
+        ("snn_conv_tiny_ce", "float32"),
     ],
 )
-@pytest.mark.parametrize("decay,input", [(1.0, "current"), (0.9, "current"), (1.0, "rate")])
-def test_fused_step_is_bitwise_snntorchs_leaky(model, dtype, decay, input):
-    net = Network(spec.load(f"models/{model}.toml"))
-    params = {k: 3 * v for k, v in net.init_params(0, dtype=dtype).items()}  # busy neurons
+@pytest.mark.parametrize("decay,coding", [(1.0, "current"), (0.9, "current"), (1.0, "rate")])
+@pytest.mark.parametrize("half", [False, True], ids=["gain1", "gain_half"])
+def test_fused_step_is_bitwise_snntorchs_leaky(model, dtype, decay, coding, half):
+    """The fused in-place step (gain folded into the couplings, a conv's folded kernel formed
+    once per phase) gives the membranes, traces and spike counts of stepping snntorch's Leaky,
+    free and nudged (both signs, from the free state)."""
+    top = {"activation": "hard_sigmoid_half", "dynamics": "prototypical"} if half else {}
+    net = variant(model, dtype=dtype, **top)
+    dt = getattr(torch, dtype)
+    params = {k: 3 * v for k, v in net.init_params(0, dtype=dt).items()}  # busy neurons
     x = torch.rand(
-        5, *net.spec.layers[0].shape, dtype=dtype, generator=torch.Generator().manual_seed(0)
+        5, *net.spec.layers[0].shape, dtype=dt, generator=torch.Generator().manual_seed(0)
     )
     n = net.spec.layers[-1].shape[0]
-    y = torch.nn.functional.one_hot(torch.arange(5) % n, n).to(dtype)
-    cfg = SNNConfig(decay=decay, tau=4, input=input)
+    y = torch.nn.functional.one_hot(torch.arange(5) % n, n).to(dt)
+    cfg = SNNConfig(decay=decay, tau=4, settle=7, window=13, input=coding)
+    start = init_state(net, x, cfg)
     out = {}
-    for reference in (True, False):
-        g = torch.Generator().manual_seed(1)
-        free = simulate(
-            net,
-            params,
-            x,
-            y,
-            init_state(net, x, cfg),
-            40,
-            lambda t: 0.0,
-            cfg,
-            g,
-            15,
-            None,
-            reference,
-        )
-        nudged = simulate(net, params, x, y, free[0], 30, lambda t: 0.5, cfg, g, 0, None, reference)
-        out[reference] = (free, nudged)
-    for a, b in zip(out[True], out[False]):
-        (va, ra, _), ca, sa = a
-        (vb, rb, _), cb, sb = b
-        for u, w in zip((*va, *ra, *ca), (*vb, *rb, *cb)):
-            assert torch.equal(u, w)
-        assert float(sa) == pytest.approx(float(sb), rel=1e-6) and float(sa) > 0
+    for fused in (False, True):
+        runs = []
+        for beta in (0.0, 0.5, -0.5):
+            state = start if beta == 0 else runs[0][0]
+            gen = torch.Generator().manual_seed(3)
+            runs.append(
+                simulate(
+                    net,
+                    params,
+                    x,
+                    y,
+                    state,
+                    30,
+                    lambda t, b=beta: b,
+                    cfg,
+                    gen,
+                    7,
+                    reference=not fused,
+                )  # fmt: skip
+            )
+        out[fused] = runs
+    for (s, c, n), (s_ref, c_ref, n_ref) in zip(out[True], out[False], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(s.v + s.r + c, s_ref.v + s_ref.r + c_ref))
+        assert float(n) == pytest.approx(float(n_ref), rel=1e-6) and float(n) > 0
 
 
 def test_a_phase_leaves_the_state_it_started_from_alone():

@@ -13,11 +13,10 @@ from spikeep.cli import main
 from spikeep.dynamics import relax
 from spikeep.gradcheck import cosine
 from spikeep.gradcheck import gradcheck as rate_gradcheck
-from spikeep.snn import SNNConfig, phase, simulate
+from spikeep.snn import SNNConfig, phase
 from spikeep.snn import estimators as snn_estimators
 from spikeep.snn.gradcheck import gradcheck
 from spikeep.snn.neuron import V_MAX, Neuron, NeuronState
-from spikeep.snn.phases import init_state
 from spikeep.snn.rate import dtransfer, leaky_activation, measure, transfer
 from spikeep.spec import SpecError
 
@@ -334,46 +333,6 @@ def test_nir_refuses_conv_feedback_it_cannot_express(layers, match):
     ) as err:
         export.to_nir(net, net.init_params(0))
     assert "\n" not in str(err.value)
-
-
-@pytest.mark.parametrize("half", [False, True], ids=["gain1", "gain_half"])
-@pytest.mark.parametrize("name", ["spiking_small", "snn_conv_tiny_ce"])
-@pytest.mark.parametrize("coding", ["current", "rate"])
-def test_fused_steps_are_snntorch_leaky_bit_for_bit(name, half, coding):
-    """The fused in-place step (gain folded into the couplings, a conv's folded kernel formed
-    once per phase) gives the membranes, traces and spike counts of stepping snntorch's Leaky,
-    free and nudged (both signs, from the free state), float32."""
-    top = {"activation": "hard_sigmoid_half", "dynamics": "prototypical"} if half else {}
-    net = variant(name, dtype="float32", **top)
-    params, _, y = setup(net, batch=3, dtype=torch.float32)
-    x = torch.rand(3, *net.spec.layers[0].shape, generator=torch.Generator().manual_seed(5))
-    cfg = SNNConfig(tau=4, settle=7, window=13, input=coding)
-    start = init_state(net, x, cfg)
-    for fused in (False, True):
-        runs = []
-        for beta in (0.0, 0.5, -0.5):
-            state = start if beta == 0 else runs[0][0]
-            gen = torch.Generator().manual_seed(3)
-            runs.append(
-                simulate(
-                    net,
-                    params,
-                    x,
-                    y,
-                    state,
-                    20,
-                    lambda t, b=beta: b,
-                    cfg,
-                    gen,
-                    7,
-                    reference=not fused,
-                )
-            )
-        if not fused:
-            reference = runs
-    for (s, c, n), (s_ref, c_ref, n_ref) in zip(runs, reference, strict=True):
-        assert all(torch.equal(a, b) for a, b in zip(s.v + s.r + c, s_ref.v + s_ref.r + c_ref))
-        assert float(n) == float(n_ref) > 0
 
 
 def test_nudged_phases_take_their_own_settle_and_window():
