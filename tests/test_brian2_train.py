@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from spikeep import batches, checkpoint, data, engine, spec
 from spikeep import protocol as proto
@@ -27,7 +28,6 @@ from spikeep.plots import read_metrics
 
 pytestmark = pytest.mark.brian2
 
-ROOT = Path(__file__).resolve().parents[1]
 SPIKING_MNIST = ROOT / "protocols" / "spiking_mnist.toml"
 
 PROTOCOL = """name = "tiny_brian2"

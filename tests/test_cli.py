@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from spikeep.cli import main
 from spikeep.estimators import ESTIMATORS
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "models" / "tiny.toml")
 GC = ["gradcheck", "--model", TINY, "--estimator", "symmetric"]
 PARAMS = ["W1", "b1", "W2", "b2", "W3", "b3"]

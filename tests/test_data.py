@@ -21,13 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import script
+from conftest import ROOT, script
 
 from spikeep import data
 from spikeep.data import DataError
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # -- helpers -----------------------------------------------------------------------------------
 

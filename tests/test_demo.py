@@ -14,13 +14,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from test_brian2_train import write_tiny
 from test_cli import assert_usage_error, run
 
 from spikeep import compare, engine
 from spikeep.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "protocols" / "quickstart.toml"
 SHORT = [
     "--set=data.train_subset=40",

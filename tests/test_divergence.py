@@ -1,10 +1,9 @@
 """A diverged training step: it stops the run (the default), or, with ``[train] on_divergence =
 "skip"``, the batch is skipped without any update and counted in ``metrics.jsonl``."""
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import ROOT
 
 from spikeep import engine
 from spikeep import protocol as proto
@@ -12,7 +11,6 @@ from spikeep import train as train_mod
 from spikeep.dynamics import DivergenceError
 from spikeep.plots import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     "data.train_subset": 100,
     "data.test_subset": 50,

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from spikeep import cli, fidelity
 from spikeep import protocol as proto
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "protocols" / "README.md"]
 SHELL = ("", "sh", "bash", "console", "shell")
 RUNNABLE = "<!-- runnable -->"

@@ -19,7 +19,7 @@ import pytest
 import test_brian2_train
 import test_snn_train
 import torch
-from conftest import assert_same_run, copies_of_one_sample, interrupt
+from conftest import ROOT, assert_same_run, copies_of_one_sample, interrupt
 
 from spikeep import checkpoint, engine, spec
 from spikeep import protocol as proto
@@ -29,8 +29,6 @@ from spikeep.dynamics import relax
 from spikeep.energy import Network
 from spikeep.plots import read_metrics
 from spikeep.snn import SNNConfig, phase
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rate(d: Path) -> Path:

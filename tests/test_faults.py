@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_run, interrupt
+from conftest import ROOT, assert_same_run, interrupt
 from test_cli import assert_usage_error, run
 
 from spikeep import checkpoint
 from spikeep import train as train_mod
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "protocols" / "quickstart.toml"
 SMALL = {
     "data.train_subset": 100,

@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from test_cli import run
 
 from spikeep.fidelity import points, protocol
 from spikeep.fidelity.report import slopes
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "protocols" / "fidelity_quick.toml"
 MNIST = ROOT / "protocols" / "fidelity_mnist.toml"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_estimate, load, rel, setup, variant
+from conftest import ROOT, assert_same_estimate, load, rel, setup, variant
 from test_cli import run
 
 from spikeep import estimators, oscillation, reference
@@ -21,7 +21,6 @@ from spikeep.dynamics import add_noise, relax, relax_points
 from spikeep.gradcheck import loglog_slope
 from spikeep.oscillation import Demodulator
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = {"tiny_holo": 150, "tiny_holo_conv": 100}  # enough for a residual below 1e-13
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import cmath
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_estimate, copies_of_one_sample, load, rel, setup
+from conftest import ROOT, assert_same_estimate, copies_of_one_sample, load, rel, setup
 from test_cli import run
 
 from spikeep import engine, estimators, oscillation, reference
@@ -20,7 +19,6 @@ from spikeep.dynamics import relax
 from spikeep.energy import Network
 from spikeep.spec import load as load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 HOLO = ROOT / "models" / "tiny_holo.toml"
 SETTLE = 150  # tiny_holo's steps to a residual below 1e-13 (test_holomorphic.STEPS)
 

@@ -1,15 +1,14 @@
 """Protocols: every shipped file validates; bad keys, types and overrides are named."""
 
 import re
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from spikeep import protocol as proto
 from spikeep.energy import Network
 from spikeep.spec import load as load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 # training protocols; fidelity_*.toml are `spikeep fidelity` studies (tests/test_fidelity.py)
 PROTOCOLS = sorted(
     p for p in (ROOT / "protocols").glob("*.toml") if not p.stem.startswith("fidelity")

@@ -12,10 +12,10 @@ spikes").
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from spikeep import batches, checkpoint, data
 from spikeep import protocol as proto
@@ -25,8 +25,6 @@ from spikeep.dynamics import relax
 from spikeep.energy import Network
 from spikeep.plots import read_metrics
 from spikeep.snn import SNNConfig, phase
-
-ROOT = Path(__file__).resolve().parents[1]
 
 PROTOCOL = f"""name = "tiny_rates"
 model = "{ROOT / "models" / "snn_conv_tiny_ce.toml"}"

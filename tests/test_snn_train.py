@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_run, interrupt, run_params
+from conftest import ROOT, assert_same_run, interrupt, run_params
 
 from spikeep import batches, checkpoint, spec
 from spikeep import protocol as proto
@@ -22,8 +22,6 @@ from spikeep.cli import main
 from spikeep.energy import Network
 from spikeep.plots import read_metrics
 from spikeep.snn import SNNConfig, phase
-
-ROOT = Path(__file__).resolve().parents[1]
 
 MODEL = """name = "snn_tiny_mnist"
 activation = "hard_sigmoid"

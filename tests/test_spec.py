@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from spikeep.spec import Coupling, Init, Layer, ModelSpec, SpecError, from_dict, load
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = sorted((ROOT / "models").glob("*.toml"))
 
 

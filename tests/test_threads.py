@@ -7,15 +7,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from spikeep import _threads
 from spikeep.cli import main
 from spikeep.plots import read_metrics
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _spikeep(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:

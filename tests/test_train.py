@@ -6,11 +6,10 @@ import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_run, interrupt, run_params
+from conftest import ROOT, assert_same_run, interrupt, run_params
 from test_cli import assert_usage_error, run
 
 from spikeep import checkpoint
@@ -19,7 +18,6 @@ from spikeep import train as train_mod
 from spikeep.cli import main
 from spikeep.plots import curves, read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "protocols" / "quickstart.toml"
 SMALL = {
     "data.train_subset": 200,
