@@ -1,4 +1,5 @@
-"""Shared helpers: model loading, spec variants, seeded batches, dtype-scaled tolerances."""
+"""Shared helpers: model loading, spec variants, seeded batches, dtype-scaled tolerances, and
+run folders (interrupting a training step, comparing two runs)."""
 
 from __future__ import annotations
 
