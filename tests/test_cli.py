@@ -250,6 +250,8 @@ def test_gdu_json(capsys):
     for row in result["per_step"]:
         assert {"step", "states", "params"} <= set(row)
         assert {"cosine", "rel_error"} <= set(row["params"])
+        # the GDU property at beta 1e-4 on a settled free phase: measured rel. error 5e-5 to 2e-4
+        assert row["states"]["rel_error"] < 1e-3 and row["params"]["rel_error"] < 1e-3
 
 
 @pytest.mark.parametrize("estimator", ["one-sided", "bptt"])
