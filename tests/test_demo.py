@@ -92,7 +92,7 @@ def test_the_raster_of_one_image_is_written_without_compiling(spiking_run, tmp_p
     assert [name for name, _, _ in r["phases"]] == ["free", "nudged, beta +0.5"]
     assert r["phases"][-1][2] == pytest.approx(0.04)
     hidden, out = r["spikes"].values()
-    assert hidden > 0 and 0 <= r["prediction"] < 10
+    assert hidden > 0 and out > 0 and 0 <= r["prediction"] < 10
 
 
 @pytest.mark.slow
